@@ -1,0 +1,129 @@
+"""Alembic environment: DATABASE_URL in, one migrator at a time, one-line errors out."""
+
+import logging
+import os
+
+from alembic.util import CommandError
+from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from alembic import context
+from app.migration_helpers.errors import MigrationAbort
+from app.migration_helpers.locks import one_migrator_at_a_time
+from app.migration_helpers.settings import MigrationSettings
+from app.models import OWNED_TABLES, Base
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+log = logging.getLogger("meta_assets")
+target_metadata = Base.metadata
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Reflect only what this package owns: never propose dropping the app's other tables."""
+    if type_ == "table":
+        return name in OWNED_TABLES
+    return True
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to) -> bool:
+    if type_ == "table":
+        return name in OWNED_TABLES
+    return True
+
+
+def database_url() -> URL:
+    raw = os.environ.get("DATABASE_URL", "").strip()
+    if not raw:
+        raise CommandError(
+            "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB"
+        )
+    if raw.startswith("postgres://"):  # Supabase and Heroku hand out this spelling
+        raw = "postgresql://" + raw[len("postgres://") :]
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise CommandError(
+            "DATABASE_URL is not a valid URL: expected postgresql://USER:PASSWORD@HOST:5432/DB"
+        ) from None
+    if url.get_backend_name() != "postgresql":
+        raise CommandError(
+            f"DATABASE_URL names a {url.get_backend_name()!r} database; this package migrates"
+            " PostgreSQL: postgresql://USER:PASSWORD@HOST:5432/DB"
+        )
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2")
+    return url
+
+
+def one_line(error: DBAPIError, url: URL | None) -> str:
+    """The server's message, first line only, with any password masked."""
+    message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    if url is not None and url.password:
+        message = message.replace(str(url.password), "***")
+    return message
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=database_url().render_as_string(hide_password=True)
+        if os.environ.get("DATABASE_URL")
+        else "postgresql://",
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        transaction_per_migration=True,
+        include_name=include_name,
+        include_object=include_object,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def configure_and_run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        transaction_per_migration=True,
+        include_name=include_name,
+        include_object=include_object,
+        compare_type=True,
+        compare_server_default=True,
+    )
+    settings = MigrationSettings.from_config(config)
+    with one_migrator_at_a_time(connection, settings), context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    injected = config.attributes.get("connection")  # pytest-alembic and embedding programs
+    if injected is not None:
+        configure_and_run(injected)
+        return
+    url = database_url()
+    engine = create_engine(
+        url,
+        poolclass=pool.NullPool,
+        connect_args={"application_name": "alembic meta_assets_cache", "connect_timeout": 10},
+    )
+    try:
+        with engine.connect() as connection:
+            configure_and_run(connection)
+    except DBAPIError as error:
+        raise CommandError(f"database error: {one_line(error, url)}") from None
+    finally:
+        engine.dispose()
+
+
+try:
+    if context.is_offline_mode():
+        run_migrations_offline()
+    else:
+        run_migrations_online()
+except MigrationAbort as abort:
+    raise CommandError(str(abort)) from None

@@ -1,0 +1,1 @@
+"""Migrations and tooling for public.meta_assets_cache."""

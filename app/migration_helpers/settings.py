@@ -1,0 +1,88 @@
+"""Knobs a DBA sets per database: `alembic -x lock_timeout=2s upgrade head`, or the environment
+(`MIGRATION_LOCK_TIMEOUT=2s`). `-x` wins over the environment; both win over the defaults."""
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from app.migration_helpers.errors import MigrationAbort
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}
+
+
+def parse_seconds(name: str, raw: str) -> float:
+    """'500ms', '2s', '1.5', '10min' -> seconds (a bare number means seconds)."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise MigrationAbort(f"{name}={raw!r} is not a duration: use e.g. 500ms, 2s or 10min")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_count(name: str, raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise MigrationAbort(f"{name}={raw!r} must be a whole number of at least 1")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    # How long one attempt may queue for a strong lock; the app's queries queue behind it.
+    lock_timeout: float = 1.0
+    # Attempts at a strong lock before giving up cleanly.
+    lock_retries: int = 10
+    # Pause after the first failed attempt; doubles each time, capped at lock_retry_max_wait.
+    lock_retry_wait: float = 0.5
+    lock_retry_max_wait: float = 15.0
+    # Concurrent builds retried after a duplicate slipped in between dedupe and build.
+    build_attempts: int = 3
+    # How long a second migrator waits for the first before giving up.
+    migrator_wait: float = 1800.0
+    # How often a long concurrent build reports its progress.
+    progress_interval: float = 10.0
+
+    @classmethod
+    def from_sources(
+        cls, x_arguments: Mapping[str, str], environ: Mapping[str, str] = os.environ
+    ) -> "MigrationSettings":
+        known = {field.name: field for field in fields(cls)}
+        unknown = sorted(set(x_arguments) - known.keys())
+        if unknown:
+            raise MigrationAbort(
+                f"unknown -x setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, field in known.items():
+            raw = x_arguments.get(name, environ.get(f"MIGRATION_{name.upper()}"))
+            if raw is None:
+                continue
+            if field.type in (float, "float"):
+                values[name] = parse_seconds(name, raw)
+            else:
+                values[name] = parse_count(name, raw)
+        return cls(**values)
+
+    @classmethod
+    def from_config(cls, config: "Config | None") -> "MigrationSettings":
+        return cls.from_sources(x_arguments(config))
+
+    @classmethod
+    def from_context(cls, context: "MigrationContext") -> "MigrationSettings":
+        return cls.from_config(context.config)
+
+
+def x_arguments(config: "Config | None") -> dict[str, str]:
+    raw = getattr(getattr(config, "cmd_opts", None), "x", None) or []
+    pairs = {}
+    for item in raw:
+        name, separator, value = item.partition("=")
+        if not separator:
+            raise MigrationAbort(f"-x {item!r} must look like name=value")
+        pairs[name.strip()] = value.strip()
+    return pairs

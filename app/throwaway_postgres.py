@@ -1,0 +1,175 @@
+"""A throwaway PostgreSQL server in a temporary directory, for the demo, tests and benchmark.
+
+It uses the machine's PostgreSQL server binaries (Debian's postgresql-15 puts them in
+/usr/lib/postgresql/15/bin). initdb and pg_ctl refuse to run as root, so as root the server runs
+as the unprivileged `postgres` (or `nobody`) user. It listens on 127.0.0.1 only, with a random
+password, and everything is removed on exit.
+"""
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+SUPERUSER = "postgres"
+
+# Durability off: the data is thrown away anyway, and the tests and benchmark run faster.
+FAST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "60",
+    "shared_buffers": "256MB",
+    "maintenance_work_mem": "256MB",
+}
+
+
+class ThrowawayPostgresError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ThrowawayServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    bin_dir: Path
+
+    def url(self, database: str = "postgres") -> URL:
+        return URL.create(
+            "postgresql+psycopg2",
+            username=self.user,
+            password=self.password,
+            host=self.host,
+            port=self.port,
+            database=database,
+        )
+
+    def url_string(self, database: str = "postgres") -> str:
+        return self.url(database).render_as_string(hide_password=False)
+
+
+def find_bin_dir() -> Path:
+    candidates = [os.environ.get("PG_BIN_DIR", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(str(Path(on_path).resolve().parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise ThrowawayPostgresError(
+        "PostgreSQL server binaries not found: install them with"
+        " `apt-get install -y postgresql-15`, or set PG_BIN_DIR"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _server_user() -> str | None:
+    """None when we may run the server ourselves; otherwise the unprivileged user to run it as."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise ThrowawayPostgresError("running as root, and no unprivileged user to run PostgreSQL as")
+
+
+def _run(command: list[str], as_user: str | None, log_file: Path | None = None) -> None:
+    if as_user is not None:
+        command = ["runuser", "-u", as_user, "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        if log_file is not None and log_file.exists():
+            detail += log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        raise ThrowawayPostgresError(f"{Path(command[-1]).name} failed: " + " | ".join(detail))
+
+
+@contextlib.contextmanager
+def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[ThrowawayServer]:
+    bin_dir = find_bin_dir()
+    as_user = _server_user()
+    root = Path(tempfile.mkdtemp(prefix="throwaway-pg-"))
+    data_dir, password_file, log_file = root / "data", root / "pwfile", root / "server.log"
+    password = secrets.token_urlsafe(18)
+    password_file.write_text(password + "\n")
+    if as_user is not None:
+        entry = pwd.getpwnam(as_user)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        os.chown(password_file, entry.pw_uid, entry.pw_gid)
+    os.chmod(root, 0o700)
+    started = False
+    try:
+        _run(
+            [
+                str(bin_dir / "initdb"),
+                "--pgdata",
+                str(data_dir),
+                "--username",
+                SUPERUSER,
+                "--pwfile",
+                str(password_file),
+                "--auth-host",
+                "scram-sha-256",
+                "--auth-local",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--no-instructions",
+            ],
+            as_user,
+        )
+        port = free_port()
+        options = {
+            **FAST_SETTINGS,
+            **(settings or {}),
+            "listen_addresses": "127.0.0.1",
+            "port": str(port),
+            "unix_socket_directories": str(root),
+        }
+        option_text = " ".join(f"-c {name}={value}" for name, value in options.items())
+        _run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "--pgdata",
+                str(data_dir),
+                "--log",
+                str(log_file),
+                "--options",
+                option_text,
+                "--wait",
+                "--timeout",
+                "60",
+                "start",
+            ],
+            as_user,
+            log_file,
+        )
+        started = True
+        yield ThrowawayServer("127.0.0.1", port, SUPERUSER, password, bin_dir)
+    finally:
+        if started:
+            with contextlib.suppress(ThrowawayPostgresError):
+                _run(
+                    [str(bin_dir / "pg_ctl"), "--pgdata", str(data_dir), "-m", "immediate", "stop"],
+                    as_user,
+                )
+        shutil.rmtree(root, ignore_errors=True)
