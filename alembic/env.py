@@ -9,6 +9,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from alembic import context
+from app.migration_helpers.database import CALLERS_TRANSACTION
 from app.migration_helpers.errors import MigrationAbort
 from app.migration_helpers.locks import one_migrator_at_a_time
 from app.migration_helpers.settings import MigrationSettings
@@ -96,14 +97,19 @@ def configure_and_run(connection: Connection) -> None:
         compare_server_default=True,
     )
     settings = MigrationSettings.from_config(config)
+    config.attributes[CALLERS_TRANSACTION] = connection.in_transaction()
     with one_migrator_at_a_time(connection, settings), context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
     injected = config.attributes.get("connection")  # pytest-alembic and embedding programs
-    if injected is not None:
+    if isinstance(injected, Connection):
         configure_and_run(injected)
+        return
+    if injected is not None:  # an Engine, or anything else that hands out a connection
+        with injected.connect() as connection:
+            configure_and_run(connection)
         return
     url = database_url()
     engine = create_engine(

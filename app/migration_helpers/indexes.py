@@ -35,6 +35,10 @@ def concurrently(definition: str) -> str:
     raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
 
 
+def _concurrently_if_possible(db: Database, definition: str) -> str:
+    return concurrently(definition) if db.concurrent else definition
+
+
 @contextmanager
 def without_timeouts(db: Database) -> Iterator[None]:
     with db.session_setting("statement_timeout", "0"), db.session_setting("lock_timeout", "0"):
@@ -54,12 +58,13 @@ def create_index_concurrently(db: Database, name: str, definition: str) -> None:
         log.info("dropping INVALID index %s left by an interrupted build", name)
         drop_index_concurrently(db, name)
     with without_timeouts(db), build_progress(db, name):
-        db.execute(concurrently(definition))
+        db.execute(_concurrently_if_possible(db, definition))
 
 
 def drop_index_concurrently(db: Database, name: str) -> None:
+    concurrently_keyword = "CONCURRENTLY " if db.concurrent else ""
     with without_timeouts(db):
-        db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {db.quote('public')}.{db.quote(name)}")
+        db.execute(f"DROP INDEX {concurrently_keyword}IF EXISTS public.{db.quote(name)}")
 
 
 def set_index_comment(db: Database, name: str, comment: str | None) -> None:
@@ -99,6 +104,9 @@ def rename_constraint(db: Database, old: str, new: str) -> None:
 @contextmanager
 def build_progress(db: Database, index_name: str) -> Iterator[None]:
     """Report pg_stat_progress_create_index from a second connection while a build runs."""
+    if not db.concurrent:
+        yield
+        return
     backend_pid = db.scalar("SELECT pg_backend_pid()")
     stop = threading.Event()
 

@@ -76,7 +76,12 @@ def _format_seconds(seconds: float) -> str:
 def one_migrator_at_a_time(connection: Connection, settings: MigrationSettings) -> Iterator[None]:
     """Hold a session advisory lock for the whole run; a second migrator waits, then finds the
     work done. Polls instead of blocking so that no open transaction of ours ever makes the other
-    migrator's concurrent index build wait."""
+    migrator's concurrent index build wait. Inside a caller's transaction, a transaction-level
+    lock does the same without committing anything."""
+    if connection.in_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), _key())
+        yield
+        return
     deadline = time.monotonic() + settings.migrator_wait
     announced = False
     while not _try_migrator_lock(connection):

@@ -1,0 +1,131 @@
+"""Each of the five starting states converges to the one canonical state and rolls back exactly."""
+
+from collections import defaultdict
+
+import pytest
+from sqlalchemy.exc import ProgrammingError
+
+from app.migration_helpers.names import ARCHIVE
+from app.models import CANONICAL_UNIQUE_NAME
+from app.starting_states import STATES
+
+UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
+UPSERT = f"""
+INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id, display_phone_number)
+VALUES ('{UPSERT_WORKSPACE}', 'pn-upsert', '+1')
+ON CONFLICT (workspace_id, phone_number_id)
+DO UPDATE SET display_phone_number = EXCLUDED.display_phone_number || ' again', updated_at = now()
+"""
+
+
+def expected_survivors(rows) -> set[str]:
+    """Per keyed pair, the newest row: updated_at, then last_synced_at (NULL oldest), then id."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row.phone_number_id is not None:
+            groups[(row.workspace_id, row.phone_number_id)].append(row)
+    return {
+        str(
+            max(
+                group,
+                key=lambda r: (r.updated_at, r.last_synced_at is not None, r.last_synced_at, r.id),
+            ).id
+        )
+        for group in groups.values()
+    }
+
+
+def keyed_rows(harness):
+    return harness.rows(
+        "SELECT id, workspace_id, phone_number_id, updated_at, last_synced_at"
+        " FROM public.meta_assets_cache"
+    )
+
+
+@pytest.fixture(params=STATES)
+def state(request, harness):
+    harness.build_state(request.param)
+    return request.param
+
+
+def test_upgrade_converges_and_downgrade_restores_exactly(state, harness):
+    harness.upgrade("0001")
+    schema_before = harness.schema_dump()
+    rows_before = harness.table_rows()
+    null_phone_before = {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is None}
+    survivors = expected_survivors(keyed_rows(harness))
+    policies_and_grants_before = harness.policies_and_grants()
+
+    harness.upgrade("head")
+
+    assert [(u.index_name, u.constraint_name, u.valid) for u in harness.pair_uniques()] == [
+        (CANONICAL_UNIQUE_NAME, CANONICAL_UNIQUE_NAME, True)
+    ]
+    assert harness.invalid_indexes() == []
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM public.meta_assets_cache"
+            " WHERE phone_number_id IS NOT NULL"
+            " GROUP BY workspace_id, phone_number_id HAVING count(*) > 1) d"
+        )
+        == 0
+    )
+    rows_after = harness.table_rows()
+    archived = harness.rows(f"SELECT id, kept_id, archived_reason, archived_at FROM {ARCHIVE}")
+    assert {k for k in rows_before if k in null_phone_before} <= rows_after.keys()
+    for row_id in null_phone_before:
+        assert rows_after[row_id] == rows_before[row_id]
+    kept_keyed = {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is not None}
+    assert kept_keyed == survivors
+    # Nothing lost, nothing invented: the table plus the archive is exactly the original rows.
+    assert rows_after.keys() | {str(r.id) for r in archived} == rows_before.keys()
+    assert rows_after.keys().isdisjoint({str(r.id) for r in archived})
+    assert all(str(r.kept_id) in survivors and r.archived_reason for r in archived)
+    assert len(archived) == len(rows_before) - len(rows_after)
+    if state == "drifted":
+        assert len(archived) > 0  # the generator really made duplicates to remove
+    harness.check()
+    harness.execute(f"INSERT INTO public.workspaces (id) VALUES ('{UPSERT_WORKSPACE}')")
+    harness.execute(UPSERT)
+    harness.execute(UPSERT)
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM public.meta_assets_cache WHERE phone_number_id = 'pn-upsert'"
+        )
+        == 1
+    )
+    assert harness.policies_and_grants() == policies_and_grants_before
+    harness.execute(f"DELETE FROM public.workspaces WHERE id = '{UPSERT_WORKSPACE}'")
+    schema_after_upgrade = harness.schema_dump()
+
+    harness.downgrade("-1")
+
+    assert harness.schema_dump() == schema_before
+    assert harness.table_rows() == rows_before
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=ARCHIVE)
+
+    harness.upgrade("head")
+
+    assert harness.schema_dump() == schema_after_upgrade
+    assert {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is not None} == survivors
+    assert harness.table_rows().keys() == rows_after.keys()
+
+
+def test_archive_is_not_readable_by_api_roles(harness):
+    harness.build_state("drifted")
+    harness.upgrade("head")
+    assert harness.scalar(f"SELECT count(*) FROM {ARCHIVE}") > 0
+    for role in ("anon", "authenticated"):
+        with harness.engine.connect() as connection:
+            connection.exec_driver_sql(f"SET ROLE {role}")
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                connection.exec_driver_sql(f"SELECT * FROM {ARCHIVE}")
+
+
+def test_rerun_on_a_constrained_table_builds_nothing(harness):
+    harness.build_state("constrained")
+    harness.upgrade("head")
+    oid_before = harness.scalar(f"SELECT '{CANONICAL_UNIQUE_NAME}'::regclass::oid")
+    harness.downgrade("-1")
+    harness.upgrade("head")
+    assert harness.scalar(f"SELECT '{CANONICAL_UNIQUE_NAME}'::regclass::oid") == oid_before
