@@ -71,7 +71,8 @@ INSERT INTO public.meta_assets_cache (id, workspace_id, business_id, updated_at)
 SELECT md5('bi-row/' || w || '/' || n)::uuid,
        md5('workspace/' || w)::uuid,
        'biz-' || (w % 97),
-       timestamptz '2026-03-01 00:00:00+00' + make_interval(secs => CASE WHEN n = 1 THEN 0 ELSE n END)
+       timestamptz '2026-03-01 00:00:00+00'
+         + make_interval(secs => CASE WHEN n = 1 THEN 0 ELSE n END)
   FROM generate_series(1, {workspaces}) AS w,
        generate_series(1, {null_phone_rows_per_workspace}) AS n;
 ANALYZE public.meta_assets_cache;
