@@ -44,7 +44,8 @@ def upgrade() -> None:
         created = "meta_assets_cache" in ledger.created_tables(db)
         report.fact("state found", convergence.describe_state(found, created))
         if steps:
-            report.fact("resumed", f"an interrupted run that first found {steps[0].detail}")
+            first_found = ", ".join(steps[0].detail.get("uniques", [])) or "no unique on the pair"
+            report.fact("resumed", f"an interrupted earlier run, which first found: {first_found}")
 
         convergence.drop_invalid_indexes(db, plan, report)
         if plan.target is None:
