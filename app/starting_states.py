@@ -30,6 +30,7 @@ def dirty_rows_sql(
     workspaces: int = 0,
     duplicate_percent: int = 5,
     null_phone_rows_per_workspace: int = 3,
+    keys_from: int = 1,
 ) -> str:
     """Rows for public.meta_assets_cache (and the workspaces they belong to).
 
@@ -38,6 +39,9 @@ def dirty_rows_sql(
     - last_synced_at is NULL on about a fifth of the rows;
     - every workspace has `null_phone_rows_per_workspace` rows with a NULL phone_number_id, as
       the business-intelligence job writes them (some identical but for the id).
+
+    `keys_from` lets a large table be built in chunks (keys keys_from..keys per call, with the
+    same `workspaces` each time and the NULL-phone rows only once), to report progress.
     """
     workspaces = workspaces or max(1, keys // 20)
     return f"""
@@ -63,7 +67,7 @@ SELECT md5('row/' || k || '/' || copy)::uuid,
             WHEN k % 8 = 0 THEN timestamptz '2026-02-01 00:00:00+00'
             ELSE timestamptz '2026-02-01 00:00:00+00' + make_interval(secs => 60 * copy) END,
        CASE WHEN copy > 1 AND k % 3 = 0 THEN 'rate limited' END
-  FROM generate_series(1, {keys}) AS k,
+  FROM generate_series({keys_from}, {keys}) AS k,
        generate_series(1, CASE WHEN k % 100 < {duplicate_percent} THEN 2 + k % 3 ELSE 1 END)
          AS copy;
 
