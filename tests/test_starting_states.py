@@ -129,3 +129,50 @@ def test_rerun_on_a_constrained_table_builds_nothing(harness):
     harness.downgrade("-1")
     harness.upgrade("head")
     assert harness.scalar(f"SELECT '{CANONICAL_UNIQUE_NAME}'::regclass::oid") == oid_before
+
+
+def test_summary_tells_the_story(harness):
+    harness.build_state("drifted")
+    result = harness.cli("upgrade", "head")
+    assert result.returncode == 0, result.output
+    archived = harness.scalar(f"SELECT count(*) FROM {ARCHIVE}")
+    groups = harness.scalar(f"SELECT count(DISTINCT kept_id) FROM {ARCHIVE}")
+    for expected in (
+        "state found       drifted (no unique on the pair)",
+        f"duplicate groups  {groups}",
+        f"rows archived     {archived} (moved to {ARCHIVE})",
+        f"built             unique index {CANONICAL_UNIQUE_NAME}, concurrently",
+        "seconds per step: inspect",
+    ):
+        assert expected in result.stderr
+
+
+def test_hand_named_unique_constraint_is_renamed_and_renamed_back(harness):
+    harness.build_state("constrained")
+    harness.execute(
+        "ALTER TABLE public.meta_assets_cache RENAME CONSTRAINT"
+        f" {CANONICAL_UNIQUE_NAME} TO meta_assets_cache_pair_by_hand"
+    )
+    harness.upgrade("0001")
+    schema_before = harness.schema_dump()
+    harness.upgrade("head")
+    assert [(u.index_name, u.constraint_name) for u in harness.pair_uniques()] == [
+        (CANONICAL_UNIQUE_NAME, CANONICAL_UNIQUE_NAME)
+    ]
+    harness.check()
+    harness.downgrade("-1")
+    assert harness.schema_dump() == schema_before
+
+
+def test_partial_unique_on_the_pair_is_left_alone(harness):
+    harness.build_state("drifted")
+    harness.execute(
+        "CREATE UNIQUE INDEX meta_assets_cache_recent_pair ON public.meta_assets_cache"
+        " (workspace_id, phone_number_id) WHERE updated_at > '2030-01-01'"
+    )
+    harness.upgrade("head")
+    names = {u.index_name: u.constraint_name for u in harness.pair_uniques()}
+    assert names == {
+        CANONICAL_UNIQUE_NAME: CANONICAL_UNIQUE_NAME,
+        "meta_assets_cache_recent_pair": None,
+    }
