@@ -5,10 +5,13 @@ import os
 
 from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, pool
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from alembic import context
+from app.database_url import DatabaseUrlError, one_line
+from app.database_url import database_url as parse_database_url
+from app.migration_helpers import offline
 from app.migration_helpers.database import CALLERS_TRANSACTION
 from app.migration_helpers.errors import MigrationAbort
 from app.migration_helpers.locks import one_migrator_at_a_time
@@ -39,35 +42,10 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool, c
 
 
 def database_url() -> URL:
-    raw = os.environ.get("DATABASE_URL", "").strip()
-    if not raw:
-        raise CommandError(
-            "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB"
-        )
-    if raw.startswith("postgres://"):  # Supabase and Heroku hand out this spelling
-        raw = "postgresql://" + raw[len("postgres://") :]
     try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise CommandError(
-            "DATABASE_URL is not a valid URL: expected postgresql://USER:PASSWORD@HOST:5432/DB"
-        ) from None
-    if url.get_backend_name() != "postgresql":
-        raise CommandError(
-            f"DATABASE_URL names a {url.get_backend_name()!r} database; this package migrates"
-            " PostgreSQL: postgresql://USER:PASSWORD@HOST:5432/DB"
-        )
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg2")
-    return url
-
-
-def one_line(error: DBAPIError, url: URL | None) -> str:
-    """The server's message, first line only, with any password masked."""
-    message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-    if url is not None and url.password:
-        message = message.replace(str(url.password), "***")
-    return message
+        return parse_database_url()
+    except DatabaseUrlError as error:
+        raise CommandError(str(error)) from None
 
 
 def run_migrations_offline() -> None:
@@ -82,6 +60,7 @@ def run_migrations_offline() -> None:
         include_name=include_name,
         include_object=include_object,
     )
+    context.get_context().impl.static_output(offline.PREAMBLE)
     with context.begin_transaction():
         context.run_migrations()
 

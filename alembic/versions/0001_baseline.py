@@ -13,8 +13,8 @@ Create Date: 2026-11-24
 import logging
 from collections.abc import Sequence
 
-from alembic import op
-from app.migration_helpers import ledger
+from alembic import context, op
+from app.migration_helpers import ledger, offline
 from app.migration_helpers.catalog import relation_exists
 from app.migration_helpers.database import Database
 from app.migration_helpers.errors import MigrationAbort
@@ -61,6 +61,9 @@ ALTER TABLE public.meta_assets_cache ENABLE ROW LEVEL SECURITY
 
 
 def upgrade() -> None:
+    if context.is_offline_mode():  # no connection: the script decides in the database
+        op.execute(offline.baseline_upgrade_sql(CREATE_WORKSPACES, CREATE_META_ASSETS_CACHE))
+        return
     db = Database(op.get_bind(), MigrationSettings.from_context(op.get_context()))
     ledger.create_ledger_schema(db)
     ledger.create_baseline_ledger(db)
@@ -75,6 +78,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if context.is_offline_mode():
+        op.execute(offline.baseline_downgrade_sql())
+        return
     db = Database(op.get_bind(), MigrationSettings.from_context(op.get_context()))
     if ledger.unique_pair_ledger_exists(db):
         raise MigrationAbort(

@@ -15,8 +15,8 @@ Create Date: 2026-11-24
 
 from collections.abc import Sequence
 
-from alembic import op
-from app.migration_helpers import archive, catalog, convergence, ledger
+from alembic import context, op
+from app.migration_helpers import archive, catalog, convergence, ledger, offline
 from app.migration_helpers.database import autocommit_database
 from app.migration_helpers.report import RunReport
 
@@ -29,6 +29,9 @@ TITLE = "meta_assets_cache unique (workspace_id, phone_number_id)"
 
 
 def upgrade() -> None:
+    if context.is_offline_mode():  # no connection: the script decides in the database
+        op.execute(offline.unique_pair_upgrade_sql())
+        return
     with autocommit_database(op.get_context()) as db:
         report = RunReport(TITLE)
         catalog.require_table_owned_by_current_role(db)
@@ -61,6 +64,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if context.is_offline_mode():
+        op.execute(offline.unique_pair_downgrade_sql())
+        return
     with autocommit_database(op.get_context()) as db:
         report = RunReport(f"undo {TITLE}")
         catalog.require_table_owned_by_current_role(db)

@@ -55,12 +55,14 @@ def existing_roles(db: Database, roles: tuple[str, ...]) -> list[str]:
 
 def archive_duplicates(db: Database) -> ArchiveResult:
     """One statement: find duplicate keys with a hash aggregate, rank only those groups, delete
-    the losers and insert them into the archive. The delete re-checks the ranking columns, so a
+    the losers and insert them into the archive. The delete finds each loser by its ctid (a
+    direct heap fetch, no primary-key lookup) and re-checks the id and the ranking columns, so a
     row updated meanwhile is left alone (a later unique build failure retries the dedupe)."""
     columns = [db.quote(column) for column in table_columns(db)]
     column_list = ", ".join(columns)
     removed_columns = ", ".join(f"c.{column}" for column in columns)
     with db.transaction():
+        raise_work_mem(db)
         row = db.execute(
             f"""
             WITH duplicate_keys AS (
@@ -70,7 +72,7 @@ def archive_duplicates(db: Database) -> ArchiveResult:
                  GROUP BY workspace_id, phone_number_id
                 HAVING count(*) > 1
             ), ranked AS (
-                SELECT c.id, c.updated_at, c.last_synced_at,
+                SELECT c.ctid AS row_ctid, c.id, c.updated_at, c.last_synced_at,
                        row_number() OVER newest_first AS position,
                        first_value(c.id) OVER newest_first AS kept_id
                   FROM {TABLE} c
@@ -83,6 +85,7 @@ def archive_duplicates(db: Database) -> ArchiveResult:
                 DELETE FROM {TABLE} c
                  USING ranked r
                  WHERE r.position > 1
+                   AND c.ctid = r.row_ctid
                    AND c.id = r.id
                    AND c.updated_at = r.updated_at
                    AND c.last_synced_at IS NOT DISTINCT FROM r.last_synced_at
@@ -97,6 +100,20 @@ def archive_duplicates(db: Database) -> ArchiveResult:
             {"reason": ARCHIVE_REASON},
         ).one()
     return ArchiveResult(duplicate_groups=row.groups, rows_archived=row.rows)
+
+
+# The hash aggregate over every key spills to disk in dozens of batches under the default 4MB
+# (about 150 bytes per key); 64MB (x hash_mem_multiplier) keeps a million keys nearly in memory.
+DEDUPE_WORK_MEM = "64MB"
+
+
+def raise_work_mem(db: Database) -> None:
+    """For this transaction only, and never lower than what the DBA configured."""
+    db.execute(
+        "SELECT set_config('work_mem', :work_mem, true)"
+        " WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(:work_mem)",
+        {"work_mem": DEDUPE_WORK_MEM},
+    )
 
 
 def archived_row_count(db: Database) -> int:

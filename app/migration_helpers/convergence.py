@@ -98,7 +98,9 @@ def build_canonical_unique(db: Database, report: RunReport) -> None:
     groups = rows = 0
     definition = indexes.unique_pair_index_definition(db, CANONICAL)
     for attempt in range(1, db.settings.build_attempts + 1):
-        with report.step("archive duplicates"):
+        # The dedupe scans the table and may wait for rows the app holds; it takes no strong
+        # lock, so a statement_timeout on the migrator's role must not cancel it.
+        with report.step("archive duplicates"), db.session_setting("statement_timeout", "0"):
             archived = archive_duplicates(db)
         groups += archived.duplicate_groups
         rows += archived.rows_archived

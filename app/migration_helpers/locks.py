@@ -39,8 +39,12 @@ def with_lock_retries(db: Database, purpose: str, step: Callable[[], T]) -> T:
     for attempt in range(1, settings.lock_retries + 1):
         try:
             with db.transaction():
+                # lock_timeout bounds the wait; a role's shorter statement_timeout would cancel
+                # it first with an error that is not retried. The steps themselves are
+                # catalog-only, so nothing else needs the statement_timeout.
                 db.scalar(
-                    "SELECT set_config('lock_timeout', :timeout, true)",
+                    "SELECT set_config('lock_timeout', :timeout, true),"
+                    " set_config('statement_timeout', '0', true)",
                     {"timeout": f"{max(1, round(settings.lock_timeout * 1000))}ms"},
                 )
                 return step()
@@ -83,17 +87,20 @@ def one_migrator_at_a_time(connection: Connection, settings: MigrationSettings) 
         yield
         return
     deadline = time.monotonic() + settings.migrator_wait
-    announced = False
+    name_before_waiting = None
     while not _try_migrator_lock(connection):
         if time.monotonic() >= deadline:
             raise MigrationAbort(
                 f"another migration of {TABLE} has held the migrator lock for over"
                 f" {settings.migrator_wait:g} s; let it finish, or raise -x migrator_wait"
             )
-        if not announced:
+        if name_before_waiting is None:
             log.info("another migrator is running on this database; waiting for it to finish")
-            announced = True
+            # A DBA looking at pg_stat_activity sees who is waiting, and why.
+            name_before_waiting = _set_application_name(connection, WAITING_SUFFIX)
         time.sleep(0.2)
+    if name_before_waiting is not None:
+        _set_application_name(connection, "", replace_with=name_before_waiting)
     try:
         yield
     finally:
@@ -102,6 +109,20 @@ def one_migrator_at_a_time(connection: Connection, settings: MigrationSettings) 
             connection.commit()
         except DBAPIError:
             pass  # a broken session has released the lock already: it dies with the session
+
+
+WAITING_SUFFIX = " (waiting for another migrator)"
+
+
+def _set_application_name(connection: Connection, suffix: str, replace_with: str = "") -> str:
+    """Append `suffix` to application_name (or set it to `replace_with`); return the old name."""
+    previous = connection.execute(text("SELECT current_setting('application_name')")).scalar()
+    connection.execute(
+        text("SELECT set_config('application_name', :name, false)"),
+        {"name": (replace_with or previous) + suffix},
+    )
+    connection.commit()
+    return previous
 
 
 def _try_migrator_lock(connection: Connection) -> bool:

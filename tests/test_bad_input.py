@@ -1,0 +1,160 @@
+"""Bad input fails fast: one line naming the problem, a non-zero exit, no traceback, no password
+in the output, and nothing changed in the database."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.throwaway_postgres import free_port
+from tests.online_support import failed_lines
+from tests.support import PROJECT_ROOT, AlembicResult
+
+SECRET = "Hunter2-not-to-be-printed"
+
+
+def alembic(*args: str, database_url: str | None, env: dict[str, str] | None = None):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGR"))}
+    if database_url is not None:
+        environ["DATABASE_URL"] = database_url
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=PROJECT_ROOT,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    return AlembicResult(result.returncode, result.stdout, result.stderr)
+
+
+def database_state(harness) -> tuple:
+    return harness.schema_dump(), harness.table_rows()
+
+
+def assert_failed_cleanly(result: AlembicResult, *expected: str, secrets: tuple[str, ...] = ()):
+    assert result.returncode != 0
+    assert "Traceback" not in result.output
+    [failed] = failed_lines(result)
+    for fragment in expected:
+        assert fragment in failed, result.output
+    for secret in secrets:
+        assert secret not in result.output
+
+
+@pytest.fixture
+def drifted_at_baseline(harness):
+    harness.build_state("drifted")
+    harness.upgrade("0001")
+    return database_state(harness)
+
+
+def url_with(harness, **changes) -> str:
+    return make_url(harness.url).set(**changes).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize(
+    ("make_database_url", "expected"),
+    [
+        (lambda h: None, "DATABASE_URL is not set"),
+        (lambda h: "", "DATABASE_URL is not set"),
+        (lambda h: f"not a url {SECRET}", "DATABASE_URL is not a valid URL"),
+        (
+            lambda h: f"postgresql://postgres:{SECRET}@127.0.0.1:notaport/db",
+            "DATABASE_URL is not a valid URL",
+        ),
+        (lambda h: f"mysql://postgres:{SECRET}@127.0.0.1/db", "names a 'mysql' database"),
+        (
+            lambda h: url_with(h, port=free_port(), password=SECRET),
+            "database error: connection to server at",
+        ),
+        (lambda h: url_with(h, password=SECRET), "password authentication failed"),
+        (lambda h: url_with(h, database="no_such_database"), 'database "no_such_database"'),
+    ],
+    ids=[
+        "unset",
+        "empty",
+        "not-a-url",
+        "bad-port",
+        "mysql",
+        "closed-port",
+        "wrong-password",
+        "unknown-database",
+    ],
+)
+def test_bad_database_url(harness, drifted_at_baseline, make_database_url, expected):
+    result = alembic("upgrade", "head", database_url=make_database_url(harness))
+    assert_failed_cleanly(result, expected, secrets=(SECRET, harness.server.password))
+    assert database_state(harness) == drifted_at_baseline
+
+
+def test_another_postgres_driver_in_the_url_is_accepted(harness, drifted_at_baseline):
+    url = url_with(harness, drivername="postgresql+asyncpg")
+    result = alembic("upgrade", "head", database_url=url)
+    assert result.returncode == 0, result.output
+    assert harness.scalar("SELECT version_num FROM alembic_version") == "0002"
+
+
+@pytest.mark.parametrize(
+    ("grants", "expected"),
+    [
+        (
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+            "cannot alter public.meta_assets_cache (owned by 'postgres')",
+        ),
+        ("", "permission denied for table alembic_version"),
+    ],
+    ids=["app-role-with-dml", "role-with-no-grants"],
+)
+def test_role_that_does_not_own_the_table(harness, drifted_at_baseline, grants, expected):
+    role = f"not_owner_{harness.dbname[-12:]}".replace("-", "_")
+    harness.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{SECRET}'")
+    try:
+        if grants:
+            harness.execute(grants.format(role=role))
+        state = database_state(harness)
+        url = url_with(harness, username=role, password=SECRET)
+        result = alembic("upgrade", "head", database_url=url)
+        assert_failed_cleanly(result, expected, secrets=(SECRET, harness.server.password))
+        assert database_state(harness) == state
+        assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
+    finally:
+        harness.execute(f"DROP OWNED BY {role}")
+        harness.execute(f"DROP ROLE {role}")
+
+
+def test_missing_table(harness):
+    harness.upgrade("0001")  # an empty database: the baseline creates the tables
+    harness.execute("DROP TABLE public.meta_assets_cache")
+    schema_before = harness.schema_dump()
+    result = alembic("upgrade", "head", database_url=harness.url)
+    assert_failed_cleanly(
+        result,
+        "table public.meta_assets_cache does not exist in database",
+        harness.dbname,
+        secrets=(harness.server.password,),
+    )
+    assert harness.schema_dump() == schema_before
+    assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "expected"),
+    [
+        (["-x", "lock_timeout=abc"], {}, "lock_timeout='abc' is not a duration"),
+        (["-x", "lock_retries=0"], {}, "lock_retries='0' must be a whole number"),
+        (["-x", "build_attempts=2.5"], {}, "build_attempts='2.5' must be a whole number"),
+        (["-x", "lock_timout=2s"], {}, "unknown -x setting 'lock_timout'"),
+        (["-x", "lock_timeout"], {}, "-x 'lock_timeout' must look like name=value"),
+        ([], {"MIGRATION_LOCK_TIMEOUT": "soon"}, "lock_timeout='soon' is not a duration"),
+    ],
+    ids=["duration", "zero-count", "fractional-count", "unknown", "no-value", "environment"],
+)
+def test_invalid_setting(harness, drifted_at_baseline, arguments, env, expected):
+    result = alembic(*arguments, "upgrade", "head", database_url=harness.url, env=env)
+    assert_failed_cleanly(result, expected, secrets=(harness.server.password,))
+    assert database_state(harness) == drifted_at_baseline
+    assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
