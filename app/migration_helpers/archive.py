@@ -64,7 +64,17 @@ def archive_duplicates(db: Database) -> ArchiveResult:
     with db.transaction():
         raise_work_mem(db)
         row = db.execute(
-            f"""
+            move_duplicates_sql(column_list, removed_columns, reason=":reason")
+            + " SELECT count(DISTINCT kept_id) AS groups, count(*) AS rows FROM archived",
+            {"reason": ARCHIVE_REASON},
+        ).one()
+    return ArchiveResult(duplicate_groups=row.groups, rows_archived=row.rows)
+
+
+def move_duplicates_sql(column_list: str, removed_columns: str, reason: str) -> str:
+    """The statement's CTEs, ending in `archived` (one kept_id per archived row). Shared with
+    the offline script, which fills the column lists and the reason in with format()."""
+    return f"""
             WITH duplicate_keys AS (
                 SELECT workspace_id, phone_number_id
                   FROM {TABLE}
@@ -92,14 +102,10 @@ def archive_duplicates(db: Database) -> ArchiveResult:
                 RETURNING {removed_columns}, r.kept_id
             ), archived AS (
                 INSERT INTO {ARCHIVE} ({column_list}, kept_id, archived_reason)
-                SELECT {column_list}, kept_id, :reason FROM removed
+                SELECT {column_list}, kept_id, {reason} FROM removed
                 RETURNING kept_id
             )
-            SELECT count(DISTINCT kept_id) AS groups, count(*) AS rows FROM archived
-            """,
-            {"reason": ARCHIVE_REASON},
-        ).one()
-    return ArchiveResult(duplicate_groups=row.groups, rows_archived=row.rows)
+    """
 
 
 # The hash aggregate over every key spills to disk in dozens of batches under the default 4MB

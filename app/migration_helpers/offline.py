@@ -12,7 +12,7 @@ EXCLUSIVE lock that blocks the table's writes (not its reads) until the script's
 commits. Each revision is one transaction: an error rolls all of it back.
 """
 
-from app.migration_helpers.archive import ARCHIVE_REASON, DEDUPE_WORK_MEM
+from app.migration_helpers.archive import ARCHIVE_REASON, DEDUPE_WORK_MEM, move_duplicates_sql
 from app.migration_helpers.locks import MIGRATOR_LOCK_KEY
 from app.migration_helpers.names import (
     API_ROLES,
@@ -216,42 +216,12 @@ _PAIR_UNIQUES = f"""\
      WHERE ARRAY(SELECT c FROM unnest(found.columns) AS c ORDER BY c COLLATE "C")
            = ARRAY['phone_number_id', 'workspace_id'];"""
 
-# archive.archive_duplicates, with the live table's columns filled in by format().
+# archive.archive_duplicates's statement, with the live table's columns filled in by format().
 _ARCHIVE_DUPLICATES = f"""\
         -- As online: more work_mem for this transaction, never less than the DBA configured.
         PERFORM set_config('work_mem', '{DEDUPE_WORK_MEM}', true)
           WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{DEDUPE_WORK_MEM}');
-        EXECUTE format($archive$
-            WITH duplicate_keys AS (
-                SELECT workspace_id, phone_number_id
-                  FROM {TABLE}
-                 WHERE phone_number_id IS NOT NULL
-                 GROUP BY workspace_id, phone_number_id
-                HAVING count(*) > 1
-            ), ranked AS (
-                SELECT c.ctid AS row_ctid, c.id, c.updated_at, c.last_synced_at,
-                       row_number() OVER newest_first AS position,
-                       first_value(c.id) OVER newest_first AS kept_id
-                  FROM {TABLE} c
-                  JOIN duplicate_keys d
-                    ON d.workspace_id = c.workspace_id AND d.phone_number_id = c.phone_number_id
-                WINDOW newest_first AS (
-                    PARTITION BY c.workspace_id, c.phone_number_id
-                    ORDER BY c.updated_at DESC, c.last_synced_at DESC NULLS LAST, c.id DESC)
-            ), removed AS (
-                DELETE FROM {TABLE} c
-                 USING ranked r
-                 WHERE r.position > 1
-                   AND c.ctid = r.row_ctid
-                   AND c.id = r.id
-                   AND c.updated_at = r.updated_at
-                   AND c.last_synced_at IS NOT DISTINCT FROM r.last_synced_at
-                RETURNING %2$s, r.kept_id
-            ), archived AS (
-                INSERT INTO {ARCHIVE} (%1$s, kept_id, archived_reason)
-                SELECT %1$s, kept_id, $1 FROM removed
-                RETURNING kept_id
-            )
+        EXECUTE format($archive${move_duplicates_sql("%1$s", "%2$s", reason="$1")}
             SELECT count(DISTINCT kept_id), count(*) FROM archived
             $archive$, column_list, removed_columns)
           INTO groups, archived_rows
