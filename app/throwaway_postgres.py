@@ -29,6 +29,8 @@ FAST_SETTINGS = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "60",
+    # Long enough that tests can find a statement by text in pg_stat_activity.
+    "track_activity_query_size": "8192",
     "shared_buffers": "256MB",
     "maintenance_work_mem": "256MB",
 }
