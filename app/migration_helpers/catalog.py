@@ -45,9 +45,12 @@ class PairUnique:
         return f"{kind} {self.index_name} ({', '.join(self.columns)}){flags}"
 
 
-_PAIR_UNIQUES = """
-SELECT ic.relname AS index_name,
-       con.conname AS constraint_name,
+def unique_indexes_with_two_keys_sql(table: str) -> str:
+    """Every unique index on `table` (an SQL expression of type regclass) with two key columns,
+    described for PairUnique. Shared with the offline script, which filters it in plpgsql."""
+    return f"""
+SELECT ic.relname::text COLLATE "C" AS index_name,
+       con.conname::text AS constraint_name,
        ARRAY(SELECT a.attname::text
                FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -65,9 +68,11 @@ SELECT ic.relname AS index_name,
   JOIN pg_am am ON am.oid = ic.relam
   LEFT JOIN pg_constraint con
          ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype = 'u'
- WHERE i.indrelid = to_regclass(:table) AND i.indisunique AND i.indnkeyatts = 2
- ORDER BY ic.relname
+ WHERE i.indrelid = {table} AND i.indisunique AND i.indnkeyatts = 2
 """
+
+
+_PAIR_UNIQUES = unique_indexes_with_two_keys_sql("to_regclass(:table)") + " ORDER BY index_name"
 
 
 def pair_uniques(db: Database) -> list[PairUnique]:

@@ -13,6 +13,7 @@ commits. Each revision is one transaction: an error rolls all of it back.
 """
 
 from app.migration_helpers.archive import ARCHIVE_REASON, DEDUPE_WORK_MEM, move_duplicates_sql
+from app.migration_helpers.catalog import unique_indexes_with_two_keys_sql
 from app.migration_helpers.locks import MIGRATOR_LOCK_KEY
 from app.migration_helpers.names import (
     API_ROLES,
@@ -191,27 +192,7 @@ _PAIR_UNIQUES = f"""\
                   found.index_name, array_to_string(found.columns, ', '),
                   CASE WHEN found.valid THEN '' ELSE ' (INVALID)' END) AS description
       FROM (
-        SELECT ic.relname::text COLLATE "C" AS index_name,
-               con.conname::text AS constraint_name,
-               ARRAY(SELECT a.attname::text
-                       FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
-                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                      WHERE k.position <= i.indnkeyatts
-                      ORDER BY k.position) AS columns,
-               i.indisvalid AND i.indisready AS valid,
-               (i.indpred IS NULL AND i.indexprs IS NULL AND i.indnatts = i.indnkeyatts
-                AND am.amname = 'btree'
-                AND NOT EXISTS (SELECT 1 FROM unnest(i.indoption::int2[]) AS o(flag)
-                                 WHERE o.flag <> 0)) AS plain,
-               pg_get_indexdef(i.indexrelid) AS definition,
-               obj_description(i.indexrelid, 'pg_class') AS comment
-          FROM pg_index i
-          JOIN pg_class ic ON ic.oid = i.indexrelid
-          JOIN pg_am am ON am.oid = ic.relam
-          LEFT JOIN pg_constraint con
-                 ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
-                AND con.contype = 'u'
-         WHERE i.indrelid = '{TABLE}'::regclass AND i.indisunique AND i.indnkeyatts = 2
+{unique_indexes_with_two_keys_sql(f"'{TABLE}'::regclass")}
       ) AS found
      WHERE ARRAY(SELECT c FROM unnest(found.columns) AS c ORDER BY c COLLATE "C")
            = ARRAY['phone_number_id', 'workspace_id'];"""
