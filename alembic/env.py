@@ -4,12 +4,12 @@ import logging
 import os
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from alembic import context
-from app.database_url import DatabaseUrlError, one_line
+from app.database_url import DatabaseUrlError, engine_for, one_line
 from app.database_url import database_url as parse_database_url
 from app.migration_helpers import offline
 from app.migration_helpers.database import CALLERS_TRANSACTION
@@ -91,11 +91,7 @@ def run_migrations_online() -> None:
             configure_and_run(connection)
         return
     url = database_url()
-    engine = create_engine(
-        url,
-        poolclass=pool.NullPool,
-        connect_args={"application_name": "alembic meta_assets_cache", "connect_timeout": 10},
-    )
+    engine = engine_for(url, "alembic meta_assets_cache")
     try:
         with engine.connect() as connection:
             configure_and_run(connection)

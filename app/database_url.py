@@ -6,6 +6,7 @@ Shared by alembic/env.py and the preflight report, so both read the same variabl
 import os
 from collections.abc import Mapping
 
+from sqlalchemy import Engine, create_engine, pool
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -35,6 +36,15 @@ def database_url(environ: Mapping[str, str] = os.environ) -> URL:
         # The app may name an async or other driver; migrations always run on psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
     return url
+
+
+def engine_for(url: URL, application_name: str) -> Engine:
+    """One connection per command, named so DBAs can find it in pg_stat_activity."""
+    return create_engine(
+        url,
+        poolclass=pool.NullPool,
+        connect_args={"application_name": application_name, "connect_timeout": 10},
+    )
 
 
 def one_line(error: DBAPIError, url: URL | None) -> str:

@@ -13,10 +13,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import create_engine, pool
 from sqlalchemy.exc import DBAPIError
 
-from app.database_url import DatabaseUrlError, database_url, one_line
+from app.database_url import DatabaseUrlError, database_url, engine_for, one_line
 from app.migration_helpers import archive, catalog, convergence, ledger
 from app.migration_helpers.database import Database
 from app.migration_helpers.errors import MigrationAbort
@@ -202,11 +201,7 @@ def planned_steps(
 
 
 def run(url) -> Report:
-    engine = create_engine(
-        url,
-        poolclass=pool.NullPool,
-        connect_args={"application_name": "meta_assets_cache preflight", "connect_timeout": 10},
-    )
+    engine = engine_for(url, "meta_assets_cache preflight")
     try:
         with engine.connect() as connection:
             # The first statement of the transaction: nothing below can write.
