@@ -8,7 +8,7 @@ Rows whose phone_number_id is NULL never conflict on the unique and are never to
 
 from dataclasses import dataclass
 
-from app.migration_helpers.catalog import table_columns
+from app.migration_helpers.catalog import existing_roles, relation_exists, table_columns
 from app.migration_helpers.database import Database
 from app.migration_helpers.names import (
     API_ROLES,
@@ -41,16 +41,6 @@ def create_archive(db: Database) -> None:
     db.execute(f"REVOKE ALL ON TABLE {ARCHIVE} FROM PUBLIC")
     for role in existing_roles(db, API_ROLES):
         db.execute(f"REVOKE ALL ON TABLE {ARCHIVE} FROM {db.quote(role)}")
-
-
-def existing_roles(db: Database, roles: tuple[str, ...]) -> list[str]:
-    return [
-        row.rolname
-        for row in db.rows(
-            "SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles) ORDER BY rolname",
-            {"roles": list(roles)},
-        )
-    ]
 
 
 def archive_duplicates(db: Database) -> ArchiveResult:
@@ -126,14 +116,14 @@ def raise_work_mem(db: Database) -> None:
 
 
 def archived_row_count(db: Database) -> int:
-    if not db.scalar("SELECT to_regclass(:name) IS NOT NULL", {"name": ARCHIVE}):
+    if not relation_exists(db, ARCHIVE):
         return 0
     return db.scalar(f"SELECT count(*) FROM {ARCHIVE}")
 
 
 def restore_archived_rows(db: Database) -> int:
     """Move every archived row back, unchanged, in one transaction."""
-    if not db.scalar("SELECT to_regclass(:name) IS NOT NULL", {"name": ARCHIVE}):
+    if not relation_exists(db, ARCHIVE):
         return 0
     column_list = ", ".join(db.quote(column) for column in table_columns(db))
     with db.transaction():

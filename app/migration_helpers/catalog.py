@@ -39,6 +39,15 @@ class PairUnique:
     def serves_upsert(self) -> bool:
         return self.valid and self.plain
 
+    def recreation_record(self) -> dict[str, str | None]:
+        """What a downgrade needs to build this unique again, exactly as it was."""
+        return {
+            "index_name": self.index_name,
+            "constraint_name": self.constraint_name,
+            "definition": self.definition,
+            "comment": self.comment,
+        }
+
     def describe(self) -> str:
         kind = f"constraint {self.constraint_name}" if self.constraint_name else "index"
         flags = "" if self.valid else " (INVALID)"
@@ -94,16 +103,6 @@ def pair_uniques(db: Database) -> list[PairUnique]:
     return found
 
 
-def index_exists(db: Database, name: str) -> bool:
-    return bool(
-        db.scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
-            " WHERE i.indrelid = to_regclass(:table) AND c.relname = :name)",
-            {"table": TABLE, "name": name},
-        )
-    )
-
-
 def index_is_valid(db: Database, name: str) -> bool | None:
     """True/False for an index on the table; None when there is no such index."""
     return db.scalar(
@@ -125,6 +124,17 @@ def constraint_exists(db: Database, name: str) -> bool:
 
 def relation_exists(db: Database, qualified_name: str) -> bool:
     return db.scalar("SELECT to_regclass(:name) IS NOT NULL", {"name": qualified_name})
+
+
+def existing_roles(db: Database, roles: tuple[str, ...]) -> list[str]:
+    """The given roles that exist here: Supabase's API roles are absent on a plain PostgreSQL."""
+    return [
+        row.rolname
+        for row in db.rows(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles) ORDER BY rolname",
+            {"roles": list(roles)},
+        )
+    ]
 
 
 def table_columns(db: Database) -> list[str]:

@@ -146,13 +146,7 @@ def adopt_existing_unique(
             return
         ours = target.index_name == CANONICAL and any(s.action == "built" for s in steps)
         if not ours:
-            ledger.record_step(
-                db,
-                "promoted",
-                index_name=target.index_name,
-                definition=target.definition,
-                comment=target.comment,
-            )
+            ledger.record_step(db, "promoted", **target.recreation_record())
         indexes.promote_index_to_constraint(db, target.index_name, CANONICAL)
         if target.comment is not None:
             indexes.set_index_comment(db, CANONICAL, None)
@@ -162,14 +156,7 @@ def adopt_existing_unique(
 
 def drop_redundant_uniques(db: Database, plan: Plan, report: RunReport) -> None:
     for unique in plan.redundant:
-        ledger.record_step(
-            db,
-            "dropped_redundant",
-            index_name=unique.index_name,
-            constraint_name=unique.constraint_name,
-            definition=unique.definition,
-            comment=unique.comment,
-        )
+        ledger.record_step(db, "dropped_redundant", **unique.recreation_record())
         if unique.constraint_name:
             indexes.drop_constraint(db, unique.constraint_name)
         else:

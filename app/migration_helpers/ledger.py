@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from app.migration_helpers.catalog import existing_roles, relation_exists
 from app.migration_helpers.database import Database
 from app.migration_helpers.names import (
     API_ROLES,
@@ -21,9 +22,8 @@ from app.migration_helpers.names import (
 def create_ledger_schema(db: Database) -> None:
     db.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
     db.execute(f"REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC")
-    for role in API_ROLES:
-        if db.scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r)", {"r": role}):
-            db.execute(f"REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM {db.quote(role)}")
+    for role in existing_roles(db, API_ROLES):
+        db.execute(f"REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM {db.quote(role)}")
 
 
 def drop_ledger_schema(db: Database) -> None:
@@ -48,7 +48,7 @@ def record_created_table(db: Database, table_name: str) -> None:
 
 
 def created_tables(db: Database) -> set[str]:
-    if not db.scalar("SELECT to_regclass(:name) IS NOT NULL", {"name": BASELINE_LEDGER}):
+    if not relation_exists(db, BASELINE_LEDGER):
         return set()
     return {row.table_name for row in db.rows(f"SELECT table_name FROM {BASELINE_LEDGER}")}
 
@@ -78,7 +78,7 @@ def create_unique_pair_ledger(db: Database) -> None:
 
 
 def unique_pair_ledger_exists(db: Database) -> bool:
-    return db.scalar("SELECT to_regclass(:name) IS NOT NULL", {"name": UNIQUE_PAIR_LEDGER})
+    return relation_exists(db, UNIQUE_PAIR_LEDGER)
 
 
 def record_step(db: Database, action: str, **detail: Any) -> None:
