@@ -1,6 +1,5 @@
 """Alembic environment: DATABASE_URL in, one migrator at a time, one-line errors out."""
 
-import logging
 import os
 
 from alembic.util import CommandError
@@ -24,7 +23,6 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
 
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-log = logging.getLogger("meta_assets")
 target_metadata = Base.metadata
 
 
@@ -36,9 +34,8 @@ def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to) -> bool:
-    if type_ == "table":
-        return name in OWNED_TABLES
-    return True
+    """The model side of the same rule: compare only what this package owns."""
+    return include_name(name, type_, {})
 
 
 def database_url() -> URL:
