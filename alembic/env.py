@@ -3,7 +3,7 @@
 import os
 
 from alembic.util import CommandError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
@@ -14,8 +14,8 @@ from app.migration_helpers import offline
 from app.migration_helpers.database import CALLERS_TRANSACTION
 from app.migration_helpers.errors import MigrationAbort
 from app.migration_helpers.locks import one_migrator_at_a_time
+from app.migration_helpers.names import OWNED_TABLES
 from app.migration_helpers.settings import MigrationSettings
-from app.models import OWNED_TABLES, Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -23,7 +23,21 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
 
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+# These never compare the database with the models. Loading the models imports the ORM, a tenth
+# of the start-up of an `alembic upgrade` that finds nothing to do.
+COMMANDS_WITHOUT_MODELS = frozenset({"upgrade", "downgrade", "stamp", "current", "history"})
+
+
+def models_metadata() -> MetaData | None:
+    command = getattr(config.cmd_opts, "cmd", None)
+    if command and command[0].__name__ in COMMANDS_WITHOUT_MODELS:
+        return None
+    from app.models import Base
+
+    return Base.metadata
+
+
+target_metadata = models_metadata()
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:

@@ -19,9 +19,8 @@ from app.database_url import DatabaseUrlError, database_url, engine_for, one_lin
 from app.migration_helpers import archive, catalog, convergence, ledger
 from app.migration_helpers.database import Database
 from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import ARCHIVE, TABLE, UNIQUE_PAIR_LEDGER
+from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, TABLE, UNIQUE_PAIR_LEDGER
 from app.migration_helpers.settings import MigrationSettings
-from app.models import CANONICAL_UNIQUE_NAME
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 

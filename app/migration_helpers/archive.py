@@ -13,7 +13,7 @@ from app.migration_helpers.database import Database
 from app.migration_helpers.names import (
     API_ROLES,
     ARCHIVE,
-    ARCHIVE_NAME,
+    ROWS_TO_ARCHIVE,
     TABLE,
 )
 
@@ -26,16 +26,19 @@ class ArchiveResult:
     rows_archived: int
 
 
+# The live table's columns plus which row was kept, when and why. No primary key: the archive
+# is append-only and keeps every row version it is given, and indexing random uuids would add
+# a fifth to the dedupe's time.
+CREATE_ARCHIVE_SQL = f"""CREATE TABLE IF NOT EXISTS {ARCHIVE} (
+    LIKE {TABLE},
+    kept_id uuid NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    archived_reason text NOT NULL
+)"""
+
+
 def create_archive(db: Database) -> None:
-    """The archive mirrors the live table's columns and adds when, why and which row was kept."""
-    db.execute(
-        f"CREATE TABLE IF NOT EXISTS {ARCHIVE} ("
-        f" LIKE {TABLE},"
-        " kept_id uuid NOT NULL,"
-        " archived_at timestamptz NOT NULL DEFAULT now(),"
-        " archived_reason text NOT NULL,"
-        f" CONSTRAINT {ARCHIVE_NAME}_pkey PRIMARY KEY (id))"
-    )
+    db.execute(CREATE_ARCHIVE_SQL)
     # Defence in depth beside the private schema: no API role may read what was removed.
     db.execute(f"ALTER TABLE {ARCHIVE} ENABLE ROW LEVEL SECURITY")
     db.execute(f"REVOKE ALL ON TABLE {ARCHIVE} FROM PUBLIC")
@@ -44,51 +47,71 @@ def create_archive(db: Database) -> None:
 
 
 def archive_duplicates(db: Database) -> ArchiveResult:
-    """One statement: find duplicate keys with a hash aggregate, rank only those groups, delete
-    the losers and insert them into the archive. The delete finds each loser by its ctid (a
-    direct heap fetch in heap order, no primary-key lookup) and re-checks the id and the ranking
-    columns, so a row updated meanwhile is left alone (a later unique build failure retries the
-    dedupe)."""
+    """Two statements in one transaction. The first lists the rows to archive: a parallel hash
+    semi-join of the table with itself finds the rows that share their pair with another row, and
+    only those are ranked. Parallel workers never run a statement that writes rows, so the list
+    goes into a work table (CREATE TABLE AS may use them). The second deletes the listed rows and
+    inserts them into the archive."""
     columns = [db.quote(column) for column in table_columns(db)]
     column_list = ", ".join(columns)
     removed_columns = ", ".join(f"c.{column}" for column in columns)
     with db.transaction():
         raise_work_mem(db)
+        db.execute(f"DROP TABLE IF EXISTS {ROWS_TO_ARCHIVE}")
+        db.execute(list_rows_to_archive_sql())
         row = db.execute(
-            move_duplicates_sql(column_list, removed_columns, reason=":reason")
+            move_listed_rows_sql(column_list, removed_columns, reason=":reason")
             + " SELECT count(DISTINCT kept_id) AS groups, count(*) AS rows FROM archived",
             {"reason": ARCHIVE_REASON},
         ).one()
+        db.execute(f"DROP TABLE {ROWS_TO_ARCHIVE}")
     return ArchiveResult(duplicate_groups=row.groups, rows_archived=row.rows)
 
 
-def move_duplicates_sql(column_list: str, removed_columns: str, reason: str) -> str:
+def list_rows_to_archive_sql() -> str:
+    """Every row but the newest of each duplicate pair, with the id of the row that stays.
+    Unlogged: it lives for one transaction and is never worth a WAL record."""
+    return f"""
+            CREATE UNLOGGED TABLE {ROWS_TO_ARCHIVE} AS
+            WITH in_duplicate_pairs AS (
+                SELECT c.ctid AS row_ctid, c.id, c.workspace_id, c.phone_number_id,
+                       c.updated_at, c.last_synced_at
+                  FROM {TABLE} c
+                 WHERE c.phone_number_id IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM {TABLE} other
+                                WHERE other.phone_number_id IS NOT NULL
+                                  AND other.workspace_id = c.workspace_id
+                                  AND other.phone_number_id = c.phone_number_id
+                                  AND other.ctid <> c.ctid)
+            ), ranked AS (
+                SELECT row_ctid, id, updated_at, last_synced_at,
+                       row_number() OVER newest_first AS position,
+                       first_value(id) OVER newest_first AS kept_id
+                  FROM in_duplicate_pairs
+                WINDOW newest_first AS (
+                    PARTITION BY workspace_id, phone_number_id
+                    ORDER BY updated_at DESC, last_synced_at DESC NULLS LAST, id DESC)
+            )
+            SELECT row_ctid, id, updated_at, last_synced_at, kept_id
+              FROM ranked
+             WHERE position > 1
+    """
+
+
+def move_listed_rows_sql(column_list: str, removed_columns: str, reason: str) -> str:
     """The statement's CTEs, ending in `archived` (one kept_id per archived row). Shared with
     the offline script, which fills the column lists and the reason in with format().
 
-    The losers are deleted in ctid order: the deletes walk the heap forward instead of jumping to
-    a random page per row, which halves the delete on a table larger than shared_buffers."""
+    Each listed row is found by its ctid (a direct heap fetch, no primary-key lookup), in ctid
+    order so the deletes walk the heap forward instead of jumping to a random page per row. The
+    id and the ranking columns are checked again, so a row updated since it was listed is left
+    alone (a later unique build failure retries the dedupe)."""
     return f"""
-            WITH duplicate_keys AS (
-                SELECT workspace_id, phone_number_id
-                  FROM {TABLE}
-                 WHERE phone_number_id IS NOT NULL
-                 GROUP BY workspace_id, phone_number_id
-                HAVING count(*) > 1
-            ), ranked AS (
-                SELECT c.ctid AS row_ctid, c.id, c.updated_at, c.last_synced_at,
-                       row_number() OVER newest_first AS position,
-                       first_value(c.id) OVER newest_first AS kept_id
-                  FROM {TABLE} c
-                  JOIN duplicate_keys d
-                    ON d.workspace_id = c.workspace_id AND d.phone_number_id = c.phone_number_id
-                WINDOW newest_first AS (
-                    PARTITION BY c.workspace_id, c.phone_number_id
-                    ORDER BY c.updated_at DESC, c.last_synced_at DESC NULLS LAST, c.id DESC)
-            ), removed AS (
+            WITH removed AS (
                 DELETE FROM {TABLE} c
-                 USING (SELECT * FROM ranked WHERE position > 1 ORDER BY row_ctid) r
-                 WHERE c.ctid = r.row_ctid
+                 USING {ROWS_TO_ARCHIVE} r
+                 WHERE c.ctid = ANY (ARRAY(SELECT row_ctid FROM {ROWS_TO_ARCHIVE}))
+                   AND c.ctid = r.row_ctid
                    AND c.id = r.id
                    AND c.updated_at = r.updated_at
                    AND c.last_synced_at IS NOT DISTINCT FROM r.last_synced_at

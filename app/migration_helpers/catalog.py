@@ -4,8 +4,7 @@ from dataclasses import dataclass
 
 from app.migration_helpers.database import Database
 from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import PAIR, SEED_INDEX_NAME, TABLE
-from app.models import CANONICAL_UNIQUE_NAME
+from app.migration_helpers.names import CANONICAL_UNIQUE_NAME, PAIR, SEED_INDEX_NAME, TABLE
 
 
 @dataclass(frozen=True)

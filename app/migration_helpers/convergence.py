@@ -14,9 +14,8 @@ from app.migration_helpers.archive import archive_duplicates
 from app.migration_helpers.catalog import PairUnique
 from app.migration_helpers.database import Database
 from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import ARCHIVE, PAIR
+from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, PAIR
 from app.migration_helpers.report import RunReport
-from app.models import CANONICAL_UNIQUE_NAME
 
 log = logging.getLogger("meta_assets")
 

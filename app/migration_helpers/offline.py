@@ -12,20 +12,26 @@ EXCLUSIVE lock that blocks the table's writes (not its reads) until the script's
 commits. Each revision is one transaction: an error rolls all of it back.
 """
 
-from app.migration_helpers.archive import ARCHIVE_REASON, DEDUPE_WORK_MEM, move_duplicates_sql
+from app.migration_helpers.archive import (
+    ARCHIVE_REASON,
+    CREATE_ARCHIVE_SQL,
+    DEDUPE_WORK_MEM,
+    list_rows_to_archive_sql,
+    move_listed_rows_sql,
+)
 from app.migration_helpers.catalog import unique_indexes_with_two_keys_sql
 from app.migration_helpers.locks import MIGRATOR_LOCK_KEY
 from app.migration_helpers.names import (
     API_ROLES,
     ARCHIVE,
-    ARCHIVE_NAME,
     BASELINE_LEDGER,
+    CANONICAL_UNIQUE_NAME,
     LEDGER_SCHEMA,
+    ROWS_TO_ARCHIVE,
     SEED_INDEX_NAME,
     TABLE,
     UNIQUE_PAIR_LEDGER,
 )
-from app.models import CANONICAL_UNIQUE_NAME
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 
@@ -197,16 +203,20 @@ _PAIR_UNIQUES = f"""\
      WHERE ARRAY(SELECT c FROM unnest(found.columns) AS c ORDER BY c COLLATE "C")
            = ARRAY['phone_number_id', 'workspace_id'];"""
 
-# archive.archive_duplicates's statement, with the live table's columns filled in by format().
+# archive.archive_duplicates's statements, with the live table's columns filled in by format().
 _ARCHIVE_DUPLICATES = f"""\
         -- As online: more work_mem for this transaction, never less than the DBA configured.
         PERFORM set_config('work_mem', '{DEDUPE_WORK_MEM}', true)
           WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{DEDUPE_WORK_MEM}');
-        EXECUTE format($archive${move_duplicates_sql("%1$s", "%2$s", reason="$1")}
+        DROP TABLE IF EXISTS {ROWS_TO_ARCHIVE};
+        {list_rows_to_archive_sql().strip()};
+        ANALYZE {ROWS_TO_ARCHIVE};
+        EXECUTE format($archive${move_listed_rows_sql("%1$s", "%2$s", reason="$1")}
             SELECT count(DISTINCT kept_id), count(*) FROM archived
             $archive$, column_list, removed_columns)
           INTO groups, archived_rows
-          USING '{ARCHIVE_REASON}'::text;"""
+          USING '{ARCHIVE_REASON}'::text;
+        DROP TABLE {ROWS_TO_ARCHIVE};"""
 
 _COLUMN_LISTS = f"""\
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum),
@@ -235,14 +245,7 @@ CREATE TABLE IF NOT EXISTS {UNIQUE_PAIR_LEDGER} (
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Same archive as the online path: the live table's columns plus when, why, which row was kept.
-CREATE TABLE IF NOT EXISTS {ARCHIVE} (
-    LIKE {TABLE},
-    kept_id uuid NOT NULL,
-    archived_at timestamptz NOT NULL DEFAULT now(),
-    archived_reason text NOT NULL,
-    CONSTRAINT {ARCHIVE_NAME}_pkey PRIMARY KEY (id)
-);
+{CREATE_ARCHIVE_SQL};
 
 ALTER TABLE {ARCHIVE} ENABLE ROW LEVEL SECURITY;
 

@@ -7,7 +7,5 @@ class Base(DeclarativeBase):
 
 
 # The app owns `workspaces`; it is declared here only so the foreign key resolves.
-# Autogenerate compares just the tables this package owns (see OWNED_TABLES).
+# Autogenerate compares just the tables this package owns (names.OWNED_TABLES).
 workspaces = Table("workspaces", Base.metadata, Column("id", Uuid, primary_key=True))
-
-OWNED_TABLES = frozenset({"meta_assets_cache"})

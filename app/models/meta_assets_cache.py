@@ -4,11 +4,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Index, Text, UniqueConstraint, desc, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.migration_helpers.names import CANONICAL_UNIQUE_NAME
 from app.models.base import Base
-
-# PostgreSQL's default name for the inline `unique (workspace_id, phone_number_id)` of the app's
-# first migration: databases that never drifted already carry it, so every database converges on it.
-CANONICAL_UNIQUE_NAME = "meta_assets_cache_workspace_id_phone_number_id_key"
 
 
 class MetaAssetsCache(Base):
