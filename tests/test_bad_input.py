@@ -150,8 +150,17 @@ def test_missing_table(harness):
         (["-x", "lock_timout=2s"], {}, "unknown -x setting 'lock_timout'"),
         (["-x", "lock_timeout"], {}, "-x 'lock_timeout' must look like name=value"),
         ([], {"MIGRATION_LOCK_TIMEOUT": "soon"}, "lock_timeout='soon' is not a duration"),
+        (["-x", "dedupe_work_mem=lots"], {}, "dedupe_work_mem='lots' is not an amount of memory"),
     ],
-    ids=["duration", "zero-count", "fractional-count", "unknown", "no-value", "environment"],
+    ids=[
+        "duration",
+        "zero-count",
+        "fractional-count",
+        "unknown",
+        "no-value",
+        "environment",
+        "memory",
+    ],
 )
 def test_invalid_setting(harness, drifted_at_baseline, arguments, env, expected):
     result = alembic(*arguments, "upgrade", "head", database_url=harness.url, env=env)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.migration_helpers.locks import WAITING_SUFFIX
-from app.migration_helpers.names import ARCHIVE
+from app.migration_helpers.names import ARCHIVE, ROWS_TO_ARCHIVE
 from app.models import CANONICAL_UNIQUE_NAME
 from tests.online_support import (
     A_LOSER,
@@ -291,6 +291,7 @@ def test_crash_during_dedupe_converges(harness, drifted):
         row_lock.close()
     assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
     assert harness.scalar(f"SELECT count(*) FROM {ARCHIVE}") == 0  # the dedupe rolled back
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=ROWS_TO_ARCHIVE)
     assert_rows_conserved(harness, rows_before)
 
     _rerun_converges_and_downgrades_exactly(harness, rows_before, survivors, schema_before)

@@ -5,9 +5,13 @@ from collections import defaultdict
 import pytest
 from sqlalchemy.exc import ProgrammingError
 
-from app.migration_helpers.names import ARCHIVE
+from app.migration_helpers.archive import list_rows_to_archive_sql, raise_work_mem
+from app.migration_helpers.database import Database
+from app.migration_helpers.names import ARCHIVE, ROWS_TO_ARCHIVE
+from app.migration_helpers.settings import MigrationSettings
 from app.models import CANONICAL_UNIQUE_NAME
 from app.starting_states import STATES
+from tests.support import run_alembic_cli
 
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
 UPSERT = f"""
@@ -70,6 +74,7 @@ def test_upgrade_converges_and_downgrade_restores_exactly(state, harness):
         )
         == 0
     )
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=ROWS_TO_ARCHIVE)
     rows_after = harness.table_rows()
     archived = harness.rows(f"SELECT id, kept_id, archived_reason, archived_at FROM {ARCHIVE}")
     assert {k for k in rows_before if k in null_phone_before} <= rows_after.keys()
@@ -109,6 +114,42 @@ def test_upgrade_converges_and_downgrade_restores_exactly(state, harness):
     assert harness.schema_dump() == schema_after_upgrade
     assert {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is not None} == survivors
     assert harness.table_rows().keys() == rows_after.keys()
+
+
+# Planner costs that make even a small table worth parallel workers.
+FORCE_PARALLEL = {
+    "parallel_setup_cost": "0",
+    "parallel_tuple_cost": "0",
+    "min_parallel_table_scan_size": "0",
+    "max_parallel_workers_per_gather": "2",
+}
+
+
+def test_parallel_dedupe_keeps_the_newest_row_of_each_pair(harness):
+    """Production-sized tables get a parallel plan for the list of rows to archive; the small
+    tables of the other tests do not. Force one here and check that nothing changes."""
+    harness.build_state("drifted", keys=2000)
+    harness.upgrade("0001")
+    with harness.engine.connect() as connection:
+        for name, value in FORCE_PARALLEL.items():
+            connection.exec_driver_sql(f"SET {name} = {value}")
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql("EXPLAIN " + list_rows_to_archive_sql())
+        )
+    assert "Parallel Hash Semi Join" in plan, plan
+    rows_before = harness.table_rows()
+    survivors = expected_survivors(keyed_rows(harness))
+    options = " ".join(f"-c {name}={value}" for name, value in FORCE_PARALLEL.items())
+
+    result = run_alembic_cli(
+        "upgrade", "head", env={"DATABASE_URL": harness.url, "PGOPTIONS": options}
+    )
+
+    assert result.returncode == 0, result.output
+    assert {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is not None} == survivors
+    archived = {str(row.id) for row in harness.rows(f"SELECT id FROM {ARCHIVE}")}
+    assert archived | harness.table_rows().keys() == rows_before.keys()
+    assert len(archived) > 0
 
 
 def test_archive_is_not_readable_by_api_roles(harness):
@@ -176,3 +217,19 @@ def test_partial_unique_on_the_pair_is_left_alone(harness):
         CANONICAL_UNIQUE_NAME: CANONICAL_UNIQUE_NAME,
         "meta_assets_cache_recent_pair": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("server_work_mem", "knob", "during_dedupe"),
+    [("4MB", "96MB", "96MB"), ("128MB", "96MB", "128MB")],
+    ids=["raised", "never-lowered"],
+)
+def test_dedupe_work_mem_lasts_one_transaction(harness, server_work_mem, knob, during_dedupe):
+    engine = harness.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"SET work_mem = '{server_work_mem}'")
+        db = Database(connection, MigrationSettings(dedupe_work_mem=knob))
+        with db.transaction():
+            raise_work_mem(db)
+            assert db.scalar("SHOW work_mem") == during_dedupe
+        assert db.scalar("SHOW work_mem") == server_work_mem

@@ -124,17 +124,12 @@ def move_listed_rows_sql(column_list: str, removed_columns: str, reason: str) ->
     """
 
 
-# The hash aggregate over every key spills to disk in dozens of batches under the default 4MB
-# (about 150 bytes per key); 64MB (x hash_mem_multiplier) keeps a million keys nearly in memory.
-DEDUPE_WORK_MEM = "64MB"
-
-
 def raise_work_mem(db: Database) -> None:
     """For this transaction only, and never lower than what the DBA configured."""
     db.execute(
         "SELECT set_config('work_mem', :work_mem, true)"
         " WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(:work_mem)",
-        {"work_mem": DEDUPE_WORK_MEM},
+        {"work_mem": db.settings.dedupe_work_mem},
     )
 
 

@@ -15,7 +15,6 @@ commits. Each revision is one transaction: an error rolls all of it back.
 from app.migration_helpers.archive import (
     ARCHIVE_REASON,
     CREATE_ARCHIVE_SQL,
-    DEDUPE_WORK_MEM,
     list_rows_to_archive_sql,
     move_listed_rows_sql,
 )
@@ -32,6 +31,7 @@ from app.migration_helpers.names import (
     TABLE,
     UNIQUE_PAIR_LEDGER,
 )
+from app.migration_helpers.settings import MigrationSettings
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 
@@ -202,6 +202,9 @@ _PAIR_UNIQUES = f"""\
       ) AS found
      WHERE ARRAY(SELECT c FROM unnest(found.columns) AS c ORDER BY c COLLATE "C")
            = ARRAY['phone_number_id', 'workspace_id'];"""
+
+# The offline script does not read -x: it uses the default.
+DEDUPE_WORK_MEM = MigrationSettings.dedupe_work_mem
 
 # archive.archive_duplicates's statements, with the live table's columns filled in by format().
 _ARCHIVE_DUPLICATES = f"""\

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}
+_MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB)\s*$")
 
 
 def parse_seconds(name: str, raw: str) -> float:
@@ -29,6 +30,17 @@ def parse_count(name: str, raw: str) -> int:
     if not raw.strip().isdigit() or int(raw) < 1:
         raise MigrationAbort(f"{name}={raw!r} must be a whole number of at least 1")
     return int(raw)
+
+
+def parse_memory(name: str, raw: str) -> str:
+    """'64MB', '512kB', '1GB' -> the same amount in PostgreSQL's spelling."""
+    match = _MEMORY.match(raw)
+    if not match or int(match.group(1)) < 1:
+        raise MigrationAbort(f"{name}={raw!r} is not an amount of memory: use e.g. 16MB or 1GB")
+    return f"{int(match.group(1))}{match.group(2)}"
+
+
+_PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,10 @@ class MigrationSettings:
     migrator_wait: float = 1800.0
     # How often a long concurrent build reports its progress.
     progress_interval: float = 10.0
+    # work_mem of the dedupe's transaction, if the server's is lower. Finding the duplicates
+    # hashes every keyed row; at 64MB a million rows hash in memory. Parallel workers each get
+    # as much (times hash_mem_multiplier), so lower it on a server with little memory.
+    dedupe_work_mem: str = "64MB"
 
     @classmethod
     def from_sources(
@@ -62,10 +78,7 @@ class MigrationSettings:
             raw = x_arguments.get(name, environ.get(f"MIGRATION_{name.upper()}"))
             if raw is None:
                 continue
-            if field.type in (float, "float"):
-                values[name] = parse_seconds(name, raw)
-            else:
-                values[name] = parse_count(name, raw)
+            values[name] = _PARSERS.get(field.type, parse_count)(name, raw)
         return cls(**values)
 
     @classmethod
