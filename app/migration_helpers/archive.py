@@ -70,7 +70,10 @@ def archive_duplicates(db: Database) -> ArchiveResult:
 
 def list_rows_to_archive_sql() -> str:
     """Every row but the newest of each duplicate pair, with the id of the row that stays.
-    Unlogged: it lives for one transaction and is never worth a WAL record."""
+    Unlogged: it lives for one transaction and is never worth a WAL record. Stored in ctid
+    order, so that the move reads and dirties each heap page once, whichever side of its join
+    the planner hashes; in the order of the pairs it re-read pages at random, a third of the
+    dedupe's time on a table larger than shared_buffers."""
     return f"""
             CREATE UNLOGGED TABLE {ROWS_TO_ARCHIVE} AS
             WITH in_duplicate_pairs AS (
@@ -95,6 +98,7 @@ def list_rows_to_archive_sql() -> str:
             SELECT row_ctid, id, updated_at, last_synced_at, kept_id
               FROM ranked
              WHERE position > 1
+             ORDER BY row_ctid
     """
 
 
