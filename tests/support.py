@@ -84,8 +84,8 @@ class MigrationHarness:
     def check(self) -> None:
         command.check(alembic_config())
 
-    def cli(self, *args: str, **kwargs) -> AlembicResult:
-        return run_alembic_cli(*args, env={"DATABASE_URL": self.url}, **kwargs)
+    def cli(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> AlembicResult:
+        return run_alembic_cli(*args, env={"DATABASE_URL": self.url, **(env or {})}, **kwargs)
 
     # SQL
 

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from app.migration_helpers.locks import WAITING_SUFFIX
-from app.migration_helpers.names import ARCHIVE, ROWS_TO_ARCHIVE
-from app.models import CANONICAL_UNIQUE_NAME
+from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,
@@ -236,11 +235,10 @@ def test_role_statement_timeout_does_not_turn_lock_waits_into_errors(harness, dr
     rows_before, survivors = drifted
     reader = holding(harness, "LOCK TABLE public.meta_assets_cache IN ACCESS SHARE MODE")
     try:
-        result = _cli_with_env(
-            harness,
-            {"PGOPTIONS": "-c statement_timeout=50ms"},
+        result = harness.cli(
             "-x", "lock_timeout=200ms", "-x", "lock_retries=2", "-x", "lock_retry_wait=50ms",
             "upgrade", "head",
+            env={"PGOPTIONS": "-c statement_timeout=50ms"},
         )  # fmt: skip
     finally:
         reader.rollback()
@@ -250,12 +248,8 @@ def test_role_statement_timeout_does_not_turn_lock_waits_into_errors(harness, dr
     assert "could not lock public.meta_assets_cache within 200 ms in 2 attempts" in failed
     assert harness.invalid_indexes() == []
     assert_rows_conserved(harness, rows_before)
-    succeed(_cli_with_env(harness, {"PGOPTIONS": "-c statement_timeout=50ms"}, "upgrade", "head"))
+    succeed(harness.cli("upgrade", "head", env={"PGOPTIONS": "-c statement_timeout=50ms"}))
     assert_canonical(harness, rows_before, survivors)
-
-
-def _cli_with_env(harness, env: dict[str, str], *args: str):
-    return migrator(harness, *args, env=env).wait()
 
 
 # 3. A crash anywhere converges on re-run.

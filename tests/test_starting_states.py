@@ -7,11 +7,9 @@ from sqlalchemy.exc import ProgrammingError
 
 from app.migration_helpers.archive import list_rows_to_archive_sql, raise_work_mem
 from app.migration_helpers.database import Database
-from app.migration_helpers.names import ARCHIVE, ROWS_TO_ARCHIVE
+from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 from app.migration_helpers.settings import MigrationSettings
-from app.models import CANONICAL_UNIQUE_NAME
 from app.starting_states import STATES
-from tests.support import run_alembic_cli
 
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
 UPSERT = f"""
@@ -141,9 +139,7 @@ def test_parallel_dedupe_keeps_the_newest_row_of_each_pair(harness):
     survivors = expected_survivors(keyed_rows(harness))
     options = " ".join(f"-c {name}={value}" for name, value in FORCE_PARALLEL.items())
 
-    result = run_alembic_cli(
-        "upgrade", "head", env={"DATABASE_URL": harness.url, "PGOPTIONS": options}
-    )
+    result = harness.cli("upgrade", "head", env={"PGOPTIONS": options})
 
     assert result.returncode == 0, result.output
     assert {str(r.id) for r in keyed_rows(harness) if r.phone_number_id is not None} == survivors
