@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from app.migration_helpers.names import ARCHIVE
-from app.models import CANONICAL_UNIQUE_NAME
+from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from app.starting_states import STATES
 from tests.support import PROJECT_ROOT
 

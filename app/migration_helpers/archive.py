@@ -108,8 +108,10 @@ def move_listed_rows_sql(column_list: str, removed_columns: str, reason: str) ->
 
     Each listed row is found by its ctid (a direct heap fetch, no primary-key lookup), in ctid
     order so the deletes walk the heap forward instead of jumping to a random page per row. The
-    id and the ranking columns are checked again, so a row updated since it was listed is left
-    alone (a later unique build failure retries the dedupe)."""
+    `ctid = ANY (ARRAY(...))` condition is what gets a TID scan: with the join alone, the planner
+    judged the list large enough to hash-join a scan of the whole table. The id and the ranking
+    columns are checked again, so a row updated since it was listed is left alone (a later
+    unique build failure retries the dedupe)."""
     return f"""
             WITH removed AS (
                 DELETE FROM {TABLE} c
