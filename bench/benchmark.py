@@ -30,14 +30,14 @@ import psycopg2
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from app.migration_helpers.names import ARCHIVE  # noqa: E402
-from app.starting_states import (  # noqa: E402
+from alembic_lossless_unique.names import ARCHIVE  # noqa: E402
+from devtools.starting_states import (  # noqa: E402
     ADD_ORIGINAL_CONSTRAINT,
     SEED_MIGRATION,
     SUPABASE_SCHEMA,
     dirty_rows_sql,
 )
-from app.throwaway_postgres import ThrowawayServer, throwaway_postgres  # noqa: E402
+from devtools.throwaway_postgres import ThrowawayServer, throwaway_postgres  # noqa: E402
 
 DEFAULT_ROWS = 1_000_000
 MAX_ROWS = 10_000_000

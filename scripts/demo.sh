@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-python -m app.demo "$@"
+python -m devtools.demo "$@"

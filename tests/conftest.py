@@ -1,7 +1,7 @@
 """A real PostgreSQL for every test: one throwaway server per session, a fresh database per test.
 
-The server is started by app.throwaway_postgres (which works as root by running PostgreSQL as an
-unprivileged user); pytest-postgresql creates and drops the per-test databases on it.
+The server is started by devtools.throwaway_postgres (which works as root by running PostgreSQL
+as an unprivileged user); pytest-postgresql creates and drops the per-test databases on it.
 """
 
 import pytest
@@ -10,7 +10,7 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import create_engine
 
-from app.throwaway_postgres import throwaway_postgres
+from devtools.throwaway_postgres import throwaway_postgres
 from tests.support import MigrationHarness
 
 

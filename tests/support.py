@@ -6,12 +6,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from alembic import command
-from app.starting_states import build_state
-from app.throwaway_postgres import ThrowawayServer
+from devtools.starting_states import build_state
+from devtools.throwaway_postgres import ThrowawayServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"

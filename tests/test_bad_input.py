@@ -8,7 +8,7 @@ import sys
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.throwaway_postgres import free_port
+from devtools.throwaway_postgres import free_port
 from tests.online_support import failed_lines
 from tests.support import PROJECT_ROOT, AlembicResult
 

@@ -3,8 +3,8 @@ five starting states to the online path's end state, and its downgrade script un
 
 import pytest
 
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
-from app.starting_states import STATES
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
+from devtools.starting_states import STATES
 from tests.offline_support import apply_script, offline_script, pair_unique_details, run_psql
 from tests.test_starting_states import expected_survivors, keyed_rows
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from app.migration_helpers.locks import WAITING_SUFFIX
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
+from alembic_lossless_unique.locks import WAITING_SUFFIX
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,

@@ -8,18 +8,19 @@ import sys
 
 import pytest
 
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME
-from app.starting_states import STATES
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME
+from devtools.starting_states import STATES
 from tests.support import PROJECT_ROOT
 
 
 def preflight(*args: str, url: str | None) -> subprocess.CompletedProcess:
-    """`python -m app.preflight ARGS` as the demo runs it, with DATABASE_URL set (or not)."""
+    """`python -m meta_assets_cache_migrations.preflight ARGS` as the demo runs it, with
+    DATABASE_URL set (or not)."""
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     if url is not None:
         env["DATABASE_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "app.preflight", *args],
+        [sys.executable, "-m", "meta_assets_cache_migrations.preflight", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -5,11 +5,11 @@ from collections import defaultdict
 import pytest
 from sqlalchemy.exc import ProgrammingError
 
-from app.migration_helpers.archive import list_rows_to_archive_sql, raise_work_mem
-from app.migration_helpers.database import Database
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
-from app.migration_helpers.settings import MigrationSettings
-from app.starting_states import STATES
+from alembic_lossless_unique.archive import list_rows_to_archive_sql, raise_work_mem
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
+from alembic_lossless_unique.settings import MigrationSettings
+from devtools.starting_states import STATES
 
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
 UPSERT = f"""

@@ -12,15 +12,15 @@ EXCLUSIVE lock that blocks the table's writes (not its reads) until the script's
 commits. Each revision is one transaction: an error rolls all of it back.
 """
 
-from app.migration_helpers.archive import (
+from alembic_lossless_unique.archive import (
     ARCHIVE_REASON,
     CREATE_ARCHIVE_SQL,
     list_rows_to_archive_sql,
     move_listed_rows_sql,
 )
-from app.migration_helpers.catalog import unique_indexes_with_two_keys_sql
-from app.migration_helpers.locks import MIGRATOR_LOCK_KEY
-from app.migration_helpers.names import (
+from alembic_lossless_unique.catalog import unique_indexes_with_two_keys_sql
+from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
+from alembic_lossless_unique.names import (
     API_ROLES,
     ARCHIVE,
     BASELINE_LEDGER,
@@ -31,7 +31,7 @@ from app.migration_helpers.names import (
     TABLE,
     UNIQUE_PAIR_LEDGER,
 )
-from app.migration_helpers.settings import MigrationSettings
+from alembic_lossless_unique.settings import MigrationSettings
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import Row
 
-from app.migration_helpers.settings import MigrationSettings
+from alembic_lossless_unique.settings import MigrationSettings
 
 
 class Database:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg2
 
-from app.starting_states import STATES, build_state
-from app.throwaway_postgres import ThrowawayPostgresError, throwaway_postgres
+from devtools.starting_states import STATES, build_state
+from devtools.throwaway_postgres import ThrowawayPostgresError, throwaway_postgres
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,9 +89,9 @@ def demo(state: str, keys: int) -> None:
         before = show_table(connection, "before")
 
         alembic = [sys.executable, "-m", "alembic"]
-        if importlib.util.find_spec("app.preflight") is not None:
+        if importlib.util.find_spec("meta_assets_cache_migrations.preflight") is not None:
             heading("preflight: what the upgrade would do (read-only)")
-            run([sys.executable, "-m", "app.preflight"], database_url)
+            run([sys.executable, "-m", "meta_assets_cache_migrations.preflight"], database_url)
 
         heading("alembic upgrade head")
         run([*alembic, "upgrade", "head"], database_url)

@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import CANONICAL_UNIQUE_NAME, PAIR, SEED_INDEX_NAME, TABLE
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.names import CANONICAL_UNIQUE_NAME, PAIR, SEED_INDEX_NAME, TABLE
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Before `alembic upgrade head`: what it would find and do, without changing a thing.
 
-    DATABASE_URL=postgresql://... python -m app.preflight [--json]
+    DATABASE_URL=postgresql://... python -m meta_assets_cache_migrations.preflight [--json]
 
 Reports the starting state of public.meta_assets_cache, its size, the duplicate rows the upgrade
 would archive, the rows with a NULL phone_number_id it keeps, and each step it would take with
@@ -15,12 +15,17 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from app.database_url import DatabaseUrlError, database_url, engine_for, one_line
-from app.migration_helpers import archive, catalog, convergence, ledger
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, TABLE, UNIQUE_PAIR_LEDGER
-from app.migration_helpers.settings import MigrationSettings
+from alembic_lossless_unique import archive, catalog, convergence, ledger
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.database_url import (
+    DatabaseUrlError,
+    database_url,
+    engine_for,
+    one_line,
+)
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, TABLE, UNIQUE_PAIR_LEDGER
+from alembic_lossless_unique.settings import MigrationSettings
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 
-from app.migration_helpers import catalog, indexes, ledger
-from app.migration_helpers.archive import archive_duplicates
-from app.migration_helpers.catalog import PairUnique
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import ARCHIVE, CANONICAL_UNIQUE_NAME, PAIR
-from app.migration_helpers.report import RunReport
+from alembic_lossless_unique import catalog, indexes, ledger
+from alembic_lossless_unique.archive import archive_duplicates
+from alembic_lossless_unique.catalog import PairUnique
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, PAIR
+from alembic_lossless_unique.report import RunReport
 
 log = logging.getLogger("meta_assets")
 

@@ -8,9 +8,9 @@ Rows whose phone_number_id is NULL never conflict on the unique and are never to
 
 from dataclasses import dataclass
 
-from app.migration_helpers.catalog import existing_roles, relation_exists, table_columns
-from app.migration_helpers.database import Database
-from app.migration_helpers.names import (
+from alembic_lossless_unique.catalog import existing_roles, relation_exists, table_columns
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.names import (
     API_ROLES,
     ARCHIVE,
     ROWS_TO_ARCHIVE,

@@ -2,20 +2,20 @@
 
 import os
 
+from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from alembic import context
-from app.database_url import DatabaseUrlError, engine_for, one_line
-from app.database_url import database_url as parse_database_url
-from app.migration_helpers import offline
-from app.migration_helpers.database import CALLERS_TRANSACTION
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.locks import one_migrator_at_a_time
-from app.migration_helpers.names import OWNED_TABLES
-from app.migration_helpers.settings import MigrationSettings
+from alembic_lossless_unique import offline
+from alembic_lossless_unique.database import CALLERS_TRANSACTION
+from alembic_lossless_unique.database_url import DatabaseUrlError, engine_for, one_line
+from alembic_lossless_unique.database_url import database_url as parse_database_url
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.locks import one_migrator_at_a_time
+from alembic_lossless_unique.names import OWNED_TABLES
+from alembic_lossless_unique.settings import MigrationSettings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -32,7 +32,7 @@ def models_metadata() -> MetaData | None:
     command = getattr(config.cmd_opts, "cmd", None)
     if command and command[0].__name__ in COMMANDS_WITHOUT_MODELS:
         return None
-    from app.models import Base
+    from meta_assets_cache_migrations.models import Base
 
     return Base.metadata
 

@@ -16,9 +16,10 @@ Create Date: 2026-11-24
 from collections.abc import Sequence
 
 from alembic import context, op
-from app.migration_helpers import archive, catalog, convergence, ledger, offline
-from app.migration_helpers.database import autocommit_database
-from app.migration_helpers.report import RunReport
+
+from alembic_lossless_unique import archive, catalog, convergence, ledger, offline
+from alembic_lossless_unique.database import autocommit_database
+from alembic_lossless_unique.report import RunReport
 
 revision: str = "0002"
 down_revision: str | None = "0001"

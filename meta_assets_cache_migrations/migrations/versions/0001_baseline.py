@@ -14,11 +14,12 @@ import logging
 from collections.abc import Sequence
 
 from alembic import context, op
-from app.migration_helpers import ledger, offline
-from app.migration_helpers.catalog import relation_exists
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.settings import MigrationSettings
+
+from alembic_lossless_unique import ledger, offline
+from alembic_lossless_unique.catalog import relation_exists
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.settings import MigrationSettings
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 
 from sqlalchemy import text
 
-from app.migration_helpers.catalog import index_is_valid
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.locks import with_lock_retries
-from app.migration_helpers.names import PAIR, TABLE
+from alembic_lossless_unique.catalog import index_is_valid
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.locks import with_lock_retries
+from alembic_lossless_unique.names import PAIR, TABLE
 
 log = logging.getLogger("meta_assets")
 

@@ -14,10 +14,10 @@ from typing import TypeVar
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from app.migration_helpers.database import Database
-from app.migration_helpers.errors import MigrationAbort
-from app.migration_helpers.names import TABLE
-from app.migration_helpers.settings import MigrationSettings
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.names import TABLE
+from alembic_lossless_unique.settings import MigrationSettings
 
 log = logging.getLogger("meta_assets")
 

@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.migration_helpers.catalog import existing_roles, relation_exists
-from app.migration_helpers.database import Database
-from app.migration_helpers.names import (
+from alembic_lossless_unique.catalog import existing_roles, relation_exists
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.names import (
     API_ROLES,
     BASELINE_LEDGER,
     LEDGER_SCHEMA,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from app.migration_helpers.errors import MigrationAbort
+from alembic_lossless_unique.errors import MigrationAbort
 
 if TYPE_CHECKING:
     from alembic.config import Config

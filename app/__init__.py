@@ -1,1 +1,0 @@
-"""Migrations and tooling for public.meta_assets_cache."""
