@@ -1,11 +1,38 @@
-"""Small, single-purpose mechanics behind the revisions: each module does one job.
+"""An Alembic operation that adds a unique constraint online, without losing a row.
 
-- ``database``: an autocommit session whose steps open and commit their own transactions
-- ``settings``: lock timeouts, retries and waits, from ``alembic -x`` or the environment
-- ``catalog``: read-only facts about the table and the uniques on the pair
+    from alembic import op
+    import alembic_lossless_unique  # registers op.ensure_unique_constraint / undo_unique_constraint
+
+    def upgrade():
+        op.ensure_unique_constraint("orders_customer_number_key", "orders",
+                                    ["customer_id", "number"], keep_newest_by=["updated_at"])
+
+    def downgrade():
+        op.undo_unique_constraint("orders_customer_number_key", "orders",
+                                  ["customer_id", "number"], keep_newest_by=["updated_at"])
+
+and in env.py, `run_migrations(context, target_metadata=...)` for the migrator's session.
+
+Mechanics, one job per module:
+
+- ``target``: what an operation acts on, and every name derived from it
+- ``plan``: the one decision (build, adopt, rename, drop), as a query for every reader
+- ``checks``: every refusal, before anything changes (refuse, or report for preflight)
+- ``dedupe``: duplicates moved to the archive, child rows re-pointed, counts checked
+- ``restore``: archived rows back, child rows pointed back, checked
+- ``guard``: new duplicates rejected while the constraint is being built
+- ``indexes``: concurrent builds and drops, catalog changes under lock retries, progress
 - ``locks``: one migrator at a time; short lock timeouts with bounded retries
-- ``indexes``: concurrent builds and drops, promotion of an index to a constraint
-- ``archive``: move duplicate rows aside and back, never destroying them
-- ``ledger``: what an upgrade found and did, so a downgrade can undo exactly that
-- ``report``: timed steps and the one readable summary
+- ``ledger``: what an operation found and did, for re-runs and the downgrade
+- ``private_schema``: where archive, ledger and guard live, closed to every other role
+- ``session``: pooler refusal, a safe search_path, a clean exit
+- ``surroundings``: foreign keys, triggers, publications: announced, never hidden
+- ``convergence``: the story, online; ``offline``: the same decisions as a standalone script
+- ``environment``: the one call in env.py; ``preflight``: the read-only report
 """
+
+from alembic_lossless_unique import operations as _operations  # noqa: F401 (registers the ops)
+from alembic_lossless_unique.environment import run_migrations
+from alembic_lossless_unique.target import UniqueTarget
+
+__all__ = ["UniqueTarget", "run_migrations"]

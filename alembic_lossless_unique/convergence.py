@@ -1,214 +1,421 @@
-"""From whatever uniques the pair has to exactly one: the canonical constraint, and back.
+"""From whatever uniques the key has to exactly one, the target constraint, online; and back.
 
 Every step is recorded in the ledger before or atomically with its effect, so a re-run after a
 crash recognises its own half-built objects and a downgrade undoes exactly what was done.
 """
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from alembic_lossless_unique import catalog, indexes, ledger
-from alembic_lossless_unique.archive import archive_duplicates
-from alembic_lossless_unique.catalog import PairUnique
+from alembic_lossless_unique import (
+    checks,
+    dedupe,
+    guard,
+    indexes,
+    ledger,
+    private_schema,
+    restore,
+    surroundings,
+)
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, PAIR
+from alembic_lossless_unique.indexes import under_lock_retries
+from alembic_lossless_unique.locks import with_table_lock_retries
+from alembic_lossless_unique.plan import Plan, Step, plan_sql
 from alembic_lossless_unique.report import RunReport
+from alembic_lossless_unique.target import UniqueTarget
 
-log = logging.getLogger("meta_assets")
-
-CANONICAL = CANONICAL_UNIQUE_NAME
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do with each unique found on the pair."""
-
-    found: list[PairUnique]
-    # The unique that becomes (or already is) the canonical constraint; None means build one.
-    target: PairUnique | None
-    invalid: list[PairUnique] = field(default_factory=list)
-    redundant: list[PairUnique] = field(default_factory=list)
-    # Partial or expression uniques: they do not serve the upsert and are not ours to drop.
-    untouched: list[PairUnique] = field(default_factory=list)
+log = logging.getLogger("alembic_lossless_unique")
 
 
-def plan_convergence(found: list[PairUnique]) -> Plan:
-    invalid = [unique for unique in found if not unique.valid]
-    serving = [unique for unique in found if unique.serves_upsert]
-    untouched = [unique for unique in found if unique.valid and not unique.plain]
-    target = next((unique for unique in serving if unique.is_canonical_constraint), None)
-    if target is None:
-        renamable = [u for u in serving if u.constraint_name and u.columns == PAIR]
-        promotable = catalog.seed_index_first([u for u in serving if u.promotable])
-        target = next(iter(renamable + promotable), None)
-    redundant = [unique for unique in serving if unique is not target]
-    if target is None:
-        _require_canonical_name_free(found)
-    return Plan(found, target, invalid, redundant, untouched)
+def read_plan(db: Database, target: UniqueTarget, steps_done: list[ledger.Step]) -> Plan:
+    rows = db.rows(
+        plan_sql(target, ":built_before"), {"built_before": ledger.built_before(steps_done)}
+    )
+    return Plan(tuple(Step(*row[1:]) for row in rows))
 
 
-def _require_canonical_name_free(found: list[PairUnique]) -> None:
-    clash = next((u for u in found if u.valid and u.index_name == CANONICAL), None)
-    if clash is not None:
-        raise MigrationAbort(
-            f"index {CANONICAL} exists but cannot become the canonical constraint"
-            f" ({clash.definition}): rename or drop it, then re-run"
-        )
+def refuse_on_problems(db: Database, checks_sql: str) -> None:
+    """Run a checks block in refuse mode: its first problem becomes the one-line failure."""
+    try:
+        db.execute(checks_sql)
+    except DBAPIError as error:
+        raise as_abort(error) from None
 
 
-def describe_state(found: list[PairUnique], created_by_baseline: bool) -> str:
-    plan = plan_convergence(found)
-    if created_by_baseline and plan.target and plan.target.is_canonical_constraint:
-        return "created (the baseline revision created the table with its constraint)"
-    if plan.target is None:
-        return "drifted (no unique on the pair)"
-    if plan.target.is_canonical_constraint:
-        if plan.redundant:
-            extra = ", ".join(unique.index_name for unique in plan.redundant)
-            return f"both (canonical constraint plus redundant {extra})"
-        return "constrained (canonical constraint, nothing to do)"
-    if plan.target.constraint_name:
-        return f"renamed constraint ({plan.target.constraint_name})"
-    return f"seedindex (unique index {plan.target.index_name}, no constraint)"
+def as_abort(error: DBAPIError) -> Exception:
+    """This package's own refusals and failed checks (SQLSTATE LU...) as one-line aborts."""
+    orig = getattr(error, "orig", None)
+    if getattr(orig, "pgcode", "") in (dedupe.REFUSED, dedupe.CHECK_FAILED):
+        return MigrationAbort(orig.diag.message_primary)
+    return error
 
 
-# Upgrade steps, in the order the revision runs them.
+# Upgrade: the story, in the order it happens.
 
 
-def drop_invalid_indexes(db: Database, plan: Plan, report: RunReport) -> None:
-    for unique in plan.invalid:
-        if unique.constraint_name:
-            continue  # a constraint's index cannot be invalid in practice; never drop blindly
-        ledger.record_step(db, "dropped_invalid", index_name=unique.index_name)
-        indexes.drop_index_concurrently(db, unique.index_name)
-        report.fact("dropped", f"INVALID index {unique.index_name} (left by an interrupted build)")
-
-
-def build_canonical_unique(db: Database, report: RunReport) -> None:
-    """Archive duplicates, build the unique index concurrently, promote it.
-
-    A duplicate written between the archive step and the end of the build makes the build fail;
-    the index it leaves is INVALID, so the loop archives again and rebuilds, a bounded number
-    of times.
-    """
-    groups = rows = 0
-    definition = indexes.unique_pair_index_definition(db, CANONICAL)
-    for attempt in range(1, db.settings.build_attempts + 1):
-        # The dedupe scans the table and may wait for rows the app holds; it takes no strong
-        # lock, so a statement_timeout on the migrator's role must not cancel it.
-        with report.step("archive duplicates"), db.session_setting("statement_timeout", "0"):
-            archived = archive_duplicates(db)
-        groups += archived.duplicate_groups
-        rows += archived.rows_archived
+def ensure_unique_constraint(db: Database, target: UniqueTarget) -> None:
+    report = RunReport(f"unique constraint {target.constraint_name} on {target.key_description}")
+    refuse_on_problems(db, checks.upgrade_checks_sql(target, refuse=True))
+    steps_done = ledger.steps(db, target)
+    plan = read_plan(db, target, steps_done)
+    if plan.refusal:
+        raise MigrationAbort(plan.refusal)
+    leftover_guard = guard.exists(db, target)
+    if plan.converged and not leftover_guard:
         log.info(
-            "archived %d rows from %d duplicate groups",
-            archived.rows_archived,
-            archived.duplicate_groups,
+            "already converged: unique constraint %s on %s is in place; nothing to do",
+            target.constraint_name,
+            target.key_description,
         )
-        ledger.record_step(db, "built", index_name=CANONICAL)
+        return
+
+    with report.step("inspect"):
+        prepare(db, target)
+        if not steps_done:
+            ledger.record(
+                db,
+                target,
+                "found",
+                uniques=[
+                    step.description
+                    for step in plan.of(
+                        "drop_invalid", "keep", "rename", "promote", "drop_redundant", "leave_alone"
+                    )
+                ],
+            )
+    state, described = plan.state()
+    report.fact("state found", f"{state} ({described})")
+    if steps_done:
+        first_found = ", ".join(steps_done[0].detail.get("uniques", [])) or "no unique on the key"
+        report.fact("resumed", f"an interrupted earlier run, which first found: {first_found}")
+    announce(db, target)
+
+    drop_invalid_indexes(db, target, plan, report)
+    main = plan.main
+    assert main is not None
+    if main.action == "build":
+        build_and_promote(db, target, report)
+    else:
+        if leftover_guard:
+            guard.remove(db, target)
+        adopt_existing_unique(db, target, main, report)
+    with report.step("drop redundant uniques"):
+        drop_redundant_uniques(db, target, plan, report)
+    for step in plan.of("leave_alone"):
+        report.fact("left alone", f"{step.description}: partial or expression unique")
+    report.log_summary()
+
+
+def prepare(db: Database, target: UniqueTarget) -> None:
+    """The private schema (ours, or created now), the ledger and the archive, closed to others."""
+    private_schema.ensure(db, target.private_schema)
+    with db.transaction():
+        db.execute(ledger.create_ledger_sql(target))
+        db.execute(dedupe.archive_sql(target))
+        db.execute(private_schema.lock_down_sql(target.private_schema))
+
+
+def announce(db: Database, target: UniqueTarget) -> None:
+    skipped = surroundings.may_skip_user_triggers(db)
+    for line in surroundings.announcements(surroundings.read(db, target), skipped):
+        log.info("%s", line)
+
+
+def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
+    for step in plan.of("drop_invalid"):
+        ledger.record(db, target, "dropped_invalid", index_name=step.index_name)
+        indexes.drop_index_concurrently(db, target, step.index_name)
+        report.fact("dropped", f"INVALID index {step.index_name} (left by an interrupted build)")
+
+
+def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> None:
+    """Guard the table, archive duplicates, build the unique index concurrently, promote it.
+
+    The guard rejects new duplicates from here on; a writer that slips past it (a REPEATABLE
+    READ transaction that began before the guard, a replication apply worker) makes the build
+    fail, and the INVALID index it leaves is dropped and built again after another dedupe, a
+    bounded number of times.
+    """
+    with report.step("install duplicate guard"), removing_guard_on_failure(db, target):
+        guard.install(db, target)
+    with removing_guard_on_failure(db, target):
+        groups = rows = repointed = 0
+        definition = indexes.unique_index_definition(target, target.constraint_name)
+        for attempt in range(1, db.settings.build_attempts + 1):
+            archived = archive_duplicates(db, target, report)
+            groups += archived["groups"]
+            rows += archived["rows"]
+            repointed += sum(archived["repointed"].values())
+            ledger.record(db, target, "built", index_name=target.constraint_name)
+            try:
+                with report.step("build index concurrently"):
+                    indexes.create_index_concurrently(
+                        db, target, target.constraint_name, definition
+                    )
+                break
+            except IntegrityError:
+                if attempt == db.settings.build_attempts:
+                    raise MigrationAbort(
+                        f"new duplicates of {target.key_description} kept arriving during"
+                        f" {attempt} concurrent builds, past the duplicate guard (REPEATABLE READ"
+                        " writers or a replication apply worker); the INVALID index was left for"
+                        " the next run to clean up: re-run, or raise -x build_attempts"
+                    ) from None
+                log.warning("a duplicate arrived during the build; archiving it and building again")
+        report.fact("duplicate groups", groups)
+        report.fact("rows archived", f"{rows} (moved to {target.archive})")
+        if repointed:
+            report.fact(
+                "re-pointed",
+                f"{repointed} child rows to the kept row (recorded in {target.repointed})",
+            )
+        report.fact("built", f"unique index {target.constraint_name}, concurrently")
+        with report.step("promote to constraint"):
+            under_lock_retries(
+                db,
+                target,
+                f"promote index {target.constraint_name} to constraint {target.constraint_name}",
+                indexes.promote_sql(target, target.constraint_name),
+                *guard.drop_statements(target),
+                guard.record_removed_sql(target),
+            )
+        report.fact("promoted", f"index -> constraint {target.constraint_name}")
+
+
+def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict:
+    """The dedupe, one transaction of two blocks; returns what its ledger record says. It takes
+    no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
+    the migrator's role must not cancel it."""
+    with db.session_setting("statement_timeout", "0"), db.transaction():
         try:
-            with report.step("build index concurrently"):
-                indexes.create_index_concurrently(db, CANONICAL, definition)
-            break
-        except IntegrityError:
-            if attempt == db.settings.build_attempts:
-                raise MigrationAbort(
-                    f"new duplicates kept arriving during {attempt} concurrent builds;"
-                    " the invalid index was left for the next run to clean up: re-run"
-                    " `alembic upgrade head`, or raise -x build_attempts"
-                ) from None
-            log.warning("a duplicate arrived during the build; archiving it and building again")
-    report.fact("duplicate groups", groups)
-    report.fact("rows archived", f"{rows} (moved to {ARCHIVE})")
-    report.fact("built", f"unique index {CANONICAL}, concurrently")
-    with report.step("promote to constraint"):
-        indexes.promote_index_to_constraint(db, CANONICAL, CANONICAL)
-    report.fact("promoted", f"index -> constraint {CANONICAL}")
+            with report.step("list duplicates"), indexes.watching(db, "listing duplicates"):
+                db.execute(dedupe.list_sql(target, db.settings.dedupe_work_mem))
+            with report.step("move duplicates"), indexes.watching(db, "moving duplicates"):
+                db.execute(dedupe.move_sql(target))
+        except DBAPIError as error:
+            raise as_abort(error) from None
+    archived = [step for step in ledger.steps(db, target) if step.action == "archived"][-1].detail
+    log.info(
+        "archived %d rows from %d duplicate groups%s",
+        archived["rows"],
+        archived["groups"],
+        ""
+        if not archived["changed_since_listed"]
+        else f" ({archived['changed_since_listed']} listed rows changed meanwhile and stay)",
+    )
+    return archived
+
+
+@contextmanager
+def removing_guard_on_failure(db: Database, target: UniqueTarget) -> Iterator[None]:
+    """A failed run takes its guard away; if even that fails, the next run does."""
+    try:
+        yield
+    except BaseException:
+        try:
+            if not db.connection.closed and guard.exists(db, target):
+                guard.remove(db, target)
+        except Exception as cleanup_error:
+            log.warning(
+                "the duplicate guard stays until the next run removes it: %s", cleanup_error
+            )
+        raise
 
 
 def adopt_existing_unique(
-    db: Database, target: PairUnique, steps: list[ledger.Step], report: RunReport
+    db: Database, target: UniqueTarget, main: Step, report: RunReport
 ) -> None:
-    """Turn the unique already on the pair into the canonical constraint, building nothing."""
-    report.fact("duplicate groups", "0 (a valid unique already covers the pair: no scan)")
-    if target.is_canonical_constraint:
-        report.fact("built", "nothing: the canonical constraint is already there")
+    """Turn the unique already on the key into the target constraint, building nothing."""
+    name = target.constraint_name
+    report.fact("duplicate groups", "0 (a valid unique already covers the key: no scan)")
+    if main.action == "keep":
+        report.fact("built", "nothing: the constraint is already there")
         return
     with report.step("adopt existing unique"):
-        if target.constraint_name:
-            ledger.record_step(db, "renamed", constraint_name=target.constraint_name)
-            indexes.rename_constraint(db, target.constraint_name, CANONICAL)
-            report.fact("renamed", f"constraint {target.constraint_name} -> {CANONICAL}")
+        if main.action == "rename":
+            ledger.record(db, target, "renamed", constraint_name=main.constraint_name)
+            under_lock_retries(
+                db,
+                target,
+                f"rename constraint {main.constraint_name} to {name}",
+                indexes.rename_constraint_sql(target, main.constraint_name, name),
+            )
+            report.fact("renamed", f"constraint {main.constraint_name} -> {name}")
             return
-        ours = target.index_name == CANONICAL and any(s.action == "built" for s in steps)
-        if not ours:
-            ledger.record_step(db, "promoted", **target.recreation_record())
-        indexes.promote_index_to_constraint(db, target.index_name, CANONICAL)
-        if target.comment is not None:
-            indexes.set_index_comment(db, CANONICAL, None)
+        if not main.ours:
+            ledger.record(db, target, "promoted", **main.recreation_record())
+        statements = [indexes.promote_sql(target, main.index_name)]
+        if main.comment is not None:
+            statements.append(indexes.set_index_comment_sql(target, name, None))
+        under_lock_retries(
+            db, target, f"promote index {main.index_name} to constraint {name}", *statements
+        )
         report.fact("built", "nothing: promoted the existing valid unique index")
-        report.fact("promoted", f"index {target.index_name} -> constraint {CANONICAL}")
+        report.fact("promoted", f"index {main.index_name} -> constraint {name}")
 
 
-def drop_redundant_uniques(db: Database, plan: Plan, report: RunReport) -> None:
-    for unique in plan.redundant:
-        ledger.record_step(db, "dropped_redundant", **unique.recreation_record())
-        if unique.constraint_name:
-            indexes.drop_constraint(db, unique.constraint_name)
+def drop_redundant_uniques(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
+    for step in plan.of("drop_redundant"):
+        ledger.record(db, target, "dropped_redundant", **step.recreation_record())
+        if step.constraint_name:
+            under_lock_retries(
+                db,
+                target,
+                f"drop redundant constraint {step.constraint_name}",
+                indexes.drop_constraint_sql(target, step.constraint_name),
+            )
         else:
-            indexes.drop_index_concurrently(db, unique.index_name)
-        report.fact("dropped", f"redundant {unique.describe()}")
+            indexes.drop_index_concurrently(db, target, step.index_name)
+        report.fact("dropped", f"redundant {step.description}")
 
 
-# Downgrade steps: the upgrade's, undone in reverse.
+# Downgrade: prepared online, then one transaction that either does it all or nothing.
 
 
-def recreate_dropped_uniques(db: Database, steps: list[ledger.Step]) -> None:
-    for step in reversed(steps):
-        if step.action == "dropped_redundant":
-            _recreate(db, **step.detail)
-        elif step.action == "dropped_invalid":
-            log.info("not recreating %s: it was INVALID", step.detail["index_name"])
+class Undo:
+    """A downgrade in two parts. `prepare` runs online, in autocommit: it checks everything the
+    downgrade needs (refusing before any change) and builds, concurrently, the uniques the
+    upgrade dropped. `finish` runs in the one transaction that also moves the revision back: it
+    drops the target constraint, restores every archived row, points re-pointed child rows back
+    and removes the archive and ledger. If `finish` fails, `compensate` drops what `prepare`
+    built, so the database is exactly as it was."""
 
+    def __init__(self, target: UniqueTarget) -> None:
+        self.target = target
+        self.report = RunReport(
+            f"undo unique constraint {target.constraint_name} on {target.key_description}"
+        )
+        self.steps: list[ledger.Step] = []
+        self.prebuilt: list[str] = []
+        self.in_transaction: list[str] = []
 
-def undo_canonical_constraint(db: Database, steps: list[ledger.Step]) -> None:
-    for step in reversed(steps):
-        detail = step.detail
-        if step.action == "built":
-            indexes.drop_constraint(db, CANONICAL)
-            indexes.drop_index_concurrently(db, CANONICAL)
+    def prepare(self, db: Database) -> bool:
+        """False when there is nothing to undo."""
+        target = self.target
+        refuse_on_problems(db, checks.downgrade_checks_sql(target, refuse=True))
+        self.steps = ledger.steps(db, target)
+        if not self.steps and not db.relation_exists(target.archive):
+            log.info(
+                "nothing to undo: %s has no ledger, so its upgrade changed nothing",
+                target.key_description,
+            )
+            return False
+        with self.report.step("rebuild dropped uniques concurrently"):
+            for step in reversed(self.steps):
+                if step.action == "dropped_redundant":
+                    self._rebuild(db, step.detail, step.detail["index_name"])
+                elif step.action == "promoted":
+                    self._rebuild_promoted(db, step.detail)
+        return True
+
+    def _rebuild(self, db: Database, detail: dict, build_as: str) -> None:
+        """Build `detail`'s unique concurrently as `build_as`; its comment and constraint follow
+        in the final transaction."""
+        target = self.target
+        name, constraint = detail["index_name"], detail.get("constraint_name")
+        if constraint and indexes.constraint_exists(db, target, constraint):
             return
-        if step.action == "renamed":
-            if not catalog.constraint_exists(db, detail["constraint_name"]):
-                indexes.rename_constraint(db, CANONICAL, detail["constraint_name"])
-            return
-        if step.action == "promoted":
-            original = (detail["index_name"], None, detail["definition"], detail["comment"])
-            if detail["index_name"] == CANONICAL:
-                # Same name: the constraint (and its index) must go before the original returns.
-                indexes.drop_constraint(db, CANONICAL)
-                _recreate(db, *original)
-            else:
-                # Build the original first so the pair is never without a unique.
-                _recreate(db, *original)
-                indexes.drop_constraint(db, CANONICAL)
-            return
+        definition = detail["definition"]
+        if build_as != name:
+            definition = indexes.renamed(definition, name, build_as)
+        if not indexes.index_is_valid(db, target, build_as):
+            self.prebuilt.append(build_as)
+        indexes.create_index_concurrently(db, target, build_as, definition)
+        if build_as != name:
+            self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
+        if detail.get("comment") is not None:
+            self.in_transaction.append(
+                indexes.set_index_comment_sql(target, name, detail["comment"])
+            )
+        if constraint:
+            self.in_transaction.append(
+                indexes.add_constraint_using_index_sql(target, constraint, name)
+            )
+
+    def _rebuild_promoted(self, db: Database, detail: dict) -> None:
+        """The index the upgrade promoted: under its own name when the constraint does not hold
+        that name, else under a temporary one, renamed once the constraint is gone."""
+        same_name = detail["index_name"] == self.target.constraint_name
+        build_as = (
+            self.target.temporary_index_name(detail["index_name"])
+            if same_name
+            else detail["index_name"]
+        )
+        self._rebuild(db, detail, build_as)
+
+    def finish(self, db: Database) -> None:
+        """The single transaction: everything, or (on any failure) nothing."""
+        target = self.target
+
+        def undo() -> None:
+            db.execute(f"LOCK TABLE {target.qualified_table} IN ACCESS EXCLUSIVE MODE")
+            for statement in self._undo_constraint_statements():
+                db.execute(statement)
+            for statement in self.in_transaction:
+                db.execute(statement)
+            for statement in guard.drop_statements(target):
+                db.execute(statement)
+            db.execute(restore.restore_sql(target))
+            restored = [s for s in ledger.steps(db, target) if s.action == "restored"]
+            self.report.fact("rows restored", restored[-1].detail["rows"] if restored else 0)
+            if restored and restored[-1].detail["pointed_back"]:
+                self.report.fact(
+                    "pointed back", f"{restored[-1].detail['pointed_back']} child rows"
+                )
+            for relation in (target.archive, target.repointed, target.work, target.ledger):
+                db.execute(f"DROP TABLE IF EXISTS {relation}")
+
+        with self.report.step("restore in one transaction"):
+            try:
+                with_table_lock_retries(db, target, f"undo {target.constraint_name}", undo)
+            except DBAPIError as error:
+                raise as_abort(error) from None
+        self.report.log_summary()
+
+    def _undo_constraint_statements(self) -> list[str]:
+        """What the upgrade did to get the constraint, undone: the latest of built, renamed,
+        promoted."""
+        target = self.target
+        for step in reversed(self.steps):
+            detail = step.detail
+            if step.action == "built":
+                return [indexes.drop_constraint_sql(target, target.constraint_name)]
+            if step.action == "renamed":
+                return [
+                    indexes.rename_constraint_sql(
+                        target, target.constraint_name, detail["constraint_name"]
+                    )
+                ]
+            if step.action == "promoted":
+                return [indexes.drop_constraint_sql(target, target.constraint_name)]
+        return []
+
+    def compensate(self, db: Database) -> None:
+        for name in reversed(self.prebuilt):
+            try:
+                indexes.drop_index_concurrently(db, self.target, name)
+            except DBAPIError as error:
+                log.warning("could not drop %s, built for the failed downgrade: %s", name, error)
 
 
-def _recreate(
-    db: Database,
-    index_name: str,
-    constraint_name: str | None,
-    definition: str,
-    comment: str | None,
+def run_undo(
+    target: UniqueTarget,
+    online: Callable[[], "contextmanager[Database]"],
+    in_transaction: Callable[[], Database],
 ) -> None:
-    if constraint_name and catalog.constraint_exists(db, constraint_name):
-        return
-    indexes.create_index_concurrently(db, index_name, definition)
-    if comment is not None:
-        indexes.set_index_comment(db, index_name, comment)
-    if constraint_name:
-        indexes.promote_index_to_constraint(db, index_name, constraint_name)
+    """The downgrade's order of events; `online` gives an autocommit session, `in_transaction`
+    the session of the transaction that moves the revision back."""
+    undo = Undo(target)
+    with online() as db:
+        if not undo.prepare(db):
+            return
+    try:
+        undo.finish(in_transaction())
+    except BaseException:
+        with online() as db:
+            undo.compensate(db)
+        raise

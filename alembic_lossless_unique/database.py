@@ -38,8 +38,12 @@ class Database:
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         return list(self.execute(sql, params))
 
-    def quote(self, identifier: str) -> str:
-        return self.connection.dialect.identifier_preparer.quote(identifier)
+    def relation_exists(self, qualified_name: str) -> bool:
+        return bool(
+            self.scalar(
+                "SELECT pg_catalog.to_regclass(:name) IS NOT NULL", {"name": qualified_name}
+            )
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -58,22 +62,41 @@ class Database:
         self.execute(commit)
 
     @contextmanager
+    def trial(self) -> Iterator[None]:
+        """A transaction (or savepoint) that is always rolled back: try something, keep nothing."""
+        begin, rollback = (
+            ("BEGIN", "ROLLBACK")
+            if self.concurrent
+            else ("SAVEPOINT trial", "ROLLBACK TO SAVEPOINT trial")
+        )
+        self.execute(begin)
+        try:
+            yield
+        finally:
+            if not self.connection.closed:
+                self.execute(rollback)
+
+    @contextmanager
     def session_setting(self, name: str, value: str) -> Iterator[None]:
-        previous = self.scalar("SELECT current_setting(:name)", {"name": name})
-        self.scalar("SELECT set_config(:name, :value, false)", {"name": name, "value": value})
+        previous = self.scalar("SELECT pg_catalog.current_setting(:name)", {"name": name})
+        self.scalar(
+            "SELECT pg_catalog.set_config(:name, :value, false)", {"name": name, "value": value}
+        )
         try:
             yield
         finally:
             if not self.connection.closed:
                 self.scalar(
-                    "SELECT set_config(:name, :value, false)", {"name": name, "value": previous}
+                    "SELECT pg_catalog.set_config(:name, :value, false)",
+                    {"name": name, "value": previous},
                 )
 
 
 @contextmanager
 def autocommit_database(context: MigrationContext) -> Iterator[Database]:
     """Commit what alembic has begun and hand the revision an autocommit session, or, when the
-    caller holds the transaction, a session that works inside it."""
+    caller holds the transaction (pytest-alembic, a program that passes its own connection), a
+    session that works inside it."""
     assert context.connection is not None
     settings = MigrationSettings.from_context(context)
     if in_callers_transaction(context):
@@ -85,9 +108,13 @@ def autocommit_database(context: MigrationContext) -> Iterator[Database]:
 
 
 def in_callers_transaction(context: MigrationContext) -> bool:
-    config = context.config
-    return bool(config is not None and config.attributes.get(CALLERS_TRANSACTION))
+    """Alembic notes, when env.py configures it, whether the connection it was given was already
+    in a transaction; nothing can be committed early then."""
+    return bool(getattr(context, "_in_external_transaction", False))
 
 
-# Set by env.py when the connection it was handed is already inside a transaction.
-CALLERS_TRANSACTION = "callers_transaction"
+def transactional_database(context: MigrationContext) -> Database:
+    """The revision's own transaction, which alembic commits with the version change; every
+    step of ours in it is a savepoint."""
+    assert context.connection is not None
+    return Database(context.connection, MigrationSettings.from_context(context), concurrent=False)

@@ -1,9 +1,9 @@
 """Index and constraint mechanics that never block the app's writes for longer than a lock timeout.
 
 Concurrent builds and drops take SHARE UPDATE EXCLUSIVE, which reads and writes pass through;
-they wait for old transactions instead, so they run without statement_timeout or lock_timeout.
-Catalog-only changes (promote, rename, drop a constraint) take ACCESS EXCLUSIVE briefly, under
-with_lock_retries.
+they wait for old transactions instead, so they run without statement_timeout or lock_timeout,
+while a watcher reports their phase and whom they wait for. Catalog-only changes (promote,
+rename, drop a constraint) take ACCESS EXCLUSIVE briefly, under with_lock_retries.
 """
 
 import logging
@@ -13,18 +13,21 @@ from contextlib import contextmanager
 
 from sqlalchemy import text
 
-from alembic_lossless_unique.catalog import index_is_valid
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.locks import with_lock_retries
-from alembic_lossless_unique.names import PAIR, TABLE
+from alembic_lossless_unique.locks import describe_backend, with_table_lock_retries
+from alembic_lossless_unique.sqltext import ident, idents, literal, qualified
+from alembic_lossless_unique.target import UniqueTarget
 
-log = logging.getLogger("meta_assets")
+log = logging.getLogger("alembic_lossless_unique")
 
 
-def unique_pair_index_definition(db: Database, name: str) -> str:
-    columns = ", ".join(db.quote(column) for column in PAIR)
-    return f"CREATE UNIQUE INDEX {db.quote(name)} ON {TABLE} USING btree ({columns})"
+def unique_index_definition(target: UniqueTarget, name: str) -> str:
+    """The target's unique index as pg_get_indexdef() would print it."""
+    return (
+        f"CREATE UNIQUE INDEX {ident(name)} ON {target.qualified_table}"
+        f" USING btree ({idents(target.columns)})"
+    )
 
 
 def concurrently(definition: str) -> str:
@@ -35,8 +38,33 @@ def concurrently(definition: str) -> str:
     raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
 
 
-def _concurrently_if_possible(db: Database, definition: str) -> str:
-    return concurrently(definition) if db.concurrent else definition
+def renamed(definition: str, old: str, new: str) -> str:
+    """The same index definition under another name."""
+    for prefix in ("CREATE UNIQUE INDEX ", "CREATE INDEX "):
+        head = prefix + ident(old) + " ON "
+        if definition.startswith(head):
+            return prefix + ident(new) + " ON " + definition[len(head) :]
+    raise MigrationAbort(f"cannot rename an index in an unexpected definition: {definition}")
+
+
+def index_is_valid(db: Database, target: UniqueTarget, name: str) -> bool | None:
+    """True/False for an index of that name on the table; None when there is none."""
+    return db.scalar(
+        "SELECT i.indisvalid AND i.indisready FROM pg_catalog.pg_index i"
+        " JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = pg_catalog.to_regclass(:table) AND c.relname = :name",
+        {"table": target.qualified_table, "name": name},
+    )
+
+
+def constraint_exists(db: Database, target: UniqueTarget, name: str) -> bool:
+    return bool(
+        db.scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint"
+            " WHERE conrelid = pg_catalog.to_regclass(:table) AND conname = :name)",
+            {"table": target.qualified_table, "name": name},
+        )
+    )
 
 
 @contextmanager
@@ -45,69 +73,81 @@ def without_timeouts(db: Database) -> Iterator[None]:
         yield
 
 
-def create_index_concurrently(db: Database, name: str, definition: str) -> None:
+def create_index_concurrently(db: Database, target: UniqueTarget, name: str, definition: str):
     """Make sure a valid index `name` exists, building it concurrently if needed.
 
     A failed or killed concurrent build leaves an INVALID index behind that IF NOT EXISTS would
     silently keep, so an invalid one is dropped and built again.
     """
-    valid = index_is_valid(db, name)
+    valid = index_is_valid(db, target, name)
     if valid:
         return
     if valid is False:
         log.info("dropping INVALID index %s left by an interrupted build", name)
-        drop_index_concurrently(db, name)
-    with without_timeouts(db), build_progress(db, name):
-        db.execute(_concurrently_if_possible(db, definition))
+        drop_index_concurrently(db, target, name)
+    statement = concurrently(definition) if db.concurrent else definition
+    with without_timeouts(db), watching(db, f"building {name}"):
+        db.execute(statement)
 
 
-def drop_index_concurrently(db: Database, name: str) -> None:
-    concurrently_keyword = "CONCURRENTLY " if db.concurrent else ""
-    with without_timeouts(db):
-        db.execute(f"DROP INDEX {concurrently_keyword}IF EXISTS public.{db.quote(name)}")
+def drop_index_concurrently(db: Database, target: UniqueTarget, name: str) -> None:
+    keyword = "CONCURRENTLY " if db.concurrent else ""
+    with without_timeouts(db), watching(db, f"dropping {name}"):
+        db.execute(f"DROP INDEX {keyword}IF EXISTS {qualified(target.schema, name)}")
 
 
-def set_index_comment(db: Database, name: str, comment: str | None) -> None:
-    db.execute(
-        f"COMMENT ON INDEX public.{db.quote(name)} IS "
-        + ("NULL" if comment is None else ":comment"),
-        {"comment": comment} if comment is not None else None,
+def set_index_comment_sql(target: UniqueTarget, name: str, comment: str | None) -> str:
+    value = "NULL" if comment is None else literal(comment)
+    return f"COMMENT ON INDEX {qualified(target.schema, name)} IS {value}"
+
+
+def promote_sql(target: UniqueTarget, index_name: str) -> str:
+    """ADD CONSTRAINT ... UNIQUE USING INDEX: a catalog change, no scan; renames the index."""
+    return (
+        f"ALTER TABLE {target.qualified_table} ADD CONSTRAINT {ident(target.constraint_name)}"
+        f" UNIQUE USING INDEX {ident(index_name)}"
     )
 
 
-def promote_index_to_constraint(db: Database, index_name: str, constraint_name: str) -> None:
-    """ADD CONSTRAINT ... UNIQUE USING INDEX: a catalog change, no scan; renames the index."""
-
-    def promote() -> None:
-        db.execute(
-            f"ALTER TABLE {TABLE} ADD CONSTRAINT {db.quote(constraint_name)}"
-            f" UNIQUE USING INDEX {db.quote(index_name)}"
-        )
-
-    with_lock_retries(db, f"promote index {index_name} to constraint {constraint_name}", promote)
+def add_constraint_using_index_sql(target: UniqueTarget, constraint: str, index: str) -> str:
+    return (
+        f"ALTER TABLE {target.qualified_table} ADD CONSTRAINT {ident(constraint)}"
+        f" UNIQUE USING INDEX {ident(index)}"
+    )
 
 
-def drop_constraint(db: Database, name: str) -> None:
-    def drop() -> None:
-        db.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {db.quote(name)}")
-
-    with_lock_retries(db, f"drop constraint {name}", drop)
+def drop_constraint_sql(target: UniqueTarget, name: str) -> str:
+    return f"ALTER TABLE {target.qualified_table} DROP CONSTRAINT IF EXISTS {ident(name)}"
 
 
-def rename_constraint(db: Database, old: str, new: str) -> None:
-    def rename() -> None:
-        db.execute(f"ALTER TABLE {TABLE} RENAME CONSTRAINT {db.quote(old)} TO {db.quote(new)}")
+def rename_constraint_sql(target: UniqueTarget, old: str, new: str) -> str:
+    return f"ALTER TABLE {target.qualified_table} RENAME CONSTRAINT {ident(old)} TO {ident(new)}"
 
-    with_lock_retries(db, f"rename constraint {old} to {new}", rename)
+
+def rename_index_sql(target: UniqueTarget, old: str, new: str) -> str:
+    return f"ALTER INDEX {qualified(target.schema, old)} RENAME TO {ident(new)}"
+
+
+def under_lock_retries(db: Database, target: UniqueTarget, purpose: str, *statements: str) -> None:
+    """Catalog changes that take ACCESS EXCLUSIVE: one short transaction, retried on timeout."""
+
+    def run() -> None:
+        for statement in statements:
+            db.execute(statement)
+
+    with_table_lock_retries(db, target, purpose, run)
+
+
+# Progress of a long step, from a second connection: the build's phase, and whom it waits for.
 
 
 @contextmanager
-def build_progress(db: Database, index_name: str) -> Iterator[None]:
-    """Report pg_stat_progress_create_index from a second connection while a build runs."""
+def watching(db: Database, doing: str) -> Iterator[None]:
+    """Every progress_interval, log what the migrator's backend is doing and who blocks it."""
     if not db.concurrent:
         yield
         return
-    backend_pid = db.scalar("SELECT pg_backend_pid()")
+    backend_pid = db.scalar("SELECT pg_catalog.pg_backend_pid()")
     stop = threading.Event()
 
     def report() -> None:
@@ -115,13 +155,11 @@ def build_progress(db: Database, index_name: str) -> Iterator[None]:
             with db.connection.engine.connect() as watcher:
                 watcher.execution_options(isolation_level="AUTOCOMMIT")
                 while not stop.wait(db.settings.progress_interval):
-                    row = watcher.execute(_PROGRESS, {"pid": backend_pid}).first()
-                    if row is not None:
-                        log.info("building %s: %s%s", index_name, row.phase, row.done)
-        except Exception as error:  # progress is a courtesy: never let it break the build
-            log.debug("build progress unavailable: %s", error)
+                    log.info("%s: %s", doing, progress_line(watcher, backend_pid))
+        except Exception as error:  # progress is a courtesy: never let it break the step
+            log.debug("progress unavailable: %s", error)
 
-    watcher_thread = threading.Thread(target=report, name="index-build-progress", daemon=True)
+    watcher_thread = threading.Thread(target=report, name="progress-watcher", daemon=True)
     watcher_thread.start()
     try:
         yield
@@ -130,11 +168,39 @@ def build_progress(db: Database, index_name: str) -> Iterator[None]:
         watcher_thread.join(timeout=5)
 
 
-_PROGRESS = text(
-    "SELECT phase, CASE WHEN blocks_total > 0"
-    " THEN format(' (%s%% of blocks)', round(100.0 * blocks_done / blocks_total))"
+def progress_line(watcher, backend_pid: int) -> str:
+    build = watcher.execute(_BUILD_PROGRESS, {"pid": backend_pid}).first()
+    parts = [f"{build.phase}{build.done}"] if build is not None else []
+    waiting_for = [
+        describe_backend(row) for row in watcher.execute(_BLOCKERS, {"pid": backend_pid})
+    ]
+    if build is not None and build.current_locker_pid:
+        locker = watcher.execute(_BACKEND, {"pid": build.current_locker_pid}).first()
+        if locker is not None:
+            waiting_for.append(describe_backend(locker))
+    if waiting_for:
+        parts.append("waiting for " + "; ".join(dict.fromkeys(waiting_for)))
+    return ", ".join(parts) or "running"
+
+
+_BUILD_PROGRESS = text(
+    "SELECT phase, current_locker_pid, CASE WHEN blocks_total > 0"
+    " THEN pg_catalog.format(' (%s%% of blocks)',"
+    " pg_catalog.round(100.0 * blocks_done / blocks_total))"
     " WHEN tuples_total > 0"
-    " THEN format(' (%s%% of tuples)', round(100.0 * tuples_done / tuples_total))"
+    " THEN pg_catalog.format(' (%s%% of tuples)',"
+    " pg_catalog.round(100.0 * tuples_done / tuples_total))"
     " ELSE '' END AS done"
-    " FROM pg_stat_progress_create_index WHERE pid = :pid"
+    " FROM pg_catalog.pg_stat_progress_create_index WHERE pid = :pid"
 )
+
+_BACKEND_COLUMNS = (
+    "SELECT a.pid, a.state, coalesce(a.application_name, '') AS application_name,"
+    " pg_catalog.round(extract(epoch FROM pg_catalog.now() - a.xact_start)) AS seconds,"
+    " pg_catalog.left(pg_catalog.regexp_replace(a.query, '\\s+', ' ', 'g'), 80) AS query"
+    " FROM pg_catalog.pg_stat_activity a"
+)
+_BLOCKERS = text(
+    _BACKEND_COLUMNS + " WHERE a.pid = ANY (pg_catalog.pg_blocking_pids(:pid)) ORDER BY a.pid"
+)
+_BACKEND = text(_BACKEND_COLUMNS + " WHERE a.pid = :pid")

@@ -1,63 +1,16 @@
-"""What the migrations found and did, kept in the database itself.
+"""What an operation found and did, kept in the database itself, in the private schema.
 
 A downgrade must undo exactly what its upgrade did, on whatever database it met, and a re-run
-after a crash must know which half-built objects are its own. Both read this ledger.
-It lives in a private schema that the API roles cannot see.
+after a crash must know which half-built objects are its own. Both read this ledger: an
+append-only log of steps, each recorded before or atomically with its effect.
 """
 
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from alembic_lossless_unique.catalog import existing_roles, relation_exists
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.names import (
-    API_ROLES,
-    BASELINE_LEDGER,
-    LEDGER_SCHEMA,
-    UNIQUE_PAIR_LEDGER,
-)
-
-
-def create_ledger_schema(db: Database) -> None:
-    db.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
-    db.execute(f"REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC")
-    for role in existing_roles(db, API_ROLES):
-        db.execute(f"REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM {db.quote(role)}")
-
-
-def drop_ledger_schema(db: Database) -> None:
-    db.execute(f"DROP SCHEMA IF EXISTS {LEDGER_SCHEMA}")  # RESTRICT: refuses if anything is left
-
-
-# Revision 1: the tables the baseline created (and so may drop).
-
-
-def create_baseline_ledger(db: Database) -> None:
-    db.execute(
-        f"CREATE TABLE IF NOT EXISTS {BASELINE_LEDGER} ("
-        " table_name text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())"
-    )
-
-
-def record_created_table(db: Database, table_name: str) -> None:
-    db.execute(
-        f"INSERT INTO {BASELINE_LEDGER} (table_name) VALUES (:name) ON CONFLICT DO NOTHING",
-        {"name": table_name},
-    )
-
-
-def created_tables(db: Database) -> set[str]:
-    if not relation_exists(db, BASELINE_LEDGER):
-        return set()
-    return {row.table_name for row in db.rows(f"SELECT table_name FROM {BASELINE_LEDGER}")}
-
-
-def drop_baseline_ledger(db: Database) -> None:
-    db.execute(f"DROP TABLE IF EXISTS {BASELINE_LEDGER}")
-
-
-# Revision 2: an append-only log of the steps, in order.
+from alembic_lossless_unique.target import UniqueTarget
 
 
 @dataclass(frozen=True)
@@ -67,36 +20,47 @@ class Step:
     detail: dict[str, Any]
 
 
-def create_unique_pair_ledger(db: Database) -> None:
-    db.execute(
-        f"CREATE TABLE IF NOT EXISTS {UNIQUE_PAIR_LEDGER} ("
+def create_ledger_sql(target: UniqueTarget) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {target.ledger} ("
         " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
         " action text NOT NULL,"
         " detail jsonb NOT NULL,"
-        " recorded_at timestamptz NOT NULL DEFAULT now())"
+        " recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
     )
 
 
-def unique_pair_ledger_exists(db: Database) -> bool:
-    return relation_exists(db, UNIQUE_PAIR_LEDGER)
+def exists(db: Database, target: UniqueTarget) -> bool:
+    return db.relation_exists(target.ledger)
 
 
-def record_step(db: Database, action: str, **detail: Any) -> None:
+def record(db: Database, target: UniqueTarget, action: str, **detail: Any) -> None:
     db.execute(
-        f"INSERT INTO {UNIQUE_PAIR_LEDGER} (action, detail)"
-        " VALUES (:action, CAST(:detail AS jsonb))",
+        f"INSERT INTO {target.ledger} (action, detail) VALUES (:action, CAST(:detail AS jsonb))",
         {"action": action, "detail": json.dumps(detail)},
     )
 
 
-def recorded_steps(db: Database) -> list[Step]:
-    if not unique_pair_ledger_exists(db):
+def steps(db: Database, target: UniqueTarget) -> list[Step]:
+    if not exists(db, target):
         return []
     return [
         Step(row.seq, row.action, row.detail)
-        for row in db.rows(f"SELECT seq, action, detail FROM {UNIQUE_PAIR_LEDGER} ORDER BY seq")
+        for row in db.rows(f"SELECT seq, action, detail FROM {target.ledger} ORDER BY seq")
     ]
 
 
-def drop_unique_pair_ledger(db: Database) -> None:
-    db.execute(f"DROP TABLE IF EXISTS {UNIQUE_PAIR_LEDGER}")
+def built_before(steps_done: list[Step]) -> bool:
+    """An index under the target's name was built by this operation, not found."""
+    return any(step.action == "built" for step in steps_done)
+
+
+def built_before_sql(target: UniqueTarget) -> str:
+    """The same question asked in SQL, for the offline script (the ledger exists by then)."""
+    return f"EXISTS (SELECT 1 FROM {target.ledger} WHERE action = 'built')"
+
+
+def guard_in_place(steps_done: list[Step]) -> bool:
+    installed = sum(step.action == "guard_installed" for step in steps_done)
+    removed = sum(step.action == "guard_removed" for step in steps_done)
+    return installed > removed

@@ -1,487 +1,296 @@
 """The offline script: what `alembic upgrade head --sql` writes for a DBA to run with psql.
 
-Offline there is no connection, so every decision that depends on what the database holds (which
-uniques the pair has, which tables the baseline must create, which steps the ledger recorded) is
-made by the database itself, in plpgsql DO blocks. The script converges every starting state to
-the same end state as the online path and writes the same archive and ledger, so either path's
-downgrade can undo the other's upgrade.
+Offline there is no connection, so every decision that depends on what the database holds is
+made by the database itself, in plpgsql DO blocks, from the same text the online path runs: the
+plan query (plan.py), the checks (checks.py), the archive, the dedupe and the restore. The script
+converges every starting state to the same end state as the online path and writes the same
+archive and ledger, so either path's downgrade can undo the other's upgrade.
 
-The one difference: CREATE INDEX CONCURRENTLY cannot run inside a DO block or a transaction, so
-the offline script builds the unique index with a plain CREATE UNIQUE INDEX, under a SHARE ROW
-EXCLUSIVE lock that blocks the table's writes (not its reads) until the script's transaction
-commits. Each revision is one transaction: an error rolls all of it back.
+The one difference: CREATE INDEX CONCURRENTLY cannot run inside a transaction, so the script
+builds the unique index with a plain CREATE UNIQUE INDEX, under a SHARE ROW EXCLUSIVE lock that
+blocks the table's writes (not its reads) until the revision's COMMIT; no duplicate can arrive
+meanwhile, so the script needs no guard. Each revision is one transaction: an error rolls all of
+it back.
 """
 
-from alembic_lossless_unique.archive import (
-    ARCHIVE_REASON,
-    CREATE_ARCHIVE_SQL,
-    list_rows_to_archive_sql,
-    move_listed_rows_sql,
-)
-from alembic_lossless_unique.catalog import unique_indexes_with_two_keys_sql
+from alembic_lossless_unique import checks, dedupe, indexes, ledger, private_schema, restore
 from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
-from alembic_lossless_unique.names import (
-    API_ROLES,
-    ARCHIVE,
-    BASELINE_LEDGER,
-    CANONICAL_UNIQUE_NAME,
-    LEDGER_SCHEMA,
-    ROWS_TO_ARCHIVE,
-    SEED_INDEX_NAME,
-    TABLE,
-    UNIQUE_PAIR_LEDGER,
-)
+from alembic_lossless_unique.plan import plan_sql
 from alembic_lossless_unique.settings import MigrationSettings
-
-CANONICAL = CANONICAL_UNIQUE_NAME
-
-HEADER = """\
--- meta_assets_cache migrations, offline script (alembic --sql), revision {revision}.
--- Run it with: psql -X -v ON_ERROR_STOP=1 -f THIS_FILE "$DATABASE_URL"
--- or paste it whole into the Supabase SQL editor. Decisions that depend on what the database
--- holds run in the database, in DO blocks. Unlike the online `alembic upgrade`, this script
--- builds the unique index WITHOUT CONCURRENTLY (a DO block runs inside a transaction): the
--- table's writes are blocked while the index builds, until this revision's COMMIT. Reads go on
--- until the short ACCESS EXCLUSIVE step at the end. Run it in a quiet moment.
-"""
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal
+from alembic_lossless_unique.surroundings import surroundings_sql
+from alembic_lossless_unique.target import UniqueTarget
 
 # How long one statement may queue for a table lock; the app's queries queue behind it. There
 # are no retries offline: a timeout rolls the revision back whole, and the script can be re-run.
 LOCK_TIMEOUT = "5s"
 
-# First, wait for an online migrator of this database (it holds the same key as a session lock),
-# then bound every lock wait. No statement_timeout: the index build takes as long as the table
-# needs, and cancelling it half way would only roll everything back.
-MIGRATOR_LOCK = f"""\
-SELECT pg_advisory_xact_lock({MIGRATOR_LOCK_KEY[0]}, {MIGRATOR_LOCK_KEY[1]});
-
-SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
-
-SET LOCAL statement_timeout = 0;"""
-
-# Written once at the top of every script by env.py, before alembic's own statements.
-PREAMBLE = """\
--- squawk-ignore-file prefer-robust-stmts, prefer-text-field
--- (Both for alembic's own `CREATE TABLE alembic_version (version_num VARCHAR(32) ...)`, which
--- alembic writes, as it defines it, only when the database has no version table yet. The
--- revisions' own SQL is linted without these two ignores: tests/test_lint.py.)"""
-
-_ROLES_ARRAY = "ARRAY[" + ", ".join(f"'{role}'" for role in API_ROLES) + "]"
-
-
-def _revoke_from_api_roles(on: str) -> str:
-    return f"""\
-DO $offline$
-DECLARE
-    api_role text;
-BEGIN
-    FOR api_role IN SELECT rolname FROM pg_roles WHERE rolname = ANY ({_ROLES_ARRAY})
-                     ORDER BY rolname LOOP
-        EXECUTE format('REVOKE ALL ON {on} FROM %I', api_role);
-    END LOOP;
-END
-$offline$;"""
-
-
-def _statements(ddl: str) -> str:
-    """The baseline's DDL (statements split by ';') as plpgsql statements."""
-    return "\n".join(
-        f"        {statement.strip()};" for statement in ddl.split(";") if statement.strip()
-    )
-
-
-def baseline_upgrade_sql(create_workspaces: str, create_meta_assets_cache: str) -> str:
-    """Revision 0001: the ledger schema, and the two tables when (and only when) missing."""
-    return f"""\
-{HEADER.format(revision="0001 (baseline)")}
-{MIGRATOR_LOCK}
-
-CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
-
-REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC;
-
-{_revoke_from_api_roles(f"SCHEMA {LEDGER_SCHEMA}")}
-
-CREATE TABLE IF NOT EXISTS {BASELINE_LEDGER} (
-    table_name text PRIMARY KEY,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-
-DO $offline$
-BEGIN
-    IF to_regclass('public.workspaces') IS NULL THEN
-{_statements(create_workspaces)}
-        INSERT INTO {BASELINE_LEDGER} (table_name) VALUES ('workspaces') ON CONFLICT DO NOTHING;
-        RAISE NOTICE 'created public.workspaces';
-    END IF;
-    IF to_regclass('{TABLE}') IS NULL THEN
-{_statements(create_meta_assets_cache)}
-        INSERT INTO {BASELINE_LEDGER} (table_name)
-        VALUES ('meta_assets_cache') ON CONFLICT DO NOTHING;
-        RAISE NOTICE 'created {TABLE}';
-    ELSE
-        RAISE NOTICE 'adopted the existing {TABLE} unchanged';
-    END IF;
-END
-$offline$"""
-
-
-def baseline_downgrade_sql() -> str:
-    """Revision 0001 undone: drop only the tables the baseline created, then its ledger."""
-    return f"""\
-{HEADER.format(revision="0001 (baseline), downgrade")}
-{MIGRATOR_LOCK}
-
-DO $offline$
-DECLARE
-    created text[] := ARRAY[]::text[];
-BEGIN
-    IF to_regclass('{UNIQUE_PAIR_LEDGER}') IS NOT NULL THEN
-        RAISE EXCEPTION 'an interrupted upgrade of revision 0002 left its ledger behind:'
-            ' run `alembic upgrade head` to finish it, then downgrade';
-    END IF;
-    IF to_regclass('{BASELINE_LEDGER}') IS NOT NULL THEN
-        EXECUTE 'SELECT coalesce(array_agg(table_name), ARRAY[]::text[])'
-                ' FROM {BASELINE_LEDGER}' INTO created;
-    END IF;
-    -- Dependants first; tables the baseline adopted are never dropped.
-    IF 'meta_assets_cache' = ANY (created) THEN
-        DROP TABLE IF EXISTS {TABLE};
-        RAISE NOTICE 'dropped {TABLE}, which the baseline had created';
-    END IF;
-    IF 'workspaces' = ANY (created) THEN
-        DROP TABLE IF EXISTS public.workspaces;
-        RAISE NOTICE 'dropped public.workspaces, which the baseline had created';
-    END IF;
-    DROP TABLE IF EXISTS {BASELINE_LEDGER};
-END
-$offline$;
-
--- The package's own private schema, which no client uses; RESTRICT (the default) refuses if
--- anything but the baseline's ledger was left in it.
--- squawk-ignore ban-drop-schema
-DROP SCHEMA IF EXISTS {LEDGER_SCHEMA}"""
-
-
-_REQUIRE_OWNER = f"""\
-DO $offline$
-DECLARE
-    owner_row record;
-BEGIN
-    SELECT pg_get_userbyid(c.relowner) AS owner,
-           pg_has_role(current_user, c.relowner, 'USAGE')
-             OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS may_alter,
-           current_user AS role
-      INTO owner_row
-      FROM pg_class c WHERE c.oid = to_regclass('{TABLE}');
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table {TABLE} does not exist in database %: check you are connected'
-            ' to the app''s database', current_database();
-    END IF;
-    IF NOT owner_row.may_alter THEN
-        RAISE EXCEPTION 'role % cannot alter {TABLE} (owned by %):'
-            ' run the migration as the table''s owner', owner_row.role, owner_row.owner;
-    END IF;
-END
-$offline$;"""
-
-
-# The uniques whose key columns are exactly the pair, in either order: catalog.pair_uniques.
-_PAIR_UNIQUES = f"""\
-    CREATE TEMPORARY TABLE offline_pair_uniques ON COMMIT DROP AS
-    SELECT found.*,
-           found.valid AND found.plain AS serves,
-           found.columns = ARRAY['workspace_id', 'phone_number_id'] AS exact,
-           format('%s %s (%s)%s',
-                  CASE WHEN found.constraint_name IS NULL THEN 'index'
-                       ELSE 'constraint ' || found.constraint_name END,
-                  found.index_name, array_to_string(found.columns, ', '),
-                  CASE WHEN found.valid THEN '' ELSE ' (INVALID)' END) AS description
-      FROM (
-{unique_indexes_with_two_keys_sql(f"'{TABLE}'::regclass")}
-      ) AS found
-     WHERE ARRAY(SELECT c FROM unnest(found.columns) AS c ORDER BY c COLLATE "C")
-           = ARRAY['phone_number_id', 'workspace_id'];"""
-
 # The offline script does not read -x: it uses the default.
 DEDUPE_WORK_MEM = MigrationSettings.dedupe_work_mem
 
-# archive.archive_duplicates's statements, with the live table's columns filled in by format().
-_ARCHIVE_DUPLICATES = f"""\
-        -- As online: more work_mem for this transaction, never less than the DBA configured.
-        PERFORM set_config('work_mem', '{DEDUPE_WORK_MEM}', true)
-          WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('{DEDUPE_WORK_MEM}');
-        DROP TABLE IF EXISTS {ROWS_TO_ARCHIVE};
-        {list_rows_to_archive_sql().strip()};
-        ANALYZE {ROWS_TO_ARCHIVE};
-        EXECUTE format($archive${move_listed_rows_sql("%1$s", "%2$s", reason="$1")}
-            SELECT count(DISTINCT kept_id), count(*) FROM archived
-            $archive$, column_list, removed_columns)
-          INTO groups, archived_rows
-          USING '{ARCHIVE_REASON}'::text;
-        DROP TABLE {ROWS_TO_ARCHIVE};"""
+# pg_dump's rule: nothing the role's search_path holds runs in the migration. SET LOCAL: the
+# script's transaction ends it.
+SESSION = f"""\
+SET LOCAL search_path = pg_catalog, pg_temp;
 
-_COLUMN_LISTS = f"""\
-    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum),
-           string_agg('c.' || quote_ident(attname), ', ' ORDER BY attnum)
-      INTO column_list, removed_columns
-      FROM pg_attribute
-     WHERE attrelid = '{TABLE}'::regclass AND attnum > 0 AND NOT attisdropped;"""
+SELECT pg_catalog.pg_advisory_xact_lock({MIGRATOR_LOCK_KEY[0]}, {MIGRATOR_LOCK_KEY[1]});
+
+SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+
+SET LOCAL statement_timeout = 0"""
 
 
-def _record(action: str, detail: str) -> str:
-    return f"INSERT INTO {UNIQUE_PAIR_LEDGER} (action, detail) VALUES ('{action}', {detail});"
-
-
-def unique_pair_upgrade_sql() -> str:
-    """Revision 0002: from whatever uniques the pair has to the canonical constraint."""
+def header(title: str) -> str:
     return f"""\
-{HEADER.format(revision="0002 (unique pair)")}
-{MIGRATOR_LOCK}
+-- {title}
+-- Run it with: psql -X -v ON_ERROR_STOP=1 -f THIS_FILE "$DATABASE_URL"
+-- or paste it whole into the Supabase SQL editor. Decisions that depend on what the database
+-- holds run in the database, in DO blocks. Unlike the online `alembic upgrade`, this script
+-- builds a unique index WITHOUT CONCURRENTLY (a DO block runs inside a transaction): the
+-- table's writes are blocked while the index builds, until this revision's COMMIT. Reads go on
+-- until the short ACCESS EXCLUSIVE step at the end. Run it in a quiet moment.
+"""
 
-{_REQUIRE_OWNER}
 
-CREATE TABLE IF NOT EXISTS {UNIQUE_PAIR_LEDGER} (
-    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    action text NOT NULL,
-    detail jsonb NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now()
-);
-
-{CREATE_ARCHIVE_SQL};
-
-ALTER TABLE {ARCHIVE} ENABLE ROW LEVEL SECURITY;
-
-REVOKE ALL ON TABLE {ARCHIVE} FROM PUBLIC;
-
-{_revoke_from_api_roles(f"TABLE {ARCHIVE}")}
-
-DO $offline$
+def private_schema_sql(schema: str) -> str:
+    """Create the private schema unless it exists, then refuse it unless it is ours."""
+    body = f"""
 DECLARE
-    canonical constant text := '{CANONICAL}';
-    seed_index constant text := '{SEED_INDEX_NAME}';
-    unique_found record;
-    target record;
-    has_target boolean := false;
-    ours boolean;
-    column_list text;
-    removed_columns text;
-    groups bigint;
-    archived_rows bigint;
+    problem text := {private_schema.problem_sql(literal(schema))};
 BEGIN
-{_PAIR_UNIQUES}
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = {literal(dedupe.REFUSED)}, MESSAGE = problem;
+    END IF;
+END
+"""
+    return (
+        f"CREATE SCHEMA IF NOT EXISTS {ident(schema)};\n\n"
+        f"DO {dollar_quoted(body, 'private_schema')};\n\n"
+        f"{private_schema.lock_down_sql(schema)}"
+    )
 
-    IF NOT EXISTS (SELECT 1 FROM {UNIQUE_PAIR_LEDGER}) THEN
+
+def _announce(target: UniqueTarget) -> str:
+    body = f"""
+DECLARE
+    neighbour record;
+BEGIN
+    FOR neighbour IN {surroundings_sql(target)} LOOP
+        RAISE NOTICE '%: % (%)', pg_catalog.replace(neighbour.kind, '_', ' '), neighbour.name,
+                     neighbour.detail;
+    END LOOP;
+END
+"""
+    return f"DO {dollar_quoted(body, 'announce')}"
+
+
+def _record(target: UniqueTarget, action: str, detail: str) -> str:
+    return f"INSERT INTO {target.ledger} (action, detail) VALUES ({literal(action)}, {detail});"
+
+
+def _recreation_record(variable: str) -> str:
+    return (
+        f"pg_catalog.jsonb_build_object('index_name', {variable}.index_name,"
+        f" 'constraint_name', {variable}.constraint_name,"
+        f" 'definition', {variable}.definition, 'comment', {variable}.comment)"
+    )
+
+
+def upgrade_sql(target: UniqueTarget) -> str:
+    """ensure_unique_constraint: from whatever uniques the key has to the target constraint."""
+    name = literal(target.constraint_name)
+    table = target.qualified_table
+    index_of = f"pg_catalog.format('%I.%I', {literal(target.schema)}, step.index_name)"
+    body = f"""
+DECLARE
+    built_before boolean := {ledger.built_before_sql(target)};
+    step record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {target.ledger}) THEN
         {
         _record(
+            target,
             "found",
-            '''jsonb_build_object('uniques', coalesce(
-            (SELECT jsonb_agg(description ORDER BY index_name) FROM offline_pair_uniques),
-            '[]'::jsonb))''',
+            f'''pg_catalog.jsonb_build_object('uniques', coalesce(
+            (SELECT pg_catalog.jsonb_agg(p.description ORDER BY p.index_name)
+               FROM ({plan_sql(target, "built_before")}) AS p
+              WHERE p.action NOT IN ('build', 'refuse')), '[]'::jsonb))''',
         )
     }
     ELSE
         RAISE NOTICE 'resuming an interrupted run';
     END IF;
-
-    -- INVALID indexes left by an interrupted concurrent build.
-    FOR unique_found IN SELECT * FROM offline_pair_uniques
-                         WHERE NOT valid AND constraint_name IS NULL ORDER BY index_name LOOP
-        {_record("dropped_invalid", "jsonb_build_object('index_name', unique_found.index_name)")}
-        EXECUTE format('DROP INDEX IF EXISTS public.%I', unique_found.index_name);
-        RAISE NOTICE 'dropped INVALID index %', unique_found.index_name;
-    END LOOP;
-
-    -- The target: the canonical constraint, else a constraint to rename, else an index to
-    -- promote (the canonical name first, then the seed fix's index, then by name).
-    SELECT * INTO target FROM offline_pair_uniques
-     WHERE serves AND exact AND constraint_name = canonical ORDER BY index_name LIMIT 1;
-    has_target := FOUND;
-    IF NOT has_target THEN
-        SELECT * INTO target FROM offline_pair_uniques
-         WHERE serves AND exact AND constraint_name IS NOT NULL ORDER BY index_name LIMIT 1;
-        has_target := FOUND;
-    END IF;
-    IF NOT has_target THEN
-        SELECT * INTO target FROM offline_pair_uniques
-         WHERE serves AND exact AND constraint_name IS NULL
-         ORDER BY CASE index_name WHEN canonical THEN 0 WHEN seed_index THEN 1 ELSE 2 END,
-                  index_name
-         LIMIT 1;
-        has_target := FOUND;
-    END IF;
-
-    IF NOT has_target THEN
-        IF EXISTS (SELECT 1 FROM offline_pair_uniques WHERE valid AND index_name = canonical)
-        THEN
-            RAISE EXCEPTION 'index % exists but cannot become the canonical constraint (%):'
-                ' rename or drop it, then re-run', canonical,
-                (SELECT definition FROM offline_pair_uniques WHERE index_name = canonical);
-        END IF;
-        -- Writes wait from here to COMMIT, so no duplicate can arrive between archive and build.
-        LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE;
-{_COLUMN_LISTS}
-{_ARCHIVE_DUPLICATES}
-        RAISE NOTICE 'archived % rows from % duplicate groups (moved to {ARCHIVE})',
-            archived_rows, groups;
-        {_record("built", "jsonb_build_object('index_name', canonical)")}
-        -- Not CONCURRENTLY: a DO block runs inside a transaction.
-        CREATE UNIQUE INDEX {CANONICAL} ON {TABLE} USING btree (workspace_id, phone_number_id);
-        ALTER TABLE {TABLE} ADD CONSTRAINT {CANONICAL} UNIQUE USING INDEX {CANONICAL};
-        RAISE NOTICE 'built unique index % and promoted it to the constraint', canonical;
-    ELSIF target.constraint_name = canonical THEN
-        RAISE NOTICE 'the canonical constraint is already there: nothing to build';
-    ELSIF target.constraint_name IS NOT NULL THEN
-        {_record("renamed", "jsonb_build_object('constraint_name', target.constraint_name)")}
-        EXECUTE format('ALTER TABLE {TABLE} RENAME CONSTRAINT %I TO %I',
-                       target.constraint_name, canonical);
-        RAISE NOTICE 'renamed constraint % to %', target.constraint_name, canonical;
-    ELSE
-        ours := target.index_name = canonical
-                AND EXISTS (SELECT 1 FROM {UNIQUE_PAIR_LEDGER} WHERE action = 'built');
-        IF NOT ours THEN
+    FOR step IN {plan_sql(target, "built_before")} LOOP
+        CASE step.action
+        WHEN 'refuse' THEN
+            RAISE EXCEPTION USING ERRCODE = {literal(dedupe.REFUSED)}, MESSAGE = step.description;
+        WHEN 'drop_invalid' THEN
             {
         _record(
-            "promoted",
-            "jsonb_build_object('index_name', target.index_name,"
-            " 'definition', target.definition, 'comment', target.comment)",
+            target,
+            "dropped_invalid",
+            "pg_catalog.jsonb_build_object('index_name', step.index_name)",
         )
     }
-        END IF;
-        EXECUTE format('ALTER TABLE {TABLE} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                       canonical, target.index_name);
-        IF target.comment IS NOT NULL THEN
-            EXECUTE format('COMMENT ON INDEX public.%I IS NULL', canonical);
-        END IF;
-        RAISE NOTICE 'promoted index % to constraint %', target.index_name, canonical;
-    END IF;
-
-    -- Every other unique that serves the upsert is redundant now.
-    FOR unique_found IN SELECT * FROM offline_pair_uniques
-                         WHERE serves AND (NOT has_target OR index_name <> target.index_name)
-                         ORDER BY index_name LOOP
-        {
+            EXECUTE 'DROP INDEX IF EXISTS ' || {index_of};
+            RAISE NOTICE 'dropped INVALID index %', step.index_name;
+        WHEN 'keep' THEN
+            RAISE NOTICE 'constraint % is already there: nothing to build', {name};
+        WHEN 'rename' THEN
+            {
         _record(
-            "dropped_redundant",
-            "jsonb_build_object('index_name', unique_found.index_name,"
-            " 'constraint_name', unique_found.constraint_name,"
-            " 'definition', unique_found.definition, 'comment', unique_found.comment)",
+            target,
+            "renamed",
+            "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)",
         )
     }
-        IF unique_found.constraint_name IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS %I',
-                           unique_found.constraint_name);
+            EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                      step.constraint_name, {name});
+            RAISE NOTICE 'renamed constraint % to %', step.constraint_name, {name};
+        WHEN 'promote' THEN
+            IF NOT step.ours THEN
+                {_record(target, "promoted", _recreation_record("step"))}
+            END IF;
+            EXECUTE pg_catalog.format('ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
+                                      {name}, step.index_name);
+            IF step.comment IS NOT NULL THEN
+                EXECUTE {
+        literal(indexes.set_index_comment_sql(target, target.constraint_name, None))
+    };
+            END IF;
+            RAISE NOTICE 'promoted index % to constraint %', step.index_name, {name};
+        WHEN 'build' THEN
+            -- Writes wait from here to COMMIT: no duplicate can arrive between dedupe and build.
+            EXECUTE {literal(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")};
+            EXECUTE {literal(dedupe.list_sql(target, DEDUPE_WORK_MEM))};
+            EXECUTE {literal(dedupe.move_sql(target))};
+            {_record(target, "built", f"pg_catalog.jsonb_build_object('index_name', {name})")}
+            -- Not CONCURRENTLY: a DO block runs inside a transaction.
+            EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};
+            EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};
+            RAISE NOTICE 'archived duplicates, built unique index % and promoted it', {name};
+        WHEN 'drop_redundant' THEN
+            {_record(target, "dropped_redundant", _recreation_record("step"))}
+            IF step.constraint_name IS NOT NULL THEN
+                EXECUTE pg_catalog.format('ALTER TABLE {table} DROP CONSTRAINT IF EXISTS %I',
+                                          step.constraint_name);
+            ELSE
+                EXECUTE 'DROP INDEX IF EXISTS ' || {index_of};
+            END IF;
+            RAISE NOTICE 'dropped redundant %', step.description;
         ELSE
-            EXECUTE format('DROP INDEX IF EXISTS public.%I', unique_found.index_name);
-        END IF;
-        RAISE NOTICE 'dropped redundant %', unique_found.description;
-    END LOOP;
-
-    FOR unique_found IN SELECT * FROM offline_pair_uniques WHERE valid AND NOT plain LOOP
-        RAISE NOTICE 'left alone %: partial or expression unique', unique_found.description;
+            RAISE NOTICE 'left alone %: partial or expression unique', step.description;
+        END CASE;
     END LOOP;
 END
-$offline$"""
-
-
-def _recreate(detail: str) -> str:
-    """convergence._recreate: the unique a step's detail describes, unless its constraint is
-    back already."""
-    table_oid = f"'{TABLE}'::regclass"
+"""
     return f"""\
+{header(f"unique constraint {target.constraint_name} on {target.key_description}, offline")}
+{SESSION};
+
+{checks.upgrade_checks_sql(target, refuse=True)};
+
+{private_schema_sql(target.private_schema)};
+
+{ledger.create_ledger_sql(target)};
+
+{dedupe.archive_sql(target)};
+
+{private_schema.lock_down_sql(target.private_schema)};
+
+{_announce(target)};
+
+DO {dollar_quoted(body, "offline")}"""
+
+
+def _recreate(target: UniqueTarget, detail: str) -> str:
+    """The unique a step's detail describes, unless its constraint is back already (plpgsql)."""
+    table = target.qualified_table
+    return f"""
         IF {detail}->>'constraint_name' IS NULL OR NOT EXISTS (
-               SELECT 1 FROM pg_constraint
-                WHERE conrelid = {table_oid} AND conname = {detail}->>'constraint_name') THEN
-            index_valid := (SELECT i.indisvalid AND i.indisready
-                              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE i.indrelid = {table_oid}
-                               AND c.relname = {detail}->>'index_name');
-            IF index_valid IS FALSE THEN
-                EXECUTE format('DROP INDEX IF EXISTS public.%I', {detail}->>'index_name');
-            END IF;
-            IF index_valid IS NOT TRUE THEN
-                EXECUTE {detail}->>'definition';
-            END IF;
+               SELECT 1 FROM pg_catalog.pg_constraint
+                WHERE conrelid = {literal(table)}::pg_catalog.regclass
+                  AND conname = {detail}->>'constraint_name') THEN
+            EXECUTE 'DROP INDEX IF EXISTS '
+                    || pg_catalog.format('%I.%I', {literal(target.schema)}, {detail}->>'index_name');
+            EXECUTE {detail}->>'definition';
             IF {detail}->>'comment' IS NOT NULL THEN
-                EXECUTE format('COMMENT ON INDEX public.%I IS %L',
-                               {detail}->>'index_name', {detail}->>'comment');
+                EXECUTE pg_catalog.format('COMMENT ON INDEX %I.%I IS %L', {literal(target.schema)},
+                                          {detail}->>'index_name', {detail}->>'comment');
             END IF;
             IF {detail}->>'constraint_name' IS NOT NULL THEN
-                EXECUTE format('ALTER TABLE {TABLE} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                               {detail}->>'constraint_name', {detail}->>'index_name');
+                EXECUTE pg_catalog.format('ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
+                                          {detail}->>'constraint_name', {detail}->>'index_name');
             END IF;
             RAISE NOTICE 'recreated %', {detail}->>'index_name';
         END IF;"""
 
 
-def unique_pair_downgrade_sql() -> str:
-    """Revision 0002 undone from its ledger, whichever path (online or offline) wrote it."""
-    return f"""\
-{HEADER.format(revision="0002 (unique pair), downgrade")}
-{MIGRATOR_LOCK}
-
-{_REQUIRE_OWNER}
-
-DO $offline$
+def downgrade_sql(target: UniqueTarget) -> str:
+    """undo_unique_constraint, from the ledger, whichever path (online or offline) wrote it."""
+    table = target.qualified_table
+    name = literal(target.constraint_name)
+    body = f"""
 DECLARE
-    canonical constant text := '{CANONICAL}';
     step record;
     detail jsonb;
-    index_valid boolean;
-    column_list text;
-    restored bigint;
 BEGIN
-    IF to_regclass('{UNIQUE_PAIR_LEDGER}') IS NOT NULL THEN
-        -- Recreate the uniques the upgrade dropped as redundant, latest first.
-        FOR step IN EXECUTE 'SELECT action, detail FROM {UNIQUE_PAIR_LEDGER} ORDER BY seq DESC'
-        LOOP
-            detail := step.detail;
-            IF step.action = 'dropped_redundant' THEN
-{_recreate("detail")}
-            END IF;
-        END LOOP;
-
-        -- Undo the canonical constraint: the latest of built, renamed or promoted.
-        FOR step IN EXECUTE 'SELECT action, detail FROM {UNIQUE_PAIR_LEDGER}'
-                            ' WHERE action IN (''built'', ''renamed'', ''promoted'')'
-                            ' ORDER BY seq DESC LIMIT 1'
-        LOOP
-            detail := step.detail;
-            IF step.action = 'built' THEN
-                EXECUTE format('ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS %I', canonical);
-                EXECUTE format('DROP INDEX IF EXISTS public.%I', canonical);
-            ELSIF step.action = 'renamed' THEN
-                IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                                WHERE conrelid = '{TABLE}'::regclass
-                                  AND conname = detail->>'constraint_name') THEN
-                    EXECUTE format('ALTER TABLE {TABLE} RENAME CONSTRAINT %I TO %I',
-                                   canonical, detail->>'constraint_name');
-                END IF;
-            ELSIF detail->>'index_name' = canonical THEN
-                -- Same name: the constraint (and its index) go before the original returns.
-                EXECUTE format('ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS %I', canonical);
-{_recreate("detail")}
-            ELSE
-                -- The original first, so the pair is never without a unique.
-{_recreate("detail")}
-                EXECUTE format('ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS %I', canonical);
-            END IF;
-        END LOOP;
+    IF pg_catalog.to_regclass({literal(target.ledger)}) IS NULL THEN
+        RAISE NOTICE 'nothing to undo: no ledger for %', {name};
+        RETURN;
     END IF;
-
-    -- Every archived row back, unchanged.
-    IF to_regclass('{ARCHIVE}') IS NOT NULL THEN
-        SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO column_list
-          FROM pg_attribute
-         WHERE attrelid = '{TABLE}'::regclass AND attnum > 0 AND NOT attisdropped;
-        EXECUTE format('WITH moved AS (DELETE FROM {ARCHIVE} RETURNING %1$s),'
-                       ' restored AS (INSERT INTO {TABLE} (%1$s)'
-                       ' SELECT %1$s FROM moved RETURNING 1)'
-                       ' SELECT count(*) FROM restored', column_list)
-          INTO restored;
-        RAISE NOTICE 'restored % archived rows', restored;
-    END IF;
-    DROP TABLE IF EXISTS {ARCHIVE};
-    DROP TABLE IF EXISTS {UNIQUE_PAIR_LEDGER};
+    EXECUTE {literal(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")};
+    -- The uniques the upgrade dropped as redundant, latest first.
+    FOR step IN EXECUTE {literal(f"SELECT action, detail FROM {target.ledger} ORDER BY seq DESC")}
+    LOOP
+        detail := step.detail;
+        IF step.action = 'dropped_redundant' THEN
+{_recreate(target, "detail")}
+        END IF;
+    END LOOP;
+    -- The target constraint: the latest of built, renamed or promoted, undone.
+    FOR step IN EXECUTE {literal(f"SELECT action, detail FROM {target.ledger} WHERE action IN ('built', 'renamed', 'promoted') ORDER BY seq DESC LIMIT 1")}
+    LOOP
+        detail := step.detail;
+        IF step.action = 'built' THEN
+            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
+        ELSIF step.action = 'renamed' THEN
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
+                              AND conname = detail->>'constraint_name') THEN
+                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                          {name}, detail->>'constraint_name');
+            END IF;
+        ELSE
+            -- The constraint (and its index) go before the original returns: it may share
+            -- the name, and the lock is held to the end anyway.
+            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
+{_recreate(target, "detail")}
+        END IF;
+    END LOOP;
 END
-$offline$"""
+"""
+    drops = "\n\n".join(f"{statement};" for statement in (*guard_drop_statements(target),))
+    return f"""\
+{header(f"undo unique constraint {target.constraint_name} on {target.key_description}, offline")}
+{SESSION};
+
+{checks.downgrade_checks_sql(target, refuse=True)};
+
+DO {dollar_quoted(body, "offline")};
+
+{drops}
+
+{restore.restore_sql(target)};
+
+DROP TABLE IF EXISTS {target.archive};
+
+DROP TABLE IF EXISTS {target.repointed};
+
+DROP TABLE IF EXISTS {target.ledger}"""
+
+
+def guard_drop_statements(target: UniqueTarget) -> list[str]:
+    from alembic_lossless_unique.guard import drop_statements
+
+    return drop_statements(target)

@@ -5,7 +5,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-log = logging.getLogger("meta_assets")
+log = logging.getLogger("alembic_lossless_unique")
 
 
 class RunReport:

@@ -24,8 +24,13 @@ from alembic_lossless_unique.database_url import (
     one_line,
 )
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, TABLE, UNIQUE_PAIR_LEDGER
 from alembic_lossless_unique.settings import MigrationSettings
+from meta_assets_cache_migrations.names import (
+    ARCHIVE,
+    CANONICAL_UNIQUE_NAME,
+    TABLE,
+    UNIQUE_PAIR_LEDGER,
+)
 
 CANONICAL = CANONICAL_UNIQUE_NAME
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
+from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from tests.support import PROJECT_ROOT, AlembicResult
 
 APPLICATION_NAME = "alembic meta_assets_cache"

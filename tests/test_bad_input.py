@@ -4,10 +4,13 @@ in the output, and nothing changed in the database."""
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
+from psycopg2.extensions import encrypt_password
 from sqlalchemy.engine import make_url
 
+from alembic_lossless_unique.database_url import database_url, engine_for
 from devtools.throwaway_postgres import free_port
 from tests.online_support import failed_lines
 from tests.support import PROJECT_ROOT, AlembicResult
@@ -124,6 +127,73 @@ def test_role_that_does_not_own_the_table(harness, drifted_at_baseline, grants, 
     finally:
         harness.execute(f"DROP OWNED BY {role}")
         harness.execute(f"DROP ROLE {role}")
+
+
+# Every character that ends or splits a part of a URL, and spaces; no 3-character piece of it
+# is likely to turn up in alembic's or PostgreSQL's own messages.
+AWKWARD_PASSWORD = "Zq7@Kv9/Jm4?Tp2#Rb8:Wx5 Hd6 Ny3"
+
+
+def leaked(secret: str, text: str) -> set[str]:
+    """The 3-character pieces of `secret` in `text`: any longer leak contains one."""
+    return {secret[i : i + 3] for i in range(len(secret) - 2) if secret[i : i + 3] in text}
+
+
+@pytest.fixture
+def awkward_role(harness, drifted_at_baseline):
+    """A role that can read the table, with a password that needs percent-encoding in a URL."""
+    role = f"awkward_{harness.dbname[-12:]}".replace("-", "_")
+    with harness.engine.connect() as connection:
+        # Sent already hashed, as psql's \password does: the plain password in the statement
+        # would stay in pg_stat_activity.query of the harness's idle connection.
+        verifier = encrypt_password(AWKWARD_PASSWORD, role, connection.connection.dbapi_connection)
+    harness.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{verifier}'")
+    harness.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        yield role
+    finally:
+        harness.execute(f"DROP OWNED BY {role}")
+        harness.execute(f"DROP ROLE {role}")
+
+
+def test_password_with_special_characters(harness, awkward_role):
+    server = harness.server
+    address = f"{server.host}:{server.port}/{harness.dbname}"
+    encoded = f"postgresql://{awkward_role}:{quote(AWKWARD_PASSWORD, safe='')}@{address}"
+
+    result = alembic("current", database_url=encoded)
+    assert result.returncode == 0, result.output
+    assert "0001" in result.stdout
+    assert not leaked(AWKWARD_PASSWORD, result.output)
+
+    # The issue: libpq read part of this password as the host name, and printed it.
+    result = alembic(
+        "current", database_url=f"postgresql://{awkward_role}:{AWKWARD_PASSWORD}@{address}"
+    )
+    assert_failed_cleanly(result, "percent-encode any @ / ? # :")
+    assert not leaked(AWKWARD_PASSWORD, result.output), result.output
+
+    # What the server shows of a session: the password is in none of its columns.
+    engine = engine_for(database_url({"DATABASE_URL": encoded}), "test awkward password")
+    try:
+        with engine.connect() as session:
+            assert session.exec_driver_sql("SELECT current_user").scalar() == awkward_role
+            activity = harness.rows("SELECT usename, to_jsonb(a)::text FROM pg_stat_activity a")
+    finally:
+        engine.dispose()
+    assert awkward_role in [usename for usename, _ in activity]
+    assert not leaked(AWKWARD_PASSWORD, "\n".join(row for _, row in activity))
+
+
+def test_several_hosts_are_tried_in_turn(harness, drifted_at_baseline):
+    """libpq's multi-host URL: the first host is down, the second answers."""
+    server = harness.server
+    password = quote(server.password, safe="")
+    hosts = f"{server.host}:{free_port()},{server.host}:{server.port}"
+    url = f"postgresql://{server.user}:{password}@{hosts}/{harness.dbname}"
+    result = alembic("current", database_url=url)
+    assert result.returncode == 0, result.output
+    assert "0001" in result.stdout
 
 
 def test_missing_table(harness):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from alembic_lossless_unique.locks import WAITING_SUFFIX
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
+from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from devtools.starting_states import STATES
+from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from tests.support import PROJECT_ROOT
 
 

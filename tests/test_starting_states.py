@@ -3,13 +3,13 @@
 from collections import defaultdict
 
 import pytest
+from alembic_lossless_unique.archive import list_rows_to_archive_sql, raise_work_mem
 from sqlalchemy.exc import ProgrammingError
 
-from alembic_lossless_unique.archive import list_rows_to_archive_sql, raise_work_mem
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 from alembic_lossless_unique.settings import MigrationSettings
 from devtools.starting_states import STATES
+from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
 
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
 UPSERT = f"""

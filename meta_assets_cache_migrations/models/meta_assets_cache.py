@@ -4,8 +4,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Index, Text, UniqueConstraint, desc, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from alembic_lossless_unique.names import CANONICAL_UNIQUE_NAME
 from meta_assets_cache_migrations.models.base import Base
+from meta_assets_cache_migrations.names import CANONICAL_UNIQUE_NAME
 
 
 class MetaAssetsCache(Base):

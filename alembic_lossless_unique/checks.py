@@ -1,0 +1,384 @@
+"""Every refusal, checked before anything is changed, written once for three readers.
+
+Each direction has one plpgsql block that only reads. Run with `refuse` (the online upgrade or
+downgrade, and the offline script) it stops at the first problem with one line that says what to
+do, as SQLSTATE LU001; run to report (preflight, in a read-only transaction) it raises one NOTICE
+per problem and changes nothing either way.
+"""
+
+from alembic_lossless_unique.comparisons import escape_format, operators_sql, regclass
+from alembic_lossless_unique.dedupe import REFUSED, inbound_foreign_keys_sql
+from alembic_lossless_unique.private_schema import problem_sql
+from alembic_lossless_unique.restore import (
+    MISSING_PARENTS,
+    bookkeeping_array,
+    foreign_key_parts_sql,
+    outbound_foreign_keys_sql,
+)
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, literal_array
+from alembic_lossless_unique.target import UniqueTarget
+
+# How a problem is marked among a session's notices, for the preflight report.
+NOTICE_PREFIX = "lossless_unique problem: "
+
+_FINISH = f"""
+    FOREACH found IN ARRAY problems LOOP
+        IF refuse THEN
+            RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = found;
+        END IF;
+        RAISE NOTICE '%', {literal(NOTICE_PREFIX)} || found;
+    END LOOP;
+END
+"""
+
+
+def _table_problems(target: UniqueTarget) -> str:
+    """The checks both directions share: the table is there, ours to alter, and workable."""
+    table = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
+    display = literal(target.display_table)
+    return f"""
+    SELECT c.oid, c.relkind, c.relforcerowsecurity, pg_catalog.pg_get_userbyid(c.relowner),
+           pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+             OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+           (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles
+             WHERE rolname = current_user)
+      INTO relation, kind, forced_rls, owner, may_alter, bypasses_rls
+      FROM pg_catalog.pg_class c WHERE c.oid = {table};
+    IF relation IS NULL THEN
+        problems := problems || pg_catalog.format(
+            'table %s does not exist in database %s: check that the connection points at the'
+            ' right database', {display}, pg_catalog.current_database());
+    ELSE
+        IF NOT may_alter THEN
+            problems := problems || pg_catalog.format(
+                'role %s cannot alter %s (owned by %s): run the migration as the table''s'
+                ' owner or a member of its role', current_user, {display}, owner);
+        END IF;
+        IF kind <> 'r' THEN
+            problems := problems || pg_catalog.format(
+                '%s is not a plain table (relkind %s): a unique constraint cannot be built'
+                ' concurrently on it', {display}, kind);
+        END IF;
+        IF forced_rls AND NOT bypasses_rls THEN
+            problems := problems || pg_catalog.format(
+                '%s has FORCE ROW LEVEL SECURITY, so policies would hide rows from the'
+                ' migration: run it as a role with BYPASSRLS, or ALTER TABLE %s NO FORCE ROW'
+                ' LEVEL SECURITY for its duration', {display}, {display});
+        END IF;
+        FOR found IN SELECT r.rulename FROM pg_catalog.pg_rewrite r
+                      WHERE r.ev_class = relation AND r.rulename <> '_RETURN' LOOP
+            problems := problems || pg_catalog.format(
+                '%s has rule %s, which would rewrite the migration''s own deletes and inserts:'
+                ' drop it for the migration', {display}, found);
+        END LOOP;
+        FOR found IN SELECT wanted.name
+                       FROM pg_catalog.unnest({literal_array(_named_columns(target))})
+                                AS wanted(name)
+                      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                         WHERE a.attrelid = relation AND a.attname = wanted.name
+                                           AND a.attnum > 0 AND NOT a.attisdropped) LOOP
+            problems := problems || pg_catalog.format(
+                'column %s of %s does not exist: check the columns given to the unique'
+                ' constraint %s', found, {display}, {literal(target.constraint_name)});
+        END LOOP;
+    END IF;
+    found := {problem_sql(literal(target.private_schema))};
+    IF found IS NOT NULL THEN
+        problems := problems || found;
+    END IF;
+"""
+
+
+def _named_columns(target: UniqueTarget) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(target.columns + target.ranking))
+
+
+_DECLARE = """
+DECLARE
+    refuse constant boolean := {refuse};
+    problems text[] := ARRAY[]::text[];
+    found text;
+    relation oid;
+    kind "char";
+    forced_rls boolean;
+    owner text;
+    may_alter boolean;
+    bypasses_rls boolean;
+    fk record;
+    counted bigint;
+    details record;
+"""
+
+
+def upgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
+    """What would stop the upgrade: the table, the role, the private schema, the row identity,
+    and every foreign key into the table that re-pointing could not handle."""
+    display = literal(target.display_table)
+    identity = literal_array(target.row_identity)
+    body = f"""{_DECLARE.format(refuse="true" if refuse else "false")}
+BEGIN
+{_table_problems(target)}
+    IF relation IS NOT NULL THEN
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_index i
+             WHERE i.indrelid = relation AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = relation AND a.attnum = ANY (i.indkey)
+                          ORDER BY a.attname COLLATE "C")
+                   = ARRAY(SELECT c FROM pg_catalog.unnest({identity}) AS c
+                            ORDER BY c COLLATE "C")
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = relation AND a.attnum = ANY (i.indkey)
+                                  AND NOT a.attnotnull)) THEN
+            problems := problems || pg_catalog.format(
+                'row_identity (%s) is not a primary key or unique NOT NULL key of %s: give the'
+                ' columns that identify a row of it', pg_catalog.array_to_string({identity}, ', '),
+                {display});
+        END IF;
+        FOR fk IN {inbound_foreign_keys_sql("relation")} LOOP
+{_foreign_key_problems(target)}
+        END LOOP;
+    END IF;
+{_FINISH}"""
+    return f"DO {dollar_quoted(body, 'upgrade_checks')}"
+
+
+def _foreign_key_problems(target: UniqueTarget) -> str:
+    """Inside the loop over the foreign keys `fk` that reference the table."""
+    display = literal(target.display_table)
+    where = "foreign key %s of %s"
+    return f"""
+            IF fk.child_oid = relation THEN
+                problems := problems || pg_catalog.format(
+                    '{where} references its own table: re-pointing rows that may themselves be'
+                    ' archived is not supported; drop the foreign key for the migration',
+                    fk.constraint_name, fk.child_table);
+                CONTINUE;
+            END IF;
+            IF fk.child_identity IS NULL THEN
+                problems := problems || pg_catalog.format(
+                    '{where} (referencing %s): %s has no primary key, so child rows re-pointed'
+                    ' to the kept row could not be pointed back exactly; add one, then re-run',
+                    fk.constraint_name, fk.child_table, {display}, fk.child_table);
+            END IF;
+            IF NOT pg_catalog.has_table_privilege(fk.child_oid, 'SELECT')
+               OR EXISTS (SELECT 1 FROM pg_catalog.unnest(fk.child_columns) AS c
+                           WHERE NOT pg_catalog.has_column_privilege(fk.child_oid, c, 'UPDATE'))
+            THEN
+                problems := problems || pg_catalog.format(
+                    '{where}: role %s may not update %s (%s), which re-pointing its rows to the'
+                    ' kept row needs: GRANT SELECT, UPDATE ON %s TO %s, or run as its owner',
+                    fk.constraint_name, fk.child_table, current_user, fk.child_table,
+                    pg_catalog.array_to_string(fk.child_columns, ', '), fk.child_table,
+                    current_user);
+            END IF;
+            SELECT c.relrowsecurity, c.relforcerowsecurity,
+                   pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') AS owns
+              INTO details FROM pg_catalog.pg_class c WHERE c.oid = fk.child_oid;
+            IF details.relrowsecurity AND NOT bypasses_rls
+               AND (NOT details.owns OR details.relforcerowsecurity) THEN
+                problems := problems || pg_catalog.format(
+                    '{where}: %s has row level security, which would hide child rows from the'
+                    ' re-pointing; run as a role with BYPASSRLS or as its owner',
+                    fk.constraint_name, fk.child_table, fk.child_table);
+            END IF;
+            -- A unique on the child that holds the foreign key columns: re-pointing every
+            -- child of a duplicate group to the kept row must not make two child rows equal.
+            FOR details IN
+                SELECT ic.relname::text AS index_name,
+                       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                              WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                                AND a.attname <> ALL (fk.child_columns)) AS others
+                  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = fk.child_oid AND i.indisunique AND i.indisvalid
+                   AND i.indexprs IS NULL
+                   AND fk.child_columns <@ ARRAY(SELECT a.attname::text
+                                                   FROM pg_catalog.pg_attribute a
+                                                  WHERE a.attrelid = i.indrelid
+                                                    AND a.attnum = ANY (i.indkey))
+            LOOP
+                EXECUTE pg_catalog.format(
+                    'SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %1$s ch'
+                    '   JOIN {escape_format(target.qualified_table)} p ON %2$s'
+                    '  WHERE %3$s AND %6$s AND EXISTS ('
+                    '        SELECT 1 FROM {escape_format(target.qualified_table)} o'
+                    '                          WHERE %4$s AND o.ctid <> p.ctid)'
+                    '  GROUP BY %5$s HAVING pg_catalog.count(*) > 1) AS collisions',
+                    fk.child_table,
+                    (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s p.%I', c, op, pc),
+                                                  ' AND ')
+                       FROM ROWS FROM (pg_catalog.unnest(fk.child_columns), pg_catalog.unnest(fk.operators), pg_catalog.unnest(fk.parent_columns))
+                                AS u(c, op, pc)),
+                    {_key_not_null(target, "p")},
+                    {_key_match(target, "o", "p")},
+                    (SELECT pg_catalog.string_agg(x, ', ') FROM (
+                        SELECT pg_catalog.format('p.%I', c) AS x
+                          FROM pg_catalog.unnest({literal_array(target.columns)}) AS c
+                        UNION ALL
+                        SELECT pg_catalog.format('ch.%I', c)
+                          FROM pg_catalog.unnest(details.others) AS c) AS grouping_columns),
+                    -- NULLs never collide on a unique.
+                    coalesce((SELECT pg_catalog.string_agg(
+                                         pg_catalog.format('ch.%I IS NOT NULL', c), ' AND ')
+                                FROM pg_catalog.unnest(details.others) AS c), 'true'))
+                   INTO counted;
+                IF counted > 0 THEN
+                    problems := problems || pg_catalog.format(
+                        '{where}: re-pointing its rows to the kept row of each duplicate group'
+                        ' would break unique index %s of %s in %s cases; resolve those child'
+                        ' rows first, then re-run', fk.constraint_name, fk.child_table,
+                        details.index_name, fk.child_table, counted);
+                END IF;
+            END LOOP;"""
+
+
+def _key_not_null(target: UniqueTarget, alias: str) -> str:
+    """A plpgsql text expression: `alias.k IS NOT NULL AND ...` for the key columns."""
+    return literal(" AND ".join(f"{alias}.{ident(c)} IS NOT NULL" for c in target.columns))
+
+
+def _key_match(target: UniqueTarget, left: str, right: str) -> str:
+    """A plpgsql text expression: the key columns of `left` and `right` equal."""
+    operators = operators_sql(literal_array(target.columns), regclass(target.qualified_table))
+    return (
+        f"(SELECT pg_catalog.string_agg(pg_catalog.format('{left}.%I %s {right}.%I', c, op, c),"
+        f" ' AND ') FROM ROWS FROM (pg_catalog.unnest({literal_array(target.columns)}), pg_catalog.unnest({operators}))"
+        " AS u(c, op))"
+    )
+
+
+def downgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
+    """What would stop the downgrade from putting back exactly what the upgrade found: archived
+    values of a column since dropped, a column whose type changed, a new NOT NULL column with no
+    default, archived identities or keys a live row now uses, parents the archived rows lost."""
+    display = literal(target.display_table)
+    archive = literal(target.archive)
+    archive_oid = f"pg_catalog.to_regclass({archive})"
+    body = f"""{_DECLARE.format(refuse="true" if refuse else "false")}
+    archived oid;
+    column_row record;
+    index_row record;
+BEGIN
+{_table_problems(target)}
+    archived := {archive_oid};
+    IF relation IS NOT NULL AND archived IS NOT NULL THEN
+        -- Columns of the archived rows that the table no longer has.
+        FOR column_row IN
+            SELECT b.attname::text AS name, pg_catalog.format_type(b.atttypid, b.atttypmod) AS type
+              FROM pg_catalog.pg_attribute b
+             WHERE b.attrelid = archived AND b.attnum > 0 AND NOT b.attisdropped
+               AND b.attname <> ALL ({bookkeeping_array(target)})
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = relation AND a.attname = b.attname
+                                  AND a.attnum > 0 AND NOT a.attisdropped)
+        LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s WHERE %I IS NOT NULL',
+                                      {archive}, column_row.name) INTO counted;
+            IF counted > 0 THEN
+                problems := problems || pg_catalog.format(
+                    'column %s was dropped from %s after the upgrade, and %s archived rows hold'
+                    ' values for it: re-add it (ALTER TABLE %s ADD COLUMN %I %s) and downgrade'
+                    ' again, or drop it from the archive (ALTER TABLE %s DROP COLUMN %I) to'
+                    ' restore the rows without it', column_row.name, {display}, counted,
+                    {display}, column_row.name, column_row.type, {archive}, column_row.name);
+            END IF;
+        END LOOP;
+        -- Columns whose type changed since the rows were archived.
+        FOR column_row IN
+            SELECT a.attname::text AS name,
+                   pg_catalog.format_type(b.atttypid, b.atttypmod) AS archived_type,
+                   pg_catalog.format_type(a.atttypid, a.atttypmod) AS live_type
+              FROM pg_catalog.pg_attribute a
+              JOIN pg_catalog.pg_attribute b ON b.attrelid = archived AND b.attname = a.attname
+                                            AND NOT b.attisdropped
+             WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = ''
+               AND (a.atttypid, a.atttypmod) IS DISTINCT FROM (b.atttypid, b.atttypmod)
+        LOOP
+            problems := problems || pg_catalog.format(
+                'column %s of %s is %s now but was %s when its rows were archived: the'
+                ' restored rows would not be what the upgrade archived; convert the archive''s'
+                ' column too (ALTER TABLE %s ALTER COLUMN %I TYPE %s), then downgrade again',
+                column_row.name, {display}, column_row.live_type, column_row.archived_type,
+                {archive}, column_row.name, column_row.live_type);
+        END LOOP;
+        -- Columns added since, that the restored rows could not leave empty.
+        FOR column_row IN
+            SELECT a.attname::text AS name
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+               AND a.attgenerated = ''
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
+                                WHERE b.attrelid = archived AND b.attname = a.attname
+                                  AND NOT b.attisdropped)
+        LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s', {archive})
+               INTO counted;
+            IF counted > 0 THEN
+                problems := problems || pg_catalog.format(
+                    'column %s was added to %s after the upgrade, NOT NULL and with no default,'
+                    ' so the %s archived rows cannot return: give it a default (ALTER TABLE %s'
+                    ' ALTER COLUMN %I SET DEFAULT ...), then downgrade again', column_row.name,
+                    {display}, counted, {display}, column_row.name);
+            END IF;
+        END LOOP;
+        -- Keys an archived row would share with a live row, or with another archived row, on
+        -- every unique the downgrade keeps (all but the target constraint it drops).
+        FOR index_row IN
+            SELECT ic.relname::text AS index_name,
+                   ARRAY(SELECT a.attname::text
+                           FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(n, p)
+                           JOIN pg_catalog.pg_attribute a
+                             ON a.attrelid = i.indrelid AND a.attnum = k.n
+                          ORDER BY k.p) AS columns
+              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+             WHERE i.indrelid = relation AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND ic.relname <> {literal(target.constraint_name)}
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(i.indkey::int2[]) AS k(n)
+                                JOIN pg_catalog.pg_attribute a
+                                  ON a.attrelid = i.indrelid AND a.attnum = k.n
+                               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
+                                                  WHERE b.attrelid = archived
+                                                    AND b.attname = a.attname
+                                                    AND NOT b.attisdropped))
+        LOOP
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.count(*) FROM %1$s x WHERE %2$s AND (EXISTS ('
+                'SELECT 1 FROM {escape_format(target.qualified_table)} y WHERE %3$s) OR EXISTS ('
+                'SELECT 1 FROM %1$s y WHERE %3$s AND y.ctid <> x.ctid))',
+                {archive},
+                (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I IS NOT NULL', c), ' AND ')
+                   FROM pg_catalog.unnest(index_row.columns) AS c),
+                (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I %s y.%I', c, op, c),
+                                              ' AND ')
+                   FROM ROWS FROM (pg_catalog.unnest(index_row.columns), pg_catalog.unnest({operators_sql("index_row.columns", "relation")})) AS u(c, op)))
+               INTO counted;
+            IF counted > 0 THEN
+                problems := problems || pg_catalog.format(
+                    '%s archived rows of %s have (%s) values that a live row now uses or that'
+                    ' another archived row has (unique %s), so they cannot return: the app has'
+                    ' re-used them since the upgrade; change or delete those live rows, or the'
+                    ' archived ones in %s, then downgrade again', counted, {display},
+                    pg_catalog.array_to_string(index_row.columns, ', '), index_row.index_name,
+                    {archive});
+            END IF;
+        END LOOP;
+        -- Parents the archived rows reference.
+        FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
+            EXECUTE pg_catalog.format({literal(MISSING_PARENTS.format(archive=escape_format(target.archive)))},
+                                      fk.parent_table, {foreign_key_parts_sql("fk")})
+               INTO counted;
+            IF counted > 0 THEN
+                problems := problems || pg_catalog.format(
+                    'archived rows of %s reference %s rows of %s that no longer exist (foreign'
+                    ' key %s): restore those rows of %s, or delete the archived rows that'
+                    ' reference them from %s, then downgrade again', {display}, counted,
+                    fk.parent_table, fk.constraint_name, fk.parent_table, {archive});
+            END IF;
+        END LOOP;
+    END IF;
+{_FINISH}"""
+    return f"DO {dollar_quoted(body, 'downgrade_checks')}"

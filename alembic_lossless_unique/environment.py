@@ -1,0 +1,247 @@
+"""One call in an Alembic env.py gives every migration this package's session:
+
+    from alembic import context
+    from alembic_lossless_unique import run_migrations
+
+    run_migrations(context, target_metadata=Base.metadata)
+
+- the database URL from DATABASE_URL (or sqlalchemy.url), read as libpq reads it;
+- a refusal, before anything is changed, behind a transaction-mode connection pooler;
+- a fixed, safe search_path, and the session reset when it ends;
+- one migrator at a time (an advisory lock; a second one waits, then finds the work done);
+- the migration's readable summary on stderr, and "nothing to do" when there is nothing to do;
+- every failure as one `FAILED: ...` line, with no password in it.
+
+Keyword arguments go to `context.configure`; `prepare(db)` runs under the migrator lock before
+Alembic touches its version table (checks that must come before anything is created).
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from alembic_lossless_unique import private_schema, session
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.locks import one_migrator_at_a_time
+from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.sqltext import qualified
+
+LOGGER = "alembic_lossless_unique"
+log = logging.getLogger(LOGGER)
+
+# Alembic's own lines that say nothing to the person deploying.
+_ALEMBIC_NOISE = ("Context impl ", "Will assume ")
+# Noted on a connection handed in already inside a transaction: nothing may be committed early.
+CALLERS_TRANSACTION = "lossless_unique_callers_transaction"
+
+
+def run_migrations(
+    context: Any,
+    *,
+    url: str | URL | None = None,
+    application_name: str = "alembic",
+    app_schema: str = session.DEFAULT_APP_SCHEMA,
+    prepare: Callable[[Database], None] | None = None,
+    offline_preamble: str = "",
+    **configure: Any,
+) -> None:
+    """Run `alembic upgrade/downgrade/...` online or offline (--sql) with this package's
+    session; see the module."""
+    show_progress()
+    try:
+        if context.is_offline_mode():
+            run_offline(context, url=url, preamble=offline_preamble, **configure)
+        else:
+            run_online(
+                context,
+                url=url,
+                application_name=application_name,
+                app_schema=app_schema,
+                prepare=prepare,
+                **configure,
+            )
+    except (MigrationAbort, DatabaseUrlError) as error:
+        raise CommandError(str(error)) from None
+
+
+def show_progress() -> None:
+    """The migration's INFO lines reach stderr even when the project's logging config does not
+    name this package's logger; Alembic's FAILED line is not repeated as an ERROR log line."""
+    logger = logging.getLogger(LOGGER)
+    if not _has_handler(logger):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logging.getLogger("alembic.util.messaging").addFilter(
+        lambda record: record.levelno < logging.ERROR
+    )
+    logging.getLogger("alembic.runtime.migration").addFilter(
+        lambda record: not str(record.msg).startswith(_ALEMBIC_NOISE)
+    )
+
+
+def _has_handler(logger: logging.Logger) -> bool:
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.handlers and current.level <= logging.INFO:
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
+    target = _url(context, url, required=False)
+    context.configure(
+        url=target.render_as_string(hide_password=True) if target else "postgresql://",
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        transaction_per_migration=True,
+        **configure,
+    )
+    if preamble:
+        context.get_context().impl.static_output(preamble)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online(
+    context: Any, *, url, application_name: str, app_schema: str, prepare, **configure: Any
+) -> None:
+    settings = MigrationSettings.from_config(context.config)
+    injected = context.config.attributes.get("connection")
+    with migrator_connection(context, injected, url, application_name, app_schema) as connection:
+        with one_migrator_at_a_time(connection, settings):
+            with own_steps(connection, settings) as db:
+                if prepare is not None:
+                    prepare(db)
+                if "version_table_schema" in configure:
+                    ensure_version_table(
+                        db,
+                        configure["version_table_schema"],
+                        configure.get("version_table", "alembic_version"),
+                    )
+                else:  # named, so that the search_path plays no part in finding it
+                    configure["version_table_schema"] = app_schema
+            applied: list[Any] = []
+            context.configure(
+                connection=connection,
+                transaction_per_migration=True,
+                on_version_apply=[
+                    *_as_list(configure.pop("on_version_apply", [])),
+                    lambda **kw: applied.append(kw["step"]),
+                ],
+                **configure,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+            if not applied and _command(context) in ("upgrade", "downgrade"):
+                heads = context.get_context().get_current_heads()
+                log.info(
+                    "nothing to do: the database is at %s",
+                    ", ".join(heads) if heads else "base (no revision applied)",
+                )
+
+
+@contextmanager
+def own_steps(connection: Connection, settings: MigrationSettings) -> Iterator[Database]:
+    """A session for the environment's own steps before Alembic starts: autocommit, each step
+    its own transaction; or savepoints inside a caller's transaction."""
+    if connection.in_transaction() and connection.info.get(CALLERS_TRANSACTION):
+        yield Database(connection, settings, concurrent=False)
+        return
+    connection.commit()
+    level = connection.get_isolation_level()
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield Database(connection, settings)
+    finally:
+        if not connection.closed and not connection.invalidated:
+            connection.rollback()  # ends SQLAlchemy's own notion of a transaction; nothing is open
+            connection.execution_options(isolation_level=level)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _command(context: Any) -> str:
+    command = getattr(context.config.cmd_opts, "cmd", None)
+    return command[0].__name__ if command else ""
+
+
+def ensure_version_table(db: Database, schema: str, table: str) -> None:
+    """A version table in a private schema (not the API-exposed public one): the schema is used
+    only when the migrating role owns it or creates it now, and the table is created here,
+    closed to every other role, before Alembic looks for it."""
+    if not db.concurrent:
+        return  # inside a caller's transaction: theirs to set up
+    private_schema.ensure(db, schema)
+    with db.transaction():
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {qualified(schema, table)} ("
+            " version_num varchar(32) NOT NULL,"
+            f" CONSTRAINT {table}_pkc PRIMARY KEY (version_num))"
+        )
+        db.execute(private_schema.lock_down_sql(schema))
+
+
+def _url(context: Any, url: str | URL | None, *, required: bool = True) -> URL | None:
+    if isinstance(url, URL):
+        return url
+    raw = url or os.environ.get("DATABASE_URL") or context.config.get_main_option("sqlalchemy.url")
+    if not raw and not required:
+        return None
+    return database_url({"DATABASE_URL": raw or ""})
+
+
+@contextmanager
+def migrator_connection(
+    context: Any, injected: Any, url, application_name: str, app_schema: str
+) -> Iterator[Connection]:
+    """A connection with the migrator's session, whoever made it; failures as one line."""
+    target: URL | None = None
+    try:
+        if isinstance(injected, Connection):
+            session.refuse_transaction_pooler(injected.engine.url)
+            injected.info[CALLERS_TRANSACTION] = injected.in_transaction()
+            with session.kept_search_path(injected, app_schema):
+                yield injected
+            return
+        if isinstance(injected, Engine):
+            engine, owned = injected, False
+            session.secure(engine, app_schema)
+        else:
+            target = _url(context, url)
+            engine, owned = session.engine_for(target, application_name, app_schema), True
+        target = engine.url
+        session.refuse_transaction_pooler(target)
+        try:
+            with engine.connect() as connection:
+                connection.dialect.default_schema_name = app_schema
+                try:
+                    yield connection
+                finally:
+                    session.reset(connection)
+        finally:
+            if owned:
+                engine.dispose()
+    except DBAPIError as error:
+        raise CommandError(f"database error: {one_line(error, target)}") from None
+    except psycopg2.Error as error:
+        raise CommandError(f"database error: {one_line(error, target)}") from None

@@ -1,0 +1,136 @@
+"""The duplicate guard: from the moment the dedupe begins until the constraint exists, the table
+rejects a new duplicate key the way the constraint soon will, so the concurrent build is not
+failed by a writer that keeps inserting duplicates.
+
+Why reject rather than archive the older row: the table then behaves, a few minutes early,
+exactly as it will for good (a plain INSERT of an existing key fails with unique_violation,
+SQLSTATE 23505, naming the constraint), the writer learns at once that its row was not stored,
+and no row of the app's is moved while the app is writing it. Upserts are not affected: ON
+CONFLICT needs the unique index to exist, and once it does, a conflicting upsert takes its
+UPDATE path, which the guard does not check.
+
+Two AFTER triggers (insert, and update of a key column) call one SECURITY DEFINER function in
+the private schema: it sees rows that row level security hides from the writer, with a fixed
+search_path. Writers of the same new key are serialized through a unique "claims" table: the
+second waits for the first to commit, then sees its row. Created under the lock timeout and
+recorded in the ledger in one transaction; dropped with the promotion, in one transaction; a
+re-run or the downgrade removes a guard a killed run left behind.
+"""
+
+from alembic_lossless_unique import ledger
+from alembic_lossless_unique.comparisons import Comparisons, regclass
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.indexes import under_lock_retries
+from alembic_lossless_unique.locks import with_table_lock_retries
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, idents, literal
+from alembic_lossless_unique.target import UniqueTarget
+
+
+def exists(db: Database, target: UniqueTarget) -> bool:
+    return bool(
+        db.scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger"
+            " WHERE tgrelid = pg_catalog.to_regclass(:table) AND tgname = ANY (:names))"
+            " OR pg_catalog.to_regclass(:claims) IS NOT NULL",
+            {
+                "table": target.qualified_table,
+                "names": list(target.guard_triggers),
+                "claims": target.guard_claims,
+            },
+        )
+    )
+
+
+def install(db: Database, target: UniqueTarget) -> None:
+    operators = db.scalar(
+        "SELECT " + Comparisons(target.columns).operators_sql(regclass(target.qualified_table))
+    )
+    statements = [
+        *drop_statements(target),
+        f"CREATE UNLOGGED TABLE {target.guard_claims} AS"
+        f" SELECT {idents(target.columns)} FROM {target.qualified_table} WITH NO DATA",
+        f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})",
+        function_sql(target, dict(zip(target.columns, operators, strict=True))),
+        *trigger_statements(target),
+        f"REVOKE ALL ON FUNCTION {target.guard_function}() FROM PUBLIC",
+        f"REVOKE ALL ON TABLE {target.guard_claims} FROM PUBLIC",
+    ]
+
+    def create() -> None:
+        for statement in statements:
+            db.execute(statement)
+        ledger.record(db, target, "guard_installed", triggers=list(target.guard_triggers))
+
+    with_table_lock_retries(db, target, "install the duplicate guard", create)
+
+
+def remove(db: Database, target: UniqueTarget) -> None:
+    """Drop the guard in one short transaction of its own (a re-run, a failed run)."""
+    under_lock_retries(
+        db,
+        target,
+        "remove the duplicate guard",
+        *drop_statements(target),
+        record_removed_sql(target),
+    )
+
+
+def drop_statements(target: UniqueTarget) -> list[str]:
+    return [
+        *(
+            f"DROP TRIGGER IF EXISTS {ident(name)} ON {target.qualified_table}"
+            for name in target.guard_triggers
+        ),
+        f"DROP FUNCTION IF EXISTS {target.guard_function}()",
+        f"DROP TABLE IF EXISTS {target.guard_claims}",
+    ]
+
+
+def record_removed_sql(target: UniqueTarget) -> str:
+    return f"INSERT INTO {target.ledger} (action, detail) VALUES ('guard_removed', '{{}}'::jsonb)"
+
+
+def trigger_statements(target: UniqueTarget) -> list[str]:
+    keyed = " AND ".join(f"NEW.{ident(c)} IS NOT NULL" for c in target.columns)
+    key_changed = " OR ".join(
+        f"OLD.{ident(c)} IS DISTINCT FROM NEW.{ident(c)}" for c in target.columns
+    )
+    on_insert, on_update = target.guard_triggers
+    return [
+        f"CREATE TRIGGER {ident(on_insert)} AFTER INSERT ON {target.qualified_table}"
+        f" FOR EACH ROW WHEN ({keyed}) EXECUTE FUNCTION {target.guard_function}()",
+        f"CREATE TRIGGER {ident(on_update)} AFTER UPDATE OF {idents(target.columns)}"
+        f" ON {target.qualified_table} FOR EACH ROW WHEN ({keyed} AND ({key_changed}))"
+        f" EXECUTE FUNCTION {target.guard_function}()",
+    ]
+
+
+def function_sql(target: UniqueTarget, operators: dict[str, str]) -> str:
+    same_key = " AND ".join(f"t.{ident(c)} {operators[c]} NEW.{ident(c)}" for c in target.columns)
+    key_text = " || ', ' || ".join(f"NEW.{ident(c)}::text" for c in target.columns)
+    body = f"""
+BEGIN
+    -- A second writer of the same new key waits here until the first commits.
+    INSERT INTO {target.guard_claims} ({idents(target.columns)})
+    VALUES ({idents(target.columns, "NEW.")})
+    ON CONFLICT DO NOTHING;
+    IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {target.qualified_table} t
+                                          WHERE {same_key} LIMIT 2) AS same) > 1 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'unique_violation',
+            MESSAGE = {literal(f'duplicate key value violates unique constraint "{target.constraint_name}"')},
+            DETAIL = pg_catalog.format('Key (%s)=(%s) already exists.',
+                                       {literal(", ".join(target.columns))}, {key_text}),
+            HINT = {literal(f"{target.display_table} is being given this unique constraint; its migration rejects duplicates from now on.")},
+            CONSTRAINT = {literal(target.constraint_name)},
+            TABLE = {literal(target.table)},
+            SCHEMA = {literal(target.schema)};
+    END IF;
+    RETURN NULL;
+END
+"""
+    return (
+        f"CREATE OR REPLACE FUNCTION {target.guard_function}() RETURNS trigger"
+        " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+        f" AS {dollar_quoted(body, 'guard')}"
+    )

@@ -1,0 +1,113 @@
+"""The private schema: where archived rows, ledgers, the guard and the version table live.
+
+It is used only when the migrating role owns it and everything in it, or creates it now: a
+schema someone else created first (a squatter) could hold a trigger that runs as the migrator,
+or read the archived rows. Everything in it is closed to every other role, whatever default
+privileges the database grants (Supabase grants new tables to anon and authenticated).
+"""
+
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal
+
+# Why the schema {schema} (an SQL text expression) cannot be used, as one line; NULL when it
+# can. Read-only.
+_PROBLEM = """(
+SELECT CASE
+    WHEN n.oid IS NULL AND NOT pg_catalog.has_database_privilege(
+             pg_catalog.current_database(), 'CREATE')
+        THEN pg_catalog.format('role %s may not create schema %s in database %s:'
+                               ' GRANT CREATE ON DATABASE %s TO %s, or create the schema'
+                               ' as that role first', current_user, {schema},
+                               pg_catalog.current_database(), pg_catalog.current_database(),
+                               current_user)
+    WHEN n.oid IS NULL THEN NULL
+    WHEN n.nspowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+        THEN pg_catalog.format('schema %s is owned by %s, not by the migrating role %s: the'
+                               ' package keeps archived rows there and uses it only when it'
+                               ' owns it; drop it or ALTER SCHEMA %s OWNER TO %s, then re-run',
+                               {schema}, pg_catalog.pg_get_userbyid(n.nspowner), current_user,
+                               {schema}, current_user)
+    ELSE (SELECT pg_catalog.format('schema %s holds %s owned by %s, not by the migrating role'
+                                   ' %s: remove it, then re-run', {schema}, foreign_object.what,
+                                   pg_catalog.pg_get_userbyid(foreign_object.owner), current_user)
+            FROM (SELECT 'table ' || relname AS what, relowner AS owner
+                    FROM pg_catalog.pg_class WHERE relnamespace = n.oid
+                  UNION ALL
+                  SELECT 'function ' || proname, proowner
+                    FROM pg_catalog.pg_proc WHERE pronamespace = n.oid
+                  UNION ALL
+                  SELECT 'type ' || typname, typowner
+                    FROM pg_catalog.pg_type WHERE typnamespace = n.oid) AS foreign_object
+           WHERE foreign_object.owner <> n.nspowner
+           LIMIT 1)
+    END
+  FROM (SELECT 1) AS one
+  LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = {schema})"""
+
+
+def problem_sql(schema: str) -> str:
+    """The check as an SQL text expression, for the plpgsql checks; `schema` is SQL too."""
+    return _PROBLEM.format(schema=schema)
+
+
+def problem(db: Database, schema: str) -> str | None:
+    return db.scalar("SELECT " + problem_sql(":schema"), {"schema": schema})
+
+
+def require_usable(db: Database, schema: str) -> None:
+    found = problem(db, schema)
+    if found:
+        raise MigrationAbort(found)
+
+
+def ensure(db: Database, schema: str) -> None:
+    """Create the schema if missing, then check it is ours (a concurrent squatter makes
+    IF NOT EXISTS succeed silently) and close it and its contents to every other role."""
+    with db.transaction():
+        db.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        require_usable(db, schema)
+        db.execute(lock_down_sql(schema))
+
+
+def lock_down_sql(schema: str) -> str:
+    """Revoke every privilege any other role holds on the schema and everything in it, including
+    PUBLIC's implicit EXECUTE on functions and grants made by default privileges. Idempotent;
+    shared by the online path and the offline script."""
+    body = f"""
+DECLARE
+    schema_name constant text := {literal(schema)};
+    granted record;
+BEGIN
+    FOR granted IN
+        SELECT DISTINCT 'SCHEMA' AS kind, pg_catalog.quote_ident(n.nspname) AS object,
+               acl.grantee
+          FROM pg_catalog.pg_namespace n,
+               pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner)))
+                   AS acl
+         WHERE n.nspname = schema_name AND acl.grantee <> n.nspowner
+        UNION
+        SELECT DISTINCT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+               pg_catalog.format('%I.%I', schema_name, c.relname), acl.grantee
+          FROM pg_catalog.pg_class c,
+               pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault(
+                   CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) AS acl
+         WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace
+                                  WHERE nspname = schema_name)
+           AND c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND acl.grantee <> c.relowner
+        UNION
+        SELECT DISTINCT 'FUNCTION', p.oid::pg_catalog.regprocedure::text, acl.grantee
+          FROM pg_catalog.pg_proc p,
+               pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)))
+                   AS acl
+         WHERE p.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace
+                                  WHERE nspname = schema_name)
+           AND acl.grantee <> p.proowner
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s', granted.kind, granted.object,
+            CASE WHEN granted.grantee = 0 THEN 'PUBLIC'
+                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(granted.grantee)) END);
+    END LOOP;
+END
+"""
+    return f"DO {dollar_quoted(body, 'lock_down')}"

@@ -1,0 +1,225 @@
+"""The downgrade's way back: archived rows return to the table, unchanged, and every child row
+that the upgrade re-pointed points at its original row again.
+
+One plpgsql block, the same online and offline, inside the downgrade's single transaction (the
+one that also drops the constraint and stamps the revision): it either all happens or none of it.
+Where the role may, user triggers do not fire (session_replication_role = replica); foreign
+keys are then not checked by triggers either, so the block checks and locks the restored rows'
+parents itself. Generated columns are recomputed; identity values come back as they were.
+The restore checks its own effect: every archived row back, identical; otherwise it rolls back,
+naming the user triggers that changed the rows.
+"""
+
+from alembic_lossless_unique.comparisons import escape_format, operators_sql, regclass
+from alembic_lossless_unique.dedupe import (
+    BOOKKEEPING_PREFIX,
+    CHECK_FAILED,
+    bookkeeping_columns,
+    user_triggers_sql,
+)
+from alembic_lossless_unique.sqltext import dollar_quoted, literal, literal_array
+from alembic_lossless_unique.target import UniqueTarget
+
+
+def restorable_columns_sql(target: UniqueTarget) -> str:
+    """The columns a restore writes: in both the table and the archive, not generated."""
+    return f"""
+        SELECT a.attname::text AS name, a.attnum, a.attidentity
+          FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = {regclass(target.qualified_table)} AND a.attnum > 0
+           AND NOT a.attisdropped AND a.attgenerated = ''
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
+                        WHERE b.attrelid = {regclass(target.archive)}
+                          AND b.attname = a.attname AND NOT b.attisdropped)"""
+
+
+def outbound_foreign_keys_sql(target: UniqueTarget) -> str:
+    """The table's own foreign keys (to its parents), with what a check of a row needs."""
+    return f"""
+        SELECT con.conname::text AS constraint_name,
+               con.confrelid::pg_catalog.regclass::text AS parent_table,
+               ARRAY(SELECT a.attname::text
+                       FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)
+                       JOIN pg_catalog.pg_attribute a
+                         ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+                      ORDER BY k.n) AS columns,
+               ARRAY(SELECT a.attname::text
+                       FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY AS k(attnum, n)
+                       JOIN pg_catalog.pg_attribute a
+                         ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+                      ORDER BY k.n) AS parent_columns,
+               ARRAY(SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname)
+                       FROM pg_catalog.unnest(con.conpfeqop) WITH ORDINALITY AS e(op, k)
+                       JOIN pg_catalog.pg_operator o ON o.oid = e.op
+                       JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+                      ORDER BY e.k) AS operators
+          FROM pg_catalog.pg_constraint con
+         WHERE con.contype = 'f' AND con.conrelid = {regclass(target.qualified_table)}
+         ORDER BY con.conname"""
+
+
+# Per outbound foreign key: the distinct references of archived rows (all columns NOT NULL:
+# MATCH SIMPLE ignores the others) that no parent row matches. %1$s parent, %2$s columns,
+# %3$s not-null test, %4$s match.
+MISSING_PARENTS = """
+SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %2$s FROM {archive} WHERE %3$s) AS a
+ WHERE NOT EXISTS (SELECT 1 FROM %1$s p WHERE %4$s)"""
+LOCK_PARENTS = """
+SELECT 1 FROM %1$s p WHERE EXISTS (SELECT 1 FROM {archive} a WHERE %3$s AND %4$s)
+   FOR KEY SHARE OF p"""
+
+
+def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
+    """plpgsql expressions for one outbound foreign key `fk`: its columns, the NOT NULL test and
+    the match of an archived row against a parent `p`, as format() arguments 2 to 4."""
+    return f"""
+                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
+                   FROM pg_catalog.unnest({fk}.columns) AS c),
+                (SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' AND ')
+                   FROM pg_catalog.unnest({fk}.columns) AS c),
+                (SELECT pg_catalog.string_agg(
+                            pg_catalog.format('{archive_alias}.%I %s p.%I', c, op, pc), ' AND ')
+                   FROM ROWS FROM (pg_catalog.unnest({fk}.columns), pg_catalog.unnest({fk}.operators), pg_catalog.unnest({fk}.parent_columns))
+                            AS u(c, op, pc))"""
+
+
+def restore_sql(target: UniqueTarget) -> str:
+    """Move every archived row back, point re-pointed child rows back, record how many."""
+    table = regclass(target.qualified_table)
+    archive = escape_format(target.archive)
+    user_insert_triggers = user_triggers_sql(target, "INSERT")
+    restore = f"""
+WITH moved AS (DELETE FROM {archive} RETURNING %1$s),
+     restored AS (INSERT INTO {escape_format(target.qualified_table)} (%1$s)%2$s
+                  SELECT %1$s FROM moved RETURNING %1$s)
+SELECT (SELECT pg_catalog.count(*) FROM moved),
+       (SELECT pg_catalog.count(*) FROM restored),
+       (SELECT pg_catalog.count(*)
+          FROM (SELECT ROW(%1$s)::text FROM moved
+                EXCEPT ALL
+                SELECT ROW(%1$s)::text FROM restored) AS differing)"""
+    point_back = f"""
+WITH back AS (
+    UPDATE %1$s ch SET (%2$s) = ROW(%3$s)
+      FROM {escape_format(target.repointed)} r,
+           LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, r.child_row) AS key,
+           LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, r.old_reference) AS old,
+           LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, r.new_reference) AS new
+     WHERE r.constraint_name = %4$L AND r.child_table = %5$L AND %6$s AND %7$s
+    RETURNING 1)
+SELECT pg_catalog.count(*) FROM back"""
+    body = f"""
+DECLARE
+    triggers_off boolean := false;
+    columns text;
+    overriding text := '';
+    fk record;
+    missing bigint;
+    moved bigint := 0;
+    restored bigint := 0;
+    differing bigint := 0;
+    recorded bigint;
+    pointed bigint;
+    pointed_total bigint := 0;
+    not_pointed_total bigint := 0;
+    key_columns text[];
+    reference_columns text[];
+    interfering text;
+BEGIN
+    IF pg_catalog.to_regclass({literal(target.archive)}) IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        triggers_off := true;
+    EXCEPTION WHEN insufficient_privilege THEN
+        triggers_off := false;
+    END;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.name), ', ' ORDER BY c.attnum),
+           CASE WHEN pg_catalog.bool_or(c.attidentity = 'a') THEN ' OVERRIDING SYSTEM VALUE'
+                ELSE '' END
+      INTO columns, overriding
+      FROM ({restorable_columns_sql(target)}) AS c;
+    -- The restored rows' own parents must exist, and stay until the commit.
+    FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
+        EXECUTE pg_catalog.format({literal(MISSING_PARENTS.format(archive=archive))},
+                                  fk.parent_table, {foreign_key_parts_sql("fk")}) INTO missing;
+        IF missing > 0 THEN
+            RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
+                MESSAGE = pg_catalog.format(
+                    'archived rows of %s reference %s rows of %s that no longer exist (foreign'
+                    ' key %s): nothing was changed; restore those rows of %s, or delete the'
+                    ' archived rows that reference them from %s, then downgrade again',
+                    {literal(target.display_table)}, missing, fk.parent_table,
+                    fk.constraint_name, fk.parent_table, {literal(target.archive)});
+        END IF;
+        EXECUTE pg_catalog.format({literal(LOCK_PARENTS.format(archive=archive))},
+                                  fk.parent_table, {foreign_key_parts_sql("fk")});
+    END LOOP;
+    IF columns IS NOT NULL THEN
+        EXECUTE pg_catalog.format({literal(restore)}, columns, overriding)
+           INTO moved, restored, differing;
+    END IF;
+    IF restored <> moved OR differing > 0 THEN
+        interfering := {user_insert_triggers};
+        RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
+            MESSAGE = pg_catalog.format(
+                'restoring the archived rows of %s gave %s rows of %s, %s of them not as'
+                ' archived: %s; nothing was changed. Disable %s for the downgrade, or let the'
+                ' role skip user triggers (GRANT SET ON PARAMETER session_replication_role TO'
+                ' %s), then downgrade again', {literal(target.display_table)}, restored, moved,
+                differing, coalesce('user trigger ' || interfering || ' changed them',
+                                    'something changed them'),
+                coalesce(interfering, 'the user triggers'), current_user);
+    END IF;
+    -- Child rows back to the rows they pointed at before the upgrade, where the app has not
+    -- pointed them elsewhere (or deleted them) since.
+    IF pg_catalog.to_regclass({literal(target.repointed)}) IS NOT NULL THEN
+        FOR fk IN SELECT constraint_name, child_table, pg_catalog.count(*) AS recorded,
+                         (pg_catalog.array_agg(child_row))[1] AS sample_key,
+                         (pg_catalog.array_agg(old_reference))[1] AS sample_reference
+                    FROM {target.repointed}
+                   GROUP BY constraint_name, child_table
+                   ORDER BY constraint_name, child_table LOOP
+            key_columns := ARRAY(SELECT pg_catalog.jsonb_object_keys(fk.sample_key));
+            reference_columns := ARRAY(SELECT pg_catalog.jsonb_object_keys(fk.sample_reference));
+            EXECUTE pg_catalog.format({literal(point_back)},
+                fk.child_table,
+                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
+                   FROM pg_catalog.unnest(reference_columns) AS c),
+                (SELECT pg_catalog.string_agg('old.' || pg_catalog.quote_ident(c), ', ')
+                   FROM pg_catalog.unnest(reference_columns) AS c),
+                fk.constraint_name, fk.child_table,
+                (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s key.%I', c, op, c),
+                                              ' AND ')
+                   FROM ROWS FROM (pg_catalog.unnest(key_columns), pg_catalog.unnest({operators_sql("key_columns", "fk.child_table::pg_catalog.regclass")}))
+                            AS u(c, op)),
+                (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s new.%I', c, op, c),
+                                              ' AND ')
+                   FROM ROWS FROM (pg_catalog.unnest(reference_columns), pg_catalog.unnest({operators_sql("reference_columns", "fk.child_table::pg_catalog.regclass")}))
+                            AS u(c, op)))
+               INTO pointed;
+            pointed_total := pointed_total + pointed;
+            not_pointed_total := not_pointed_total + fk.recorded - pointed;
+        END LOOP;
+    END IF;
+    INSERT INTO {target.ledger} (action, detail)
+    VALUES ('restored', pg_catalog.jsonb_build_object(
+        'rows', restored, 'pointed_back', pointed_total,
+        'changed_or_deleted_since', not_pointed_total, 'triggers_skipped', triggers_off));
+    RAISE NOTICE 'restored % archived rows of %; pointed % child rows back (% had been changed'
+                 ' or deleted since)', restored, {literal(target.display_table)}, pointed_total,
+                 not_pointed_total;
+END
+"""
+    return f"DO {dollar_quoted(body, 'restore')}"
+
+
+def bookkeeping_names(target: UniqueTarget) -> list[str]:
+    """The archive's own columns under either spelling: never restored, never a dropped column."""
+    names = list(bookkeeping_columns(target))
+    return names + [BOOKKEEPING_PREFIX + name for name in names]
+
+
+def bookkeeping_array(target: UniqueTarget) -> str:
+    return literal_array(bookkeeping_names(target))

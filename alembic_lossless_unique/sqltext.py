@@ -1,0 +1,59 @@
+"""SQL text built safely from names and values known in Python, the way pg_dump writes it:
+every identifier quoted where PostgreSQL needs it, every object schema-qualified."""
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from sqlalchemy.dialects import postgresql
+
+_PREPARER = postgresql.dialect().identifier_preparer
+
+# PostgreSQL truncates longer identifiers silently; names are derived to fit instead.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def ident(name: str) -> str:
+    """One identifier, quoted when PostgreSQL needs it (reserved words, capitals, spaces)."""
+    return _PREPARER.quote(name)
+
+
+def qualified(schema: str, name: str) -> str:
+    return f"{ident(schema)}.{ident(name)}"
+
+
+def idents(names: Iterable[str], prefix: str = "") -> str:
+    """`a, b` or, with prefix `c.`, `c.a, c.b`."""
+    return ", ".join(prefix + ident(name) for name in names)
+
+
+def literal(value: str) -> str:
+    """A string constant. Every script and session of this package runs with
+    standard_conforming_strings on (PostgreSQL's default), where only quotes need doubling."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def literal_array(values: Iterable[str]) -> str:
+    return "ARRAY[" + ", ".join(literal(value) for value in values) + "]::text[]"
+
+
+def json_literal(value: object) -> str:
+    return literal(json.dumps(value, sort_keys=True)) + "::jsonb"
+
+
+def derived_name(base: str, suffix: str) -> str:
+    """`base_suffix`, shortened with a hash of `base` when it would exceed PostgreSQL's limit."""
+    name = f"{base}_{suffix}"
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.md5(base.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER_BYTES - len(suffix) - len(digest) - 2
+    return f"{base.encode()[:room].decode(errors='ignore')}_{digest}_{suffix}"
+
+
+def dollar_quoted(body: str, tag: str) -> str:
+    """`$tag$body$tag$`: a plpgsql body that may contain quotes of its own."""
+    marker = f"${tag}$"
+    if marker in body:
+        raise ValueError(f"the body contains its own quote marker {marker}")
+    return f"{marker}{body}{marker}"
