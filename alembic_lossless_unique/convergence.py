@@ -357,8 +357,6 @@ class Undo:
                 db.execute(statement)
             for statement in self.in_transaction:
                 db.execute(statement)
-            for statement in guard.drop_statements(target):
-                db.execute(statement)
             db.execute(restore.restore_sql(target))
             restored = [s for s in ledger.steps(db, target) if s.action == "restored"]
             self.report.fact("rows restored", restored[-1].detail["rows"] if restored else 0)
@@ -366,8 +364,7 @@ class Undo:
                 self.report.fact(
                     "pointed back", f"{restored[-1].detail['pointed_back']} child rows"
                 )
-            for relation in (target.archive, target.repointed, target.work, target.ledger):
-                db.execute(f"DROP TABLE IF EXISTS {relation}")
+            db.execute(restore.cleanup_sql(target))
 
         with self.report.step("restore in one transaction"):
             try:

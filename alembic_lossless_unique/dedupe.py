@@ -27,7 +27,12 @@ from alembic_lossless_unique.comparisons import (
     fmt_idents,
     regclass,
 )
-from alembic_lossless_unique.sqltext import dollar_quoted, literal, literal_array
+from alembic_lossless_unique.sqltext import (
+    dollar_quoted,
+    literal,
+    literal_array,
+    qualified_relation_sql,
+)
 from alembic_lossless_unique.target import UniqueTarget
 
 # Internal column names of the work table; unusual enough not to meet a user's column.
@@ -109,11 +114,12 @@ END
     return f"DO {dollar_quoted(body, 'archive')}"
 
 
-def list_statement(target: UniqueTarget) -> tuple[str, Comparisons]:
-    """CREATE TABLE AS of every row but the kept one of each duplicate group, with the identity
-    of the row that stays: a format() template whose placeholders are the key's operators."""
+def losers_select(target: UniqueTarget) -> tuple[str, Comparisons]:
+    """Every row but the kept one of each duplicate group, with the identity of the row that
+    stays: a format() template whose placeholders are the key's operators. The dedupe stores it
+    in the work table; preflight counts it."""
     compare = Comparisons(target.columns)
-    table, work = escape_format(target.qualified_table), escape_format(target.work)
+    table = escape_format(target.qualified_table)
     keys_not_null = " AND ".join(f"{{alias}}.{fmt_ident(c)} IS NOT NULL" for c in target.columns)
     order = ", ".join(f"{fmt_ident(c)} DESC NULLS LAST" for c in target.ranking)
     kept = ", ".join(
@@ -121,7 +127,6 @@ def list_statement(target: UniqueTarget) -> tuple[str, Comparisons]:
         for c in target.row_identity
     )
     statement = f"""
-CREATE UNLOGGED TABLE {work} AS
 WITH in_duplicate_groups AS (
     SELECT c.ctid AS {ROW_CTID}, {fmt_idents(target.ranking, "c.")},
            {fmt_idents(target.columns, "c.")}
@@ -144,6 +149,12 @@ SELECT {ROW_CTID}, {fmt_idents(target.ranking)},
  WHERE {POSITION} > 1
  ORDER BY {ROW_CTID}"""
     return statement, compare
+
+
+def list_statement(target: UniqueTarget) -> tuple[str, Comparisons]:
+    """CREATE TABLE AS of losers_select, in the work table."""
+    select, compare = losers_select(target)
+    return f"CREATE UNLOGGED TABLE {escape_format(target.work)} AS{select}", compare
 
 
 def list_sql(target: UniqueTarget, work_mem: str) -> str:
@@ -344,7 +355,7 @@ def inbound_foreign_keys_sql(table: str) -> str:
     table, the child's columns, ours, the key's own equality operators, the child's identity."""
     return f"""
             SELECT con.conname::text AS constraint_name,
-                   con.conrelid::pg_catalog.regclass::text AS child_table,
+                   {qualified_relation_sql("con.conrelid")} AS child_table,
                    con.conrelid AS child_oid,
                    ARRAY(SELECT a.attname::text
                            FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)

@@ -270,7 +270,6 @@ BEGIN
     END LOOP;
 END
 """
-    drops = "\n\n".join(f"{statement};" for statement in (*guard_drop_statements(target),))
     return f"""\
 {header(f"undo unique constraint {target.constraint_name} on {target.key_description}, offline")}
 {SESSION};
@@ -279,18 +278,6 @@ END
 
 DO {dollar_quoted(body, "offline")};
 
-{drops}
-
 {restore.restore_sql(target)};
 
-DROP TABLE IF EXISTS {target.archive};
-
-DROP TABLE IF EXISTS {target.repointed};
-
-DROP TABLE IF EXISTS {target.ledger}"""
-
-
-def guard_drop_statements(target: UniqueTarget) -> list[str]:
-    from alembic_lossless_unique.guard import drop_statements
-
-    return drop_statements(target)
+{restore.cleanup_sql(target)}"""

@@ -22,7 +22,7 @@ SELECT CASE
                                pg_catalog.current_database(), pg_catalog.current_database(),
                                current_user)
     WHEN n.oid IS NULL THEN NULL
-    WHEN n.nspowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+    WHEN NOT {owns_schema}
         THEN pg_catalog.format('schema %s is owned by %s, not by the migrating role %s: the'
                                ' package keeps archived rows there and uses it only when it'
                                ' owns it; drop it or ALTER SCHEMA %s OWNER TO %s, then re-run',
@@ -39,16 +39,29 @@ SELECT CASE
                   UNION ALL
                   SELECT 'type ' || typname, typowner
                     FROM pg_catalog.pg_type WHERE typnamespace = n.oid) AS foreign_object
-           WHERE foreign_object.owner <> n.nspowner
+           WHERE NOT {owns_object}
            LIMIT 1)
     END
   FROM (SELECT 1) AS one
   LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = {schema})"""
 
 
+# Whether the migrating role is `owner`, or a member of it that acts with its privileges. Not
+# membership for a superuser: PostgreSQL counts a superuser as a member of every role, squatters'
+# included.
+_ACTS_AS = """(SELECT ({owner} = r.oid) OR (NOT r.rolsuper AND pg_catalog.pg_has_role(
+                      r.oid, {owner}, 'USAGE'))
+                 FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)"""
+
+
 def problem_sql(schema: str) -> str:
     """The check as an SQL text expression, for the plpgsql checks; `schema` is SQL too."""
-    return _PROBLEM.format(schema=schema)
+    return _PROBLEM.format(
+        schema=schema,
+        owns_schema=_ACTS_AS.format(owner="n.nspowner"),
+        owns_object=_ACTS_AS.format(owner="foreign_object.owner"),
+    )
+
 
 
 def problem(db: Database, schema: str) -> str | None:

@@ -17,7 +17,13 @@ from alembic_lossless_unique.dedupe import (
     bookkeeping_columns,
     user_triggers_sql,
 )
-from alembic_lossless_unique.sqltext import dollar_quoted, literal, literal_array
+from alembic_lossless_unique.guard import drop_statements
+from alembic_lossless_unique.sqltext import (
+    dollar_quoted,
+    literal,
+    literal_array,
+    qualified_relation_sql,
+)
 from alembic_lossless_unique.target import UniqueTarget
 
 
@@ -37,7 +43,7 @@ def outbound_foreign_keys_sql(target: UniqueTarget) -> str:
     """The table's own foreign keys (to its parents), with what a check of a row needs."""
     return f"""
         SELECT con.conname::text AS constraint_name,
-               con.confrelid::pg_catalog.regclass::text AS parent_table,
+               {qualified_relation_sql("con.confrelid")} AS parent_table,
                ARRAY(SELECT a.attname::text
                        FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)
                        JOIN pg_catalog.pg_attribute a
@@ -213,6 +219,21 @@ BEGIN
 END
 """
     return f"DO {dollar_quoted(body, 'restore')}"
+
+
+def cleanup_sql(target: UniqueTarget) -> str:
+    """The operation's private objects, gone once the downgrade has restored what they held:
+    the guard (if a killed run left it), the archive, the re-pointing record, the ledger. No
+    client uses them; in a DO block, shared by the online and offline downgrade."""
+    statements = [
+        *drop_statements(target),
+        *(
+            f"DROP TABLE IF EXISTS {relation}"
+            for relation in (target.archive, target.repointed, target.work, target.ledger)
+        ),
+    ]
+    body = "\nBEGIN\n" + "".join(f"    {statement};\n" for statement in statements) + "END\n"
+    return f"DO {dollar_quoted(body, 'cleanup')}"
 
 
 def bookkeeping_names(target: UniqueTarget) -> list[str]:

@@ -57,3 +57,12 @@ def dollar_quoted(body: str, tag: str) -> str:
     if marker in body:
         raise ValueError(f"the body contains its own quote marker {marker}")
     return f"{marker}{body}{marker}"
+
+
+def qualified_relation_sql(oid: str) -> str:
+    """SQL for `schema.name` of a relation oid, always qualified (regclass's text output drops
+    the schema of whatever the search_path makes visible)."""
+    return (
+        "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
+        f" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = {oid})"
+    )

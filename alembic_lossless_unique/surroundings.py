@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.sqltext import literal_array
+from alembic_lossless_unique.sqltext import literal_array, qualified_relation_sql
 from alembic_lossless_unique.target import UniqueTarget
 
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
@@ -20,7 +20,7 @@ def surroundings_sql(target: UniqueTarget) -> str:
     table = regclass(target.qualified_table)
     return f"""
 SELECT 'foreign_key' AS kind, con.conname::text AS name,
-       pg_catalog.format('%s (%s)', con.conrelid::pg_catalog.regclass,
+       pg_catalog.format('%s (%s)', {qualified_relation_sql("con.conrelid")},
            (SELECT pg_catalog.string_agg(a.attname::text, ', ')
               FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey))) AS detail,

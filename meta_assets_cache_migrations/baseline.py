@@ -8,7 +8,7 @@ from alembic_lossless_unique import offline, private_schema
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, qualified
 from meta_assets_cache_migrations.names import (
     BASELINE_LEDGER,
     LEGACY_REVISIONS,
@@ -159,7 +159,7 @@ END
 -- revisions' own SQL is linted without these two ignores: tests/test_lint.py.)
 BEGIN;
 
-SET LOCAL search_path = pg_catalog, pg_temp;
+{offline.SESSION};
 
 DO {dollar_quoted(check, "privileges")};
 
@@ -187,6 +187,11 @@ def created_tables(db: Database) -> set[str]:
 
 # Revision 0001, online.
 
+INTERRUPTED = (
+    "an interrupted upgrade of the unique pair left its ledger behind:"
+    " run `alembic upgrade head` to finish it, then downgrade"
+)
+
 
 def upgrade(db: Database) -> None:
     require_privileges(db)
@@ -209,10 +214,7 @@ def upgrade(db: Database) -> None:
 
 def downgrade(db: Database) -> None:
     if db.relation_exists(UNIQUE_PAIR_LEDGER):
-        raise MigrationAbort(
-            "an interrupted upgrade of the unique pair left its ledger behind:"
-            " run `alembic upgrade head` to finish it, then downgrade"
-        )
+        raise MigrationAbort(INTERRUPTED)
     created = created_tables(db)
     with db.transaction():
         for name, _ in reversed(TABLES):  # dependants first
@@ -225,9 +227,7 @@ def downgrade(db: Database) -> None:
 
 # The private schema goes with the baseline, unless something still lives there (the version
 # table, when env.py keeps it there).
-DROP_PRIVATE_SCHEMA_IF_EMPTY = f"""DO {
-    dollar_quoted(
-        f'''
+_DROP_PRIVATE_SCHEMA_IF_EMPTY = f"""
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -235,10 +235,8 @@ BEGIN
         DROP SCHEMA IF EXISTS {ident(PRIVATE_SCHEMA)};
     END IF;
 END
-''',
-        "drop_private_schema",
-    )
-}"""
+"""
+DROP_PRIVATE_SCHEMA_IF_EMPTY = f"DO {dollar_quoted(_DROP_PRIVATE_SCHEMA_IF_EMPTY, 'schema')}"
 
 
 # Revision 0001, offline: the same decisions, made by the database.
@@ -259,6 +257,7 @@ def upgrade_sql() -> str:
     END IF;"""
         for name, ddl in TABLES
     )
+    body = f"\nBEGIN\n{creates}\nEND\n"
     return f"""\
 {offline.header("meta_assets_cache baseline, offline")}
 {offline.SESSION};
@@ -269,52 +268,36 @@ def upgrade_sql() -> str:
 
 {private_schema.lock_down_sql(PRIVATE_SCHEMA)};
 
-DO {
-        dollar_quoted(
-            f'''
-BEGIN
-{creates}
-END
-''',
-            "baseline",
-        )
-    }"""
+DO {dollar_quoted(body, "baseline")}"""
 
 
 def downgrade_sql() -> str:
     drops = "\n".join(
         f"""    IF {literal(name)} = ANY (created) THEN
-        DROP TABLE IF EXISTS {TABLE_SCHEMA}.{name};
+        DROP TABLE IF EXISTS {qualified(TABLE_SCHEMA, name)};
         RAISE NOTICE 'dropped {TABLE_SCHEMA}.{name}, which the baseline had created';
     END IF;"""
         for name, _ in reversed(TABLES)
     )
-    return f"""\
-{offline.header("meta_assets_cache baseline, downgrade, offline")}
-{offline.SESSION};
-
-DO {
-        dollar_quoted(
-            f'''
+    body = f"""
 DECLARE
     created text[] := ARRAY[]::text[];
 BEGIN
     IF pg_catalog.to_regclass({literal(UNIQUE_PAIR_LEDGER)}) IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)},
-            MESSAGE = 'an interrupted upgrade of the unique pair left its ledger behind:'
-                      ' run `alembic upgrade head` to finish it, then downgrade';
+        RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = {literal(INTERRUPTED)};
     END IF;
     IF pg_catalog.to_regclass({literal(BASELINE_LEDGER)}) IS NOT NULL THEN
         EXECUTE 'SELECT coalesce(pg_catalog.array_agg(table_name), ARRAY[]::text[])'
                 ' FROM {BASELINE_LEDGER}' INTO created;
     END IF;
 {drops}
+    DROP TABLE IF EXISTS {BASELINE_LEDGER};
 END
-''',
-            "baseline",
-        )
-    };
+"""
+    return f"""\
+{offline.header("meta_assets_cache baseline, downgrade, offline")}
+{offline.SESSION};
 
-DROP TABLE IF EXISTS {BASELINE_LEDGER};
+DO {dollar_quoted(body, "baseline")};
 
 {DROP_PRIVATE_SCHEMA_IF_EMPTY}"""

@@ -2,57 +2,34 @@
 
     DATABASE_URL=postgresql://... python -m meta_assets_cache_migrations.preflight [--json]
 
-Reports the starting state of public.meta_assets_cache, its size, the duplicate rows the upgrade
-would archive, the rows with a NULL phone_number_id it keeps, and each step it would take with
-the lock that step holds. Everything runs in one READ ONLY transaction that is rolled back.
+The unique pair's report from alembic_lossless_unique.preflight (state, size, rows to archive,
+NULL-phone rows kept, foreign keys and child rows to re-point, triggers and publications, each
+step with its lock, anything that would make the upgrade or the downgrade refuse), plus what
+only this package knows: its revision, the baseline for an empty database, and columns of the
+table that its model does not declare. One READ ONLY transaction, rolled back.
 """
 
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2
 from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import archive, catalog, convergence, ledger
+from alembic_lossless_unique import preflight, session
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.database_url import (
-    DatabaseUrlError,
-    database_url,
-    engine_for,
-    one_line,
-)
+from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.settings import MigrationSettings
+from meta_assets_cache_migrations.baseline import PRIVILEGE_PROBLEM
 from meta_assets_cache_migrations.names import (
-    ARCHIVE,
-    CANONICAL_UNIQUE_NAME,
+    SEED_INDEX_NAME,
     TABLE,
-    UNIQUE_PAIR_LEDGER,
+    VERSION_TABLE,
 )
-
-CANONICAL = CANONICAL_UNIQUE_NAME
-
-NO_TABLE_LOCK = "none on the table"
-ARCHIVE_LOCK = "ROW EXCLUSIVE: deletes only the duplicate rows, in one short transaction"
-CONCURRENT_LOCK = (
-    "SHARE UPDATE EXCLUSIVE (CONCURRENTLY): reads and writes go on;"
-    " waits for transactions older than itself"
-)
-DUPLICATE_COUNTS = f"""
-SELECT count(*) AS groups, coalesce(sum(copies - 1), 0)::bigint AS rows
-  FROM (SELECT count(*) AS copies FROM {TABLE}
-         WHERE phone_number_id IS NOT NULL
-         GROUP BY workspace_id, phone_number_id
-        HAVING count(*) > 1) AS duplicates
-"""
-
-
-@dataclass
-class Step:
-    action: str
-    lock: str
+from meta_assets_cache_migrations.unique_pair import TARGET
 
 
 @dataclass
@@ -61,162 +38,78 @@ class Report:
     role: str
     server_version: str
     alembic_revision: str | None
-    state: str
-    state_description: str
-    table_exists: bool
-    estimated_rows: int = 0
-    table_bytes: int = 0
-    total_bytes: int = 0
-    null_phone_rows: int = 0
-    duplicate_groups: int = 0
-    rows_to_archive: int = 0
-    rows_already_archived: int = 0
-    resumes_interrupted_run: bool = False
-    uniques: list[str] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    unique_pair: preflight.Report
+    unknown_columns: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        pair = self.unique_pair.as_json()
+        return {
+            "database": self.database,
+            "role": self.role,
+            "server_version": self.server_version,
+            "alembic_revision": self.alembic_revision,
+            **pair,
+            "null_phone_rows": pair["null_key_rows"],
+            "unknown_columns": self.unknown_columns,
+        }
 
 
-def state_name(description: str) -> str:
-    """describe_state()'s text -> one word: empty, created, constrained, drifted, seedindex,
-    both, renamed."""
-    return description.split(" ", 1)[0]
+def model_columns() -> set[str]:
+    from meta_assets_cache_migrations.models import MetaAssetsCache
 
-
-def catalog_lock(settings: MigrationSettings) -> str:
-    return (
-        "ACCESS EXCLUSIVE for a catalog change only (milliseconds), under lock_timeout"
-        f" {settings.lock_timeout:g} s with up to {settings.lock_retries} attempts"
-    )
+    return {column.name for column in MetaAssetsCache.__table__.columns}
 
 
 def gather(db: Database) -> Report:
-    settings = db.settings
     facts = db.execute(
-        "SELECT current_database() AS database, current_user AS role,"
-        " current_setting('server_version') AS server_version"
+        "SELECT pg_catalog.current_database() AS database, current_user AS role,"
+        " pg_catalog.current_setting('server_version') AS server_version"
     ).one()
-    revision = (
-        db.scalar("SELECT string_agg(version_num, ',') FROM public.alembic_version")
-        if catalog.relation_exists(db, "public.alembic_version")
-        else None
-    )
-    common = {
-        "database": facts.database,
-        "role": facts.role,
-        "server_version": facts.server_version,
-        "alembic_revision": revision,
-    }
-    if not catalog.relation_exists(db, TABLE):
-        return Report(
-            **common,
-            state="empty",
-            state_description=f"empty (no {TABLE}: the baseline revision creates it)",
-            table_exists=False,
-            steps=[
-                Step(
-                    f"create public.workspaces (when missing) and {TABLE} with the constraint"
-                    f" {CANONICAL}",
-                    "none: new tables",
-                )
-            ],
-        )
-
-    report = Report(**common, state="", state_description="", table_exists=True)
-    try:
-        catalog.require_table_owned_by_current_role(db)
-    except MigrationAbort as problem:
-        report.problems.append(str(problem))
-    report.estimated_rows = catalog.estimated_row_count(db)
-    sizes = db.execute(
-        "SELECT pg_relation_size(to_regclass(:t)) AS table_bytes,"
-        " pg_total_relation_size(to_regclass(:t)) AS total_bytes",
-        {"t": TABLE},
-    ).one()
-    report.table_bytes, report.total_bytes = sizes.table_bytes, sizes.total_bytes
-    report.null_phone_rows = db.scalar(
-        f"SELECT count(*) FROM {TABLE} WHERE phone_number_id IS NULL"
-    )
-    report.rows_already_archived = archive.archived_row_count(db)
-    report.resumes_interrupted_run = bool(ledger.recorded_steps(db))
-
-    found = catalog.pair_uniques(db)
-    report.uniques = [unique.describe() for unique in found]
-    created = "meta_assets_cache" in ledger.created_tables(db)
-    try:
-        plan = convergence.plan_convergence(found)
-    except MigrationAbort as problem:
-        report.state, report.state_description = "blocked", str(problem)
-        report.problems.append(str(problem))
+    revision = None
+    for table in (VERSION_TABLE, "public.alembic_version"):  # the latter: earlier releases
+        if revision is None and db.relation_exists(table):
+            revision = db.scalar(f"SELECT pg_catalog.string_agg(version_num, ',') FROM {table}")
+    pair = preflight.gather(db, TARGET)
+    report = Report(facts.database, facts.role, facts.server_version, revision, pair)
+    privileges = db.scalar("SELECT " + PRIVILEGE_PROBLEM)
+    if privileges and privileges not in pair.problems:
+        pair.problems.insert(0, privileges)
+    if not pair.table_exists:
+        pair.problems = [p for p in pair.problems if "does not exist" not in p]
+        pair.state = "empty"
+        pair.state_description = f"no {TABLE}: the baseline revision creates it"
+        pair.steps = [
+            preflight.Step(
+                f"create public.workspaces (when missing) and {TABLE} with the constraint"
+                f" {TARGET.constraint_name}",
+                "none: new tables",
+            )
+        ]
         return report
-    report.state_description = convergence.describe_state(found, created)
-    report.state = state_name(report.state_description)
-    report.steps = planned_steps(db, plan, report, settings)
+    if pair.state == "indexed" and SEED_INDEX_NAME in pair.state_description:
+        pair.state = "seedindex"  # the hand-made fix's index, in this package's words
+    live = {
+        row.attname
+        for row in db.rows(
+            "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid ="
+            " pg_catalog.to_regclass(:table) AND attnum > 0 AND NOT attisdropped",
+            {"table": TARGET.qualified_table},
+        )
+    }
+    report.unknown_columns = sorted(live - model_columns())
     return report
 
 
-def planned_steps(
-    db: Database, plan: convergence.Plan, report: Report, settings: MigrationSettings
-) -> list[Step]:
-    steps = []
-    missing = [
-        name for name in (UNIQUE_PAIR_LEDGER, ARCHIVE) if not catalog.relation_exists(db, name)
-    ]
-    if missing:
-        steps.append(Step(f"create {' and '.join(missing)}", NO_TABLE_LOCK))
-    for unique in plan.invalid:
-        if not unique.constraint_name:
-            steps.append(Step(f"drop INVALID index {unique.index_name}", CONCURRENT_LOCK))
-    target = plan.target
-    if target is None:
-        duplicates = db.execute(DUPLICATE_COUNTS).one()
-        report.duplicate_groups, report.rows_to_archive = duplicates.groups, duplicates.rows
-        steps += [
-            Step(
-                f"archive {duplicates.rows} duplicate rows from {duplicates.groups} groups"
-                f" into {ARCHIVE} (the newest row of each pair stays)",
-                ARCHIVE_LOCK,
-            ),
-            Step(f"build unique index {CANONICAL} concurrently", CONCURRENT_LOCK),
-            Step(f"promote index {CANONICAL} to constraint {CANONICAL}", catalog_lock(settings)),
-        ]
-    elif target.constraint_name and not target.is_canonical_constraint:
-        steps.append(
-            Step(
-                f"rename constraint {target.constraint_name} to {CANONICAL}",
-                catalog_lock(settings),
-            )
-        )
-    elif not target.constraint_name:
-        steps.append(
-            Step(
-                f"promote index {target.index_name} to constraint {CANONICAL} (no build)",
-                catalog_lock(settings),
-            )
-        )
-    for unique in plan.redundant:
-        if unique.constraint_name:
-            steps.append(
-                Step(f"drop redundant constraint {unique.constraint_name}", catalog_lock(settings))
-            )
-        else:
-            steps.append(Step(f"drop redundant index {unique.index_name}", CONCURRENT_LOCK))
-    for unique in plan.untouched:
-        steps.append(Step(f"leave {unique.describe()} alone: partial or expression unique", "none"))
-    return steps
-
-
 def run(url) -> Report:
-    engine = engine_for(url, "meta_assets_cache preflight")
+    session.refuse_transaction_pooler(url)
+    engine = session.engine_for(url, "meta_assets_cache preflight")
     try:
         with engine.connect() as connection:
             # The first statement of the transaction: nothing below can write.
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
             try:
-                return gather(Database(connection, MigrationSettings.from_sources({})))
+                db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
+                return gather(db)
             finally:
                 connection.rollback()
     finally:
@@ -224,40 +117,24 @@ def run(url) -> Report:
 
 
 def text_lines(report: Report) -> list[str]:
-    if not report.table_exists:
-        size = "no table yet"
-    else:
-        size = (
-            f"~{report.estimated_rows} rows (planner estimate), table {report.table_bytes} bytes,"
-            f" {report.total_bytes} bytes with indexes and TOAST"
-        )
+    pair = report.unique_pair
     lines = [
         f"preflight for {report.database} (as {report.role}, PostgreSQL"
         f" {report.server_version}); read only, nothing was changed",
         f"  alembic revision     {report.alembic_revision or 'none (not migrated yet)'}",
-        f"  starting state       {report.state}: {report.state_description}",
-        f"  size                 {size}",
     ]
-    if report.table_exists:
-        lines += [
-            f"  uniques on the pair  {'; '.join(report.uniques) or 'none'}",
-            f"  duplicate groups     {report.duplicate_groups}",
-            f"  rows to archive      {report.rows_to_archive} (moved to {ARCHIVE},"
-            " restored by the downgrade)",
-            f"  NULL-phone rows      {report.null_phone_rows} (kept: NULLs never conflict)",
-        ]
-        if report.rows_already_archived:
-            lines.append(f"  already archived     {report.rows_already_archived}")
-        if report.resumes_interrupted_run:
-            lines.append("  resumes              an interrupted run (its ledger is there)")
-    if report.steps:
-        lines.append("  steps `alembic upgrade head` would take:")
-        for number, step in enumerate(report.steps, 1):
-            lines.append(f"    {number}. {step.action}")
-            lines.append(f"       lock: {step.lock}")
+    if not pair.table_exists:
+        lines.append(f"  starting state       empty: {pair.state_description}")
+        lines += [f"  step                 {step.action}" for step in pair.steps]
     else:
-        lines.append("  steps                none: nothing to do")
-    lines += [f"  PROBLEM: {problem}" for problem in report.problems]
+        lines += preflight.text_lines(pair)
+    if report.unknown_columns:
+        lines.append(
+            "  columns not in model "
+            + ", ".join(report.unknown_columns)
+            + " (archived and restored with their rows)"
+        )
+    lines += [f"  PROBLEM: {problem}" for problem in pair.problems]
     return lines
 
 
@@ -276,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     except DBAPIError as error:
+        print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as error:  # from the pooler check's own connections
         print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
         return 1
     if args.json:

@@ -16,7 +16,8 @@ from tests.support import PROJECT_ROOT, AlembicResult
 
 APPLICATION_NAME = "alembic meta_assets_cache"
 # The dedupe's statement, as pg_stat_activity shows it while it waits for a row lock.
-DEDUPE_QUERY = "%DELETE FROM public.meta_assets_cache%"
+# The dedupe's move (a plpgsql block), as pg_stat_activity shows it while it waits for a row lock.
+DEDUPE_QUERY = "DO $move$%"
 # How long a test waits for the migrator to reach a state the test has arranged. A guard
 # against hanging, not a measurement: reaching the state sooner or later is not asserted.
 STATE_WAIT = 60.0

@@ -1,4 +1,11 @@
-"""Helpers the tests share: run alembic in-process or as a user would, and read the database."""
+"""Helpers the tests share: run alembic in-process or as a user would, and read the database.
+
+Every test database is owned by MIGRATOR, a role that is NOT a superuser, as Supabase's
+`postgres` is not: it owns the app's tables (it runs the stand-in schema), and alembic runs as
+it. Supabase's API roles exist, and the stand-in schema gives MIGRATOR's future tables in public
+to them by default privileges, as every Supabase project does. The server's superuser stays for
+what only an administrator does (roles, grants on parameters, pg_dump).
+"""
 
 import os
 import subprocess
@@ -11,6 +18,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 
 from devtools.starting_states import build_state
+from meta_assets_cache_migrations.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 from devtools.throwaway_postgres import ThrowawayServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,15 +71,78 @@ def run_alembic_cli(
     return AlembicResult(result.returncode, result.stdout, result.stderr)
 
 
+MIGRATOR = "app_migrator"
+API_ROLES = ("anon", "authenticated", "service_role")
+VERSION_TABLE = "meta_assets_migration.alembic_version"
+BASELINE, HEAD = BASELINE_REVISION, UNIQUE_PAIR_REVISION
+
+
+def prepare_cluster(server: ThrowawayServer) -> None:
+    """Once per server: Supabase's API roles and the migrating role, which is no superuser."""
+    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            for role in API_ROLES:
+                connection.exec_driver_sql(
+                    f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}')"
+                    f" THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
+                )
+            connection.exec_driver_sql(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{MIGRATOR}')"
+                f" THEN CREATE ROLE {MIGRATOR} LOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS;"
+                " END IF; END $$"
+            )
+            connection.exec_driver_sql(f"ALTER ROLE {MIGRATOR} PASSWORD '{server.password}'")
+    finally:
+        admin.dispose()
+
+
 class MigrationHarness:
     def __init__(self, server: ThrowawayServer, dbname: str) -> None:
         self.server = server
         self.dbname = dbname
-        self.url = server.url_string(dbname)
-        self.engine = create_engine(server.url(dbname), isolation_level="AUTOCOMMIT")
+        self.admin_engine = create_engine(server.url(dbname), isolation_level="AUTOCOMMIT")
+        self.admin(f"ALTER DATABASE {dbname} OWNER TO {MIGRATOR}")
+        self.url = self.url_as(MIGRATOR, server.password)
+        self.engine = create_engine(self.url, isolation_level="AUTOCOMMIT")
+
+    def url_as(self, user: str, password: str) -> str:
+        return (
+            self.server.url(self.dbname)
+            .set(username=user, password=password)
+            .render_as_string(hide_password=False)
+        )
 
     def close(self) -> None:
         self.engine.dispose()
+        self.admin_engine.dispose()
+
+    def admin(self, sql: str) -> None:
+        """As the server's superuser: roles, grants on parameters, what an administrator does."""
+        with self.admin_engine.connect() as connection:
+            connection.exec_driver_sql(sql)
+
+    def admin_scalar(self, sql: str, **params):
+        with self.admin_engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def as_role(self, role: str, sql: str) -> None:
+        """Run `sql` as `role` (SET ROLE from the superuser's session, as PostgREST does)."""
+        with self.admin_engine.connect() as connection:
+            connection.exec_driver_sql(f"SET ROLE {role}")
+            connection.exec_driver_sql(sql)
+
+    def count(self, table: str, where: str = "true") -> int:
+        """Rows of `table`; 0 when the table does not exist (nothing was ever created)."""
+        if not self.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table):
+            return 0
+        return self.scalar(f"SELECT count(*) FROM {table} WHERE {where}")
+
+    def version(self) -> str | None:
+        """The alembic revision, from the version table in the private schema."""
+        if not self.scalar("SELECT to_regclass(:t) IS NOT NULL", t=VERSION_TABLE):
+            return None
+        return self.scalar(f"SELECT string_agg(version_num, ',') FROM {VERSION_TABLE}")
 
     # alembic
 

@@ -1,18 +1,27 @@
-"""The benchmark runs end to end at a tiny size and its numbers are sane (never its timings)."""
+"""The benchmark runs end to end at a tiny size and its report is sane (never its timings); its
+log reading, settings and attribution hold on synthetic input."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.attribution import Timeline, phase_spans, slowest_inserts, summarise_phases
+from bench.observe import PhaseStart, Sample, phase_kind, phase_name
+from bench.report import write_benchmarks_md
+from bench.server_settings import memory_total_mb, server_settings
+from bench.writers import ACCEPTED, Attempt
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK = PROJECT_ROOT / "bench" / "benchmark.py"
 BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
+CONTENDERS = {"reference", "ours", "limit", "reference_rerun", "ours_rerun"}
 
 
-def run_benchmark(out: Path) -> subprocess.CompletedProcess:
+def run_benchmark(out: Path, *arguments: str) -> subprocess.CompletedProcess:
+    # --fast and one round: CI needs the report's shape, not durable numbers.
     return subprocess.run(
-        [sys.executable, str(BENCHMARK), "--rows", "20000", "--out", str(out)],
+        [sys.executable, str(BENCHMARK), "--fast", "--repeat", "1", "--out", str(out), *arguments],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -20,27 +29,141 @@ def run_benchmark(out: Path) -> subprocess.CompletedProcess:
     )
 
 
+def failure_output(completed: subprocess.CompletedProcess) -> str:
+    return completed.stderr[-2000:] + completed.stdout[-3000:]
+
+
+def assert_every_insert_in_a_phase(result: dict) -> None:
+    assert sum(phase["probe_inserts"] for phase in result["phases"]) == result["probe_inserts"]
+    assert sum(phase["stream_inserts"] for phase in result["phases"]) == result["stream_inserts"]
+
+
+def assert_reference_finished_or_broke_on_a_duplicate(result: dict) -> None:
+    """The live duplicates may land between the reference's DELETE and its index build."""
+    assert result["exit_code"] == 0 or "could not create unique index" in result["failure"]
+
+
 def test_benchmark_at_a_tiny_size(tmp_path):
     committed = BENCHMARKS_MD.read_bytes() if BENCHMARKS_MD.exists() else None
 
-    completed = run_benchmark(tmp_path)
+    completed = run_benchmark(tmp_path, "--rows", "20000", "-c", "wal_compression=pglz")
 
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    results = json.loads((tmp_path / "results_20k.json").read_text())["results"]
-    assert set(results) == {"reference", "ours", "limit", "reference_rerun", "ours_rerun"}
+    assert completed.returncode == 0, failure_output(completed)
+    run = json.loads((tmp_path / "results_20k_heavy_fast_wal_compression-pglz.json").read_text())
+    settings, results = run["info"]["settings"], run["results"]
+    assert set(results) == CONTENDERS
+    # The settings the server reported, the override among them.
+    assert settings["fsync"] == "off" and settings["wal_compression"] == "pglz"
+    assert "server (fast): fsync=off" in completed.stdout
     for result in results.values():
-        assert result["exit_code"] == 0
-        assert result["unique_on_pair"]
         assert result["probe_inserts"] > 0
-        assert result["probe_errors"] == 0
+        assert result["probe_errors"] == result["stream_errors"] == 0, result["write_failures"]
+        assert_every_insert_in_a_phase(result)
     for key in ("ours", "ours_rerun", "limit"):
+        assert results[key]["exit_code"] == 0, results[key]["failure"]
+        assert results[key]["unique_on_pair"]
         assert results[key]["rows_lost"] == 0
         assert results[key]["null_phone_lost"] == 0
-    assert results["ours"]["rows_deleted"] > 0  # duplicates moved to the archive, not lost
+    for key in ("reference", "reference_rerun"):
+        assert_reference_finished_or_broke_on_a_duplicate(results[key])
     assert results["reference"]["null_phone_lost"] > 0
     assert results["reference"]["rows_lost"] == results["reference"]["rows_deleted"]
-    assert (tmp_path / "insert_wait_20k.png").stat().st_size > 0
-    for word in ("PASS", "reference SQL", "ours (alembic upgrade head)"):
-        assert word in completed.stdout
+
+    ours = results["ours"]
+    assert ours["rows_deleted"] > 0  # duplicates moved to the archive, not lost
+    assert {"start-up", "dedupe", "build", "promote"} <= {p["kind"] for p in ours["phases"]}
+    assert ours["wal_bytes"] > 0
+    assert sum(p["wal_bytes"] for p in ours["phases"] if p["kind"] == "dedupe") > 0
+    # The duplicate stream ran beside ours, and the constraint rejected every copy with 23505.
+    assert ours["stream_inserts"] > 0
+    rerun = results["ours_rerun"]
+    assert rerun["stream_rejected"] == rerun["stream_inserts"] > 0
+    assert results["limit"]["stream_inserts"] == 0
+    assert sum(sum(r["probe_wait_events"].values()) for r in results.values()) > 0
+
+    for words in ("PASS", "per phase", "duplicate stream", "rejected as duplicates (expected)"):
+        assert words in completed.stdout
+    assert (tmp_path / "insert_wait_20k_heavy_fast_wal_compression-pglz.png").stat().st_size > 0
     # Only --write-benchmarks-md touches the committed BENCHMARKS.md.
     assert (BENCHMARKS_MD.read_bytes() if BENCHMARKS_MD.exists() else None) == committed
+
+    written = tmp_path / "BENCHMARKS.md"
+    write_benchmarks_md(tmp_path, written)
+    markdown = written.read_text()
+    assert "## 20,000 rows, heavy mix, fast, wal_compression=pglz" in markdown
+    for words in ("fsync=off", "| phase | kind |", "surplus keyed rows", "insert_wait_20k_heavy"):
+        assert words in markdown
+
+
+def test_growth_at_tiny_sizes(tmp_path):
+    completed = run_benchmark(tmp_path, "--growth", "5k,10k", "--mix", "realistic")
+
+    assert completed.returncode == 0, failure_output(completed)
+    run = json.loads((tmp_path / "growth_5k-10k_realistic_fast.json").read_text())
+    assert [point["size"] for point in run["points"]] == ["5K", "10K"]
+    for point in run["points"]:
+        assert set(point["results"]) == {"reference", "ours"}
+        assert point["results"]["ours"]["rows_lost"] == 0
+        assert_reference_finished_or_broke_on_a_duplicate(point["results"]["reference"])
+    assert "ours per row at 10K / at 5K" in completed.stdout
+    written = tmp_path / "BENCHMARKS.md"
+    write_benchmarks_md(tmp_path, written)
+    assert "## Growth (5K, 10K), realistic mix, fast" in written.read_text()
+
+
+def test_phase_lines_are_read_by_shape_and_sorted_by_keyword():
+    logger = "INFO  [alembic_lossless_unique]"
+    phases = {
+        "INFO  [meta_assets] archive duplicates ...": ("archive duplicates", "dedupe"),
+        f"{logger} install duplicate guard ...": ("install duplicate guard", "guard"),
+        f"{logger} list duplicates ...": ("list duplicates", "dedupe"),
+        f"{logger} move duplicates ...": ("move duplicates", "dedupe"),
+        f"{logger} build index concurrently ...\n": ("build index concurrently", "build"),
+        f"{logger} promote to constraint ...": ("promote to constraint", "promote"),
+        f"{logger} drop redundant uniques ...": ("drop redundant uniques", "other"),
+    }
+    for line, (name, kind) in phases.items():
+        assert phase_name(line) == name, line
+        assert phase_kind(name) == kind, line
+    for line in (
+        "INFO  [meta_assets] archived 3 rows from 3 duplicate groups",
+        "WARNI [meta_assets] a duplicate arrived during the build; building again ...",
+        "INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002, unique pair",
+    ):
+        assert phase_name(line) is None, line
+
+
+def test_durable_is_the_default_and_names_postgresql_defaults():
+    durable = server_settings(fast=False, overrides={"wal_compression": "on"})
+    for name in ("fsync", "full_page_writes", "synchronous_commit", "wal_compression"):
+        assert durable[name] == "on"
+    assert durable["work_mem"] == "4MB" and durable["maintenance_work_mem"] == "64MB"
+    assert durable["shared_buffers"] == f"{memory_total_mb() // 4}MB"
+    # --fast leaves durability to the throwaway server's FAST_SETTINGS.
+    assert "fsync" not in server_settings(fast=True, overrides={})
+
+
+def test_waits_wal_and_wait_events_are_attributed_to_phases():
+    starts = [PhaseStart("start-up", "start-up", 0.0), PhaseStart("move duplicates", "dedupe", 1.0)]
+    spans = phase_spans(starts, ended=3.0, tail_end=3.5)
+    samples = [
+        Sample(0.0, 1000, {"probe": None}),
+        Sample(1.0, 1100, {"probe": None}),
+        Sample(2.0, 1300, {"probe": "IO/WALSync"}),
+        Sample(3.0, 1700, {"probe": None}),
+        Sample(3.5, 1700, {"probe": None}),
+    ]
+    probe = [Attempt(0.5, 0.001, ACCEPTED), Attempt(1.9, 0.2, ACCEPTED)]
+    timeline = Timeline(samples)
+
+    phases = summarise_phases(spans, probe, [], timeline)
+
+    assert [(p.name, p.wal_bytes, p.probe_inserts) for p in phases] == [
+        ("start-up", 100, 1),
+        ("move duplicates", 600, 1),
+        ("(after the command exited)", 0, 0),
+    ]
+    assert phases[1].probe_events == {"IO/WALSync": 1} and phases[1].probe_slow == 1
+    assert timeline.wal_between(0.5, 1.5) == 150  # interpolated between samples
+    worst = slowest_inserts(probe, spans, timeline, "probe")[0]
+    assert (worst.phase, worst.events) == ("move duplicates", {"IO/WALSync": 1})

@@ -9,16 +9,19 @@ import subprocess
 import pytest
 
 from tests.offline_support import offline_script
+from tests.support import BASELINE, HEAD
 
 SQUAWK = shutil.which("squawk")
 pytestmark = pytest.mark.skipif(SQUAWK is None, reason="squawk-cli is not installed")
 
 SCRIPTS = {
     "upgrade-head.sql": ("upgrade", "head"),
-    "downgrade-0002-0001.sql": ("downgrade", "0002:0001"),
-    "downgrade-0001-base.sql": ("downgrade", "0001:base"),
+    "downgrade-0002-0001.sql": ("downgrade", f"{HEAD}:{BASELINE}"),
+    "downgrade-0001-base.sql": ("downgrade", f"{BASELINE}:base"),
 }
-ALEMBIC_VERSION_TABLE = re.compile(r"^CREATE TABLE alembic_version \(.*?\);\n", re.S | re.M)
+ALEMBIC_VERSION_TABLE = re.compile(
+    r"^CREATE TABLE meta_assets_migration\.alembic_version \(.*?\);\n", re.S | re.M
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 from devtools.starting_states import STATES
 from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from tests.offline_support import apply_script, offline_script, pair_unique_details, run_psql
+from tests.support import BASELINE, HEAD, MIGRATOR
 from tests.test_starting_states import expected_survivors, keyed_rows
 
 
@@ -13,16 +14,14 @@ from tests.test_starting_states import expected_survivors, keyed_rows
 def scripts() -> dict[str, str]:
     return {
         "head": offline_script("upgrade", "head"),
-        "0001": offline_script("upgrade", "0001"),
-        "0001:head": offline_script("upgrade", "0001:head"),
-        "down": offline_script("downgrade", "0002:0001"),
+        "0001": offline_script("upgrade", BASELINE),
+        "0001:head": offline_script("upgrade", f"{BASELINE}:head"),
+        "down": offline_script("downgrade", f"{HEAD}:{BASELINE}"),
     }
 
 
 def version(harness) -> str | None:
-    if not harness.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
-        return None
-    return harness.scalar("SELECT version_num FROM public.alembic_version")
+    return harness.version()
 
 
 def assert_converged(harness, rows_before, null_phone_before, survivors) -> None:
@@ -41,7 +40,7 @@ def assert_converged(harness, rows_before, null_phone_before, survivors) -> None
     assert all(str(r.kept_id) in survivors and r.archived_reason for r in archived)
     assert harness.scalar(f"SELECT count(*) FROM {UNIQUE_PAIR_LEDGER} WHERE action = 'found'") == 1
     harness.check()
-    assert version(harness) == "0002"
+    assert version(harness) == HEAD
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -65,7 +64,7 @@ def test_offline_upgrade_converges_and_offline_downgrade_restores(state, harness
 
     apply_script(harness, scripts["down"])
 
-    assert version(harness) == "0001"
+    assert version(harness) == BASELINE
     assert harness.table_rows() == rows_before
     if state != "empty":
         assert pair_unique_details(harness) == uniques_before
@@ -81,7 +80,7 @@ def test_offline_round_trip_restores_the_schema_exactly(state, harness, scripts)
     rows_before = harness.table_rows()
 
     apply_script(harness, scripts["0001:head"])
-    assert version(harness) == "0002"
+    assert version(harness) == HEAD
     apply_script(harness, scripts["down"])
 
     assert harness.schema_dump() == schema_before
@@ -97,7 +96,7 @@ def test_offline_upgrade_is_undone_by_the_online_downgrade(state, harness, scrip
     apply_script(harness, scripts["head"])
     assert harness.table_rows() != rows_before or state == "seedindex"
 
-    harness.downgrade("0001")
+    harness.downgrade(BASELINE)
 
     assert harness.table_rows() == rows_before
     assert pair_unique_details(harness) == uniques_before
@@ -105,7 +104,7 @@ def test_offline_upgrade_is_undone_by_the_online_downgrade(state, harness, scrip
 
 def test_online_upgrade_is_undone_by_the_offline_downgrade(harness, scripts):
     harness.build_state("both")
-    harness.upgrade("0001")
+    harness.upgrade(BASELINE)
     schema_before = harness.schema_dump()
     rows_before = harness.table_rows()
     harness.upgrade("head")
@@ -122,7 +121,8 @@ def test_a_failing_offline_script_changes_nothing(harness, scripts):
     harness.build_state("drifted")
     apply_script(harness, scripts["0001"])
     rows_before = harness.table_rows()
-    harness.execute("CREATE ROLE offline_intruder LOGIN PASSWORD 'x'")
+    harness.admin("CREATE ROLE offline_intruder LOGIN PASSWORD 'x'")
+    harness.admin(f"GRANT offline_intruder TO {MIGRATOR}")  # so that SET ROLE works
     harness.execute("GRANT CREATE, USAGE ON SCHEMA public TO offline_intruder")
     script = "SET ROLE offline_intruder;\n" + scripts["0001:head"]
 
@@ -131,6 +131,6 @@ def test_a_failing_offline_script_changes_nothing(harness, scripts):
     assert result.returncode != 0
     assert "cannot alter public.meta_assets_cache" in result.stderr
     assert harness.table_rows() == rows_before
-    assert version(harness) == "0001"
-    harness.execute("DROP OWNED BY offline_intruder")
-    harness.execute("DROP ROLE offline_intruder")
+    assert version(harness) == BASELINE
+    harness.admin("DROP OWNED BY offline_intruder")
+    harness.admin("DROP ROLE offline_intruder")

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from alembic_lossless_unique.locks import WAITING_SUFFIX
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, ROWS_TO_ARCHIVE
+from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
+from meta_assets_cache_migrations.unique_pair import TARGET
+from tests.support import BASELINE
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,
@@ -39,7 +41,7 @@ OUTLAST_STATEMENT_TIMEOUT = 0.3
 def drifted(harness):
     """A drifted table at revision 0001; returns its rows and the rows the dedupe must keep."""
     harness.build_state("drifted")
-    harness.upgrade("0001")
+    harness.upgrade(BASELINE)
     return harness.table_rows(), {row[0] for row in harness.rows(SURVIVORS)}
 
 
@@ -68,7 +70,7 @@ def succeed(result) -> None:
 
 def test_writes_keep_succeeding_during_upgrade(harness):
     harness.build_state("drifted", keys=50_000)
-    harness.upgrade("0001")
+    harness.upgrade(BASELINE)
     rows_before = harness.table_rows()
     workspace = harness.scalar("SELECT id::text FROM public.workspaces ORDER BY id LIMIT 1")
     survivor = harness.scalar(f"SELECT id FROM ({SURVIVORS}) s ORDER BY id LIMIT 1")
@@ -145,7 +147,7 @@ def test_busy_table_gives_up_cleanly_and_a_rerun_converges(harness, drifted):
         assert "Traceback" not in result.output
         [failed] = failed_lines(result)
         assert "could not lock public.meta_assets_cache within 100 ms in 2 attempts" in failed
-        assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
+        assert harness.version() == BASELINE
         assert harness.invalid_indexes() == []
         assert_rows_conserved(harness, rows_before)
     finally:
@@ -191,7 +193,7 @@ def test_app_queries_pass_while_the_migrator_retries(harness, drifted):
     result = running.wait()
 
     succeed(result)
-    assert "is busy (lock not granted within 200 ms)" in result.output
+    assert "is busy (lock not granted within 200 ms; held by pid " in result.output
     rows_before[new_id] = harness.table_rows()[new_id]
     assert_canonical(harness, rows_before, survivors | {new_id})
 
@@ -283,9 +285,9 @@ def test_crash_during_dedupe_converges(harness, drifted):
     finally:
         row_lock.rollback()
         row_lock.close()
-    assert harness.scalar("SELECT version_num FROM alembic_version") == "0001"
+    assert harness.version() == BASELINE
     assert harness.scalar(f"SELECT count(*) FROM {ARCHIVE}") == 0  # the dedupe rolled back
-    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=ROWS_TO_ARCHIVE)
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=TARGET.work)
     assert_rows_conserved(harness, rows_before)
 
     _rerun_converges_and_downgrades_exactly(harness, rows_before, survivors, schema_before)

@@ -10,7 +10,7 @@ import pytest
 
 from devtools.starting_states import STATES
 from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
-from tests.support import PROJECT_ROOT
+from tests.support import HEAD, PROJECT_ROOT
 
 
 def preflight(*args: str, url: str | None) -> subprocess.CompletedProcess:
@@ -78,16 +78,18 @@ def test_report_names_the_state_and_predicts_the_upgrade(state, harness):
     harness.upgrade("head")
 
     # The prediction is exact: the upgrade archives just the rows the report counted.
-    assert harness.scalar(f"SELECT count(*) FROM {ARCHIVE}") == report["rows_to_archive"]
-    assert (
+    assert harness.count(ARCHIVE) == report["rows_to_archive"]
+    groups = (
         harness.scalar(f"SELECT count(DISTINCT kept_id) FROM {ARCHIVE}")
-        == (report["duplicate_groups"])
+        if harness.count(ARCHIVE)
+        else 0
     )
+    assert groups == report["duplicate_groups"]
     if state == "drifted":
         assert report["rows_to_archive"] > 0
     after = report_for(harness)
     assert after["state"] == "constrained"
-    assert after["alembic_revision"] == "0002"
+    assert after["alembic_revision"] == HEAD
     assert after["steps"] == []
 
 

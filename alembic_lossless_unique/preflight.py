@@ -1,0 +1,265 @@
+"""Before `alembic upgrade`: what ensure_unique_constraint would find and do, without changing a
+thing. Everything runs in one READ ONLY transaction that is rolled back (it works on a read
+replica too), from the same plan, listing and checks the upgrade itself runs.
+
+It reports the starting state, the size of the table, the rows the upgrade would archive (the
+very listing the dedupe uses), the rows with a NULL key it keeps, each step with the lock it
+holds, the foreign keys into the table with the child rows that would be re-pointed, the user
+triggers and publications that see the move, and everything that would make the upgrade or the
+downgrade refuse.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from alembic_lossless_unique import checks, dedupe, ledger, surroundings
+from alembic_lossless_unique.comparisons import regclass
+from alembic_lossless_unique.convergence import read_plan
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.plan import Plan
+from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.sqltext import ident
+from alembic_lossless_unique.target import UniqueTarget
+
+NO_TABLE_LOCK = "none on the table"
+ARCHIVE_LOCK = (
+    "ROW EXCLUSIVE: deletes only the duplicate rows, in one transaction; writes to those rows"
+    " wait for its commit"
+)
+GUARD_LOCK = (
+    "SHARE ROW EXCLUSIVE for a moment (CREATE TRIGGER), under lock_timeout with retries; from"
+    " then on a new duplicate key is rejected as the constraint will reject it"
+)
+CONCURRENT_LOCK = (
+    "SHARE UPDATE EXCLUSIVE (CONCURRENTLY): reads and writes go on;"
+    " waits for transactions older than itself"
+)
+
+
+@dataclass
+class Step:
+    action: str
+    lock: str
+
+
+@dataclass
+class ForeignKey:
+    name: str
+    child: str
+    on_delete: str
+    rows_to_repoint: int
+
+
+@dataclass
+class Report:
+    table: str
+    state: str = ""
+    state_description: str = ""
+    table_exists: bool = False
+    estimated_rows: int = 0
+    table_bytes: int = 0
+    total_bytes: int = 0
+    null_key_rows: int = 0
+    duplicate_groups: int = 0
+    rows_to_archive: int = 0
+    rows_already_archived: int = 0
+    resumes_interrupted_run: bool = False
+    uniques: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    triggers_skipped: bool = False
+    surroundings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def catalog_lock(settings: MigrationSettings) -> str:
+    return (
+        "ACCESS EXCLUSIVE for a catalog change only (milliseconds), under lock_timeout"
+        f" {settings.lock_timeout:g} s with up to {settings.lock_retries} attempts"
+    )
+
+
+def gather(db: Database, target: UniqueTarget) -> Report:
+    """The report for one target; `db` is inside a read-only transaction."""
+    report = Report(table=target.display_table)
+    report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
+    if not db.relation_exists(target.qualified_table):
+        return report
+    report.table_exists = True
+    report.triggers_skipped = surroundings.may_skip_user_triggers(db)
+    facts = db.execute(
+        "SELECT pg_catalog.pg_relation_size(c.oid) AS table_bytes,"
+        " pg_catalog.pg_total_relation_size(c.oid) AS total_bytes,"
+        " greatest(c.reltuples, 0)::bigint AS estimated_rows"
+        " FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:table)",
+        {"table": target.qualified_table},
+    ).one()
+    report.table_bytes, report.total_bytes = facts.table_bytes, facts.total_bytes
+    report.estimated_rows = facts.estimated_rows
+    any_key_null = " OR ".join(f"{ident(c)} IS NULL" for c in target.columns)
+    report.null_key_rows = db.scalar(
+        f"SELECT pg_catalog.count(*) FROM {target.qualified_table} WHERE {any_key_null}"
+    )
+    if db.relation_exists(target.archive):
+        report.rows_already_archived = db.scalar(
+            f"SELECT pg_catalog.count(*) FROM {target.archive}"
+        )
+        report.problems += [
+            f"the downgrade would refuse: {problem}"
+            for problem in problems_of(db, checks.downgrade_checks_sql(target, refuse=False))
+        ]
+    steps_done = ledger.steps(db, target)
+    plan = read_plan(db, target, steps_done)
+    report.resumes_interrupted_run = bool(steps_done) and not plan.converged
+    report.uniques = [
+        step.description for step in plan.steps if step.index_name and step.action != "build"
+    ]
+    report.state, report.state_description = plan.state()
+    if plan.refusal:
+        report.problems.append(plan.refusal)
+    neighbours = surroundings.read(db, target)
+    report.surroundings = surroundings.announcements(neighbours, report.triggers_skipped)
+    if plan.main is not None and plan.main.action == "build":
+        losers = losers_sql(db, target)
+        counts = db.execute(
+            f"SELECT pg_catalog.count(*) AS rows, pg_catalog.count(DISTINCT"
+            f" ({', '.join(ident(dedupe.work_kept(c)) for c in target.row_identity)}))"
+            f" AS groups FROM ({losers}) AS losers"
+        ).one()
+        report.rows_to_archive, report.duplicate_groups = counts.rows, counts.groups
+        report.foreign_keys = foreign_keys(db, target, neighbours, losers)
+    report.steps = planned_steps(db, target, plan, report)
+    return report
+
+
+def problems_of(db: Database, checks_sql: str) -> list[str]:
+    """Run a checks block in report mode and read its problems from the session's notices."""
+    notices = db.connection.connection.dbapi_connection.notices
+    before = len(notices)
+    db.execute(checks_sql)
+    found = notices[before:]
+    return [
+        notice.split(checks.NOTICE_PREFIX, 1)[1].strip()
+        for notice in found
+        if checks.NOTICE_PREFIX in notice
+    ]
+
+
+def losers_sql(db: Database, target: UniqueTarget) -> str:
+    """The dedupe's own listing, with the operators filled in: what it would archive."""
+    select, compare = dedupe.losers_select(target)
+    return db.scalar(
+        f"SELECT pg_catalog.format(:template, VARIADIC"
+        f" {compare.operators_sql(regclass(target.qualified_table))})",
+        {"template": select},
+    )
+
+
+def foreign_keys(
+    db: Database, target: UniqueTarget, neighbours: list, losers: str
+) -> list[ForeignKey]:
+    """Each foreign key into the table, with how many child rows point at a row to archive."""
+    found = []
+    table = regclass(target.qualified_table)
+    for fk in db.rows(dedupe.inbound_foreign_keys_sql(table)):
+        match = " AND ".join(
+            f"ch.{ident(c)} {op} p.{ident(pc)}"
+            for c, op, pc in zip(fk.child_columns, fk.operators, fk.parent_columns, strict=True)
+        )
+        rows = db.scalar(
+            f"SELECT pg_catalog.count(*) FROM {fk.child_table} ch"
+            f" JOIN {target.qualified_table} p ON {match}"
+            f" JOIN ({losers}) AS l ON l.{dedupe.ROW_CTID} = p.ctid"
+        )
+        found.append(
+            ForeignKey(
+                name=fk.constraint_name,
+                child=fk.child_table,
+                on_delete=surroundings.ON_DELETE.get(fk.on_delete, fk.on_delete),
+                rows_to_repoint=rows,
+            )
+        )
+    return found
+
+
+def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report) -> list[Step]:
+    settings = db.settings
+    name = target.constraint_name
+    steps = []
+    missing = [t for t in (target.ledger, target.archive) if not db.relation_exists(t)]
+    if missing and not plan.converged:
+        steps.append(Step(f"create {' and '.join(missing)}", NO_TABLE_LOCK))
+    for step in plan.of("drop_invalid"):
+        steps.append(Step(f"drop INVALID index {step.index_name}", CONCURRENT_LOCK))
+    main = plan.main
+    if main is not None and main.action == "build":
+        repointed = sum(fk.rows_to_repoint for fk in report.foreign_keys)
+        steps += [
+            Step("install the duplicate guard (two triggers and a function)", GUARD_LOCK),
+            Step(
+                f"archive {report.rows_to_archive} duplicate rows from"
+                f" {report.duplicate_groups} groups into {target.archive} (the newest row of"
+                " each key stays)"
+                + (f", re-pointing {repointed} child rows to the kept rows" if repointed else ""),
+                ARCHIVE_LOCK,
+            ),
+            Step(f"build unique index {name} concurrently", CONCURRENT_LOCK),
+            Step("promote it to the constraint and remove the guard", catalog_lock(settings)),
+        ]
+    elif main is not None and main.action == "rename":
+        steps.append(
+            Step(f"rename constraint {main.constraint_name} to {name}", catalog_lock(settings))
+        )
+    elif main is not None and main.action == "promote":
+        steps.append(
+            Step(
+                f"promote index {main.index_name} to constraint {name} (no build)",
+                catalog_lock(settings),
+            )
+        )
+    for step in plan.of("drop_redundant"):
+        if step.constraint_name:
+            steps.append(
+                Step(f"drop redundant constraint {step.constraint_name}", catalog_lock(settings))
+            )
+        else:
+            steps.append(Step(f"drop redundant index {step.index_name}", CONCURRENT_LOCK))
+    for step in plan.of("leave_alone"):
+        steps.append(Step(f"leave {step.description} alone: partial or expression unique", "none"))
+    return steps
+
+
+def text_lines(report: Report) -> list[str]:
+    """The report for a person: one fact per line, nothing said twice."""
+    if not report.table_exists:
+        return [f"  table                {report.table}: does not exist"]
+    lines = [
+        f"  starting state       {report.state}: {report.state_description}",
+        f"  size                 ~{report.estimated_rows} rows (planner estimate), table"
+        f" {report.table_bytes} bytes, {report.total_bytes} bytes with indexes and TOAST",
+        f"  uniques on the key   {'; '.join(report.uniques) or 'none'}",
+        f"  duplicate groups     {report.duplicate_groups}",
+        f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
+        f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
+    ]
+    if report.rows_already_archived:
+        lines.append(f"  already archived     {report.rows_already_archived}")
+    if report.resumes_interrupted_run:
+        lines.append("  resumes              an interrupted run (its ledger is there)")
+    for fk in report.foreign_keys:
+        lines.append(
+            f"  foreign key          {fk.name} of {fk.child} (ON DELETE {fk.on_delete}):"
+            f" {fk.rows_to_repoint} child rows to re-point"
+        )
+    lines += [f"  around the table     {line}" for line in report.surroundings]
+    if report.steps:
+        lines.append("  steps the upgrade would take:")
+        for number, step in enumerate(report.steps, 1):
+            lines.append(f"    {number}. {step.action}")
+            lines.append(f"       lock: {step.lock}")
+    else:
+        lines.append("  steps                none: nothing to do")
+    return lines
