@@ -73,6 +73,21 @@ def ensure_unique_constraint(db: Database, target: UniqueTarget) -> None:
         )
         return
 
+    try:
+        converge(db, target, plan, steps_done, leftover_guard, report)
+    except BaseException:
+        forget_if_nothing_done(db, target)
+        raise
+
+
+def converge(
+    db: Database,
+    target: UniqueTarget,
+    plan: Plan,
+    steps_done: list[ledger.Step],
+    leftover_guard: bool,
+    report: RunReport,
+) -> None:
     with report.step("inspect"):
         prepare(db, target)
         if not steps_done:
@@ -108,6 +123,30 @@ def ensure_unique_constraint(db: Database, target: UniqueTarget) -> None:
     for step in plan.of("leave_alone"):
         report.fact("left alone", f"{step.description}: partial or expression unique")
     report.log_summary()
+
+
+# Ledger steps that change nothing a downgrade or a re-run would need to know about.
+WITHOUT_EFFECT = frozenset({"found", "guard_installed", "guard_removed"})
+
+
+def forget_if_nothing_done(db: Database, target: UniqueTarget) -> None:
+    """A run that failed before it changed the table leaves no trace: its empty archive and its
+    ledger go again (a guard it could not remove stays recorded, for the next run)."""
+    try:
+        if db.connection.closed or not ledger.exists(db, target) or guard.exists(db, target):
+            return
+        for step in ledger.steps(db, target):
+            archived_nothing = step.action == "archived" and not step.detail.get("rows")
+            if step.action not in WITHOUT_EFFECT and not archived_nothing:
+                return
+        for relation in (target.archive, target.repointed):
+            if db.relation_exists(relation) and db.scalar(f"SELECT count(*) FROM {relation}"):
+                return
+        with db.transaction():
+            for relation in (target.archive, target.repointed, target.ledger):
+                db.execute(f"DROP TABLE IF EXISTS {relation}")
+    except DBAPIError as error:  # the run's own failure is the one to report
+        log.debug("could not remove the failed run's empty ledger: %s", error)
 
 
 def prepare(db: Database, target: UniqueTarget) -> None:

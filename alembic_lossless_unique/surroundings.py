@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.sqltext import literal_array, qualified_relation_sql
+from alembic_lossless_unique.sqltext import literal, literal_array, qualified_relation_sql
 from alembic_lossless_unique.target import UniqueTarget
 
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
@@ -51,9 +51,8 @@ SELECT 'publication', p.pubname::text,
  WHERE (p.pubinsert OR p.pubdelete)
    AND (p.puballtables
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-                    WHERE pt.pubname = p.pubname
-                      AND pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::pg_catalog.regclass
-                          = {table}))
+                    WHERE pt.pubname = p.pubname AND pt.schemaname = {literal(target.schema)}
+                      AND pt.tablename = {literal(target.table)}))
 UNION ALL
 SELECT 'column', a.attname::text,
        CASE WHEN a.attgenerated <> '' THEN 'generated: recomputed when rows are restored'

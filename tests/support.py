@@ -18,8 +18,8 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 
 from devtools.starting_states import build_state
-from meta_assets_cache_migrations.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 from devtools.throwaway_postgres import ThrowawayServer
+from meta_assets_cache_migrations.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -137,6 +137,18 @@ class MigrationHarness:
         if not self.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table):
             return 0
         return self.scalar(f"SELECT count(*) FROM {table} WHERE {where}")
+
+    def guard_exists(self) -> bool:
+        """The duplicate guard's triggers on the table, or its function, are there."""
+        return bool(
+            self.scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE NOT tgisinternal"
+                " AND tgrelid = 'public.meta_assets_cache'::regclass AND tgname LIKE '%guard%')"
+                " OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n"
+                " ON n.oid = p.pronamespace WHERE n.nspname = 'meta_assets_migration'"
+                " AND p.proname LIKE '%guard%')"
+            )
+        )
 
     def version(self) -> str | None:
         """The alembic revision, from the version table in the private schema."""

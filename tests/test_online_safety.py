@@ -6,12 +6,12 @@ Every interruption is driven by a lock or snapshot that the test holds, never by
 import threading
 import time
 
+import psycopg2
 import pytest
 
 from alembic_lossless_unique.locks import WAITING_SUFFIX
 from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from meta_assets_cache_migrations.unique_pair import TARGET
-from tests.support import BASELINE
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,
@@ -29,6 +29,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
+from tests.support import BASELINE
 
 pytestmark = pytest.mark.slow
 
@@ -344,32 +345,85 @@ def test_crash_between_build_and_promotion_converges(harness, drifted):
 # 4. A duplicate that arrives during the build is archived, and the build retried.
 
 
-def test_duplicate_arriving_during_the_build_is_archived(harness, drifted):
-    rows_before, survivors = drifted
-    kept = harness.rows(
+def a_kept_row(harness):
+    """A row the dedupe keeps: its key is the one a new duplicate will repeat."""
+    return harness.rows(
         "SELECT id::text, workspace_id::text, phone_number_id FROM public.meta_assets_cache"
         f" WHERE id::text IN ({SURVIVORS}) ORDER BY id LIMIT 1"
     )[0]
-    # A writer's open transaction: the concurrent build waits for it before building.
-    writer = holding(harness, "LOCK TABLE public.meta_assets_cache IN ROW EXCLUSIVE MODE")
+
+
+INSERT_DUPLICATE = (
+    "INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id, updated_at)"
+    " VALUES (%s, %s, timestamptz '2000-01-01') RETURNING id::text"
+)
+
+
+def test_a_duplicate_arriving_during_the_build_is_rejected_by_the_guard(harness, drifted):
+    """From the dedupe on, the table rejects a new duplicate key as the constraint will: with
+    unique_violation naming the constraint. The build succeeds the first time."""
+    rows_before, survivors = drifted
+    kept = a_kept_row(harness)
+    snapshot = holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM public.meta_assets_cache",
+    )
     try:
         running = migrator(harness, "upgrade", "head")
+        wait_until(
+            "the build to wait for the old snapshot",
+            lambda: build_phase(harness, "waiting for old snapshots"),
+            migrator=running,
+        )
+        app = session(harness)
+        with pytest.raises(psycopg2.errors.UniqueViolation) as rejected:
+            app.run(INSERT_DUPLICATE, kept.workspace_id, kept.phone_number_id)
+        app.close()
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+    succeed(running.wait())
+
+    assert rejected.value.diag.constraint_name == CANONICAL_UNIQUE_NAME
+    assert ledger_actions(harness).count("built") == 1
+    assert_canonical(harness, rows_before, survivors)
+    assert not harness.guard_exists()
+
+
+def test_a_duplicate_past_the_guard_is_archived_and_the_build_retried(harness, drifted):
+    """A writer the guard does not see (a replication apply worker: session_replication_role
+    = replica) inserts a duplicate between the dedupe and the build; the build fails on it, the
+    duplicate is archived like any other and the build runs again."""
+    rows_before, survivors = drifted
+    kept = a_kept_row(harness)
+    loser = harness.scalar(A_LOSER)
+    # Holds the move (it waits for this row) so that the writer below can start in between.
+    row_lock = holding(
+        harness, f"SELECT 1 FROM public.meta_assets_cache WHERE id = '{loser}' FOR UPDATE"
+    )
+    replica = Session(libpq_dsn(harness.server.url_string(harness.dbname)), autocommit=False)
+    try:
+        running = migrator(harness, "upgrade", "head")
+        wait_until(
+            "the move to wait for the locked row",
+            lambda: migrator_waiting_on_lock(harness, DEDUPE_QUERY),
+            migrator=running,
+        )
+        replica.run("SET LOCAL session_replication_role = replica")
+        late = replica.run(INSERT_DUPLICATE, kept.workspace_id, kept.phone_number_id)[0][0]
+        row_lock.rollback()
         wait_until(
             "the build to wait for the open writer",
             lambda: build_phase(harness, "waiting for writers before build"),
             migrator=running,
         )
-        app = session(harness)
-        late = app.run(
-            "INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id, updated_at)"
-            " VALUES (%s, %s, timestamptz '2000-01-01') RETURNING id::text",
-            kept.workspace_id,
-            kept.phone_number_id,
-        )[0][0]
-        app.close()
+        replica.commit()
     finally:
-        writer.rollback()
-        writer.close()
+        row_lock.rollback()
+        row_lock.close()
+        replica.rollback()
+        replica.close()
     result = running.wait()
 
     succeed(result)
@@ -386,12 +440,16 @@ def test_duplicate_arriving_during_the_build_is_archived(harness, drifted):
 
 def test_two_migrators_started_together_do_the_work_once(harness, drifted):
     rows_before, survivors = drifted
-    writer = holding(harness, "LOCK TABLE public.meta_assets_cache IN ROW EXCLUSIVE MODE")
+    snapshot = holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM public.meta_assets_cache",
+    )
     try:
         both = [migrator(harness, "upgrade", "head") for _ in range(2)]
         building = wait_until(
             "one migrator to be building",
-            lambda: build_phase(harness, "waiting for writers before build"),
+            lambda: build_phase(harness, "waiting for old snapshots"),
         )
         wait_until(
             "the other migrator to wait for the migrator lock",
@@ -402,8 +460,8 @@ def test_two_migrators_started_together_do_the_work_once(harness, drifted):
             ),
         )
     finally:
-        writer.rollback()
-        writer.close()
+        snapshot.rollback()
+        snapshot.close()
     results = [running.wait() for running in both]
 
     for result in results:
