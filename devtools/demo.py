@@ -1,11 +1,12 @@
 """The main job, end to end, on a throwaway PostgreSQL loaded with a dirty Supabase-like table.
 
 preflight -> alembic upgrade head -> alembic check -> alembic downgrade -1, with the table's
-state shown between steps. Everything runs as a user would run it, and is removed afterwards.
+state shown between steps. Everything runs as a user would run it, as Supabase's `postgres`
+would: the table's owner, not a superuser, with Supabase's API roles and default privileges.
+Everything is removed afterwards.
 """
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from devtools.starting_states import STATES, build_state
 from devtools.throwaway_postgres import ThrowawayPostgresError, throwaway_postgres
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The role the migration runs as: the app's tables' owner, as Supabase's `postgres` is.
+OWNER = "app_owner"
 
 TABLE_FACTS = """
 SELECT count(*) AS rows,
@@ -78,9 +81,20 @@ def demo(state: str, keys: int) -> None:
         print(f"    listening on {server.host}:{server.port} (removed when the demo ends)")
         admin = psycopg2.connect(server.url_string().replace("+psycopg2", ""))
         admin.autocommit = True
-        admin.cursor().execute("CREATE DATABASE demo")
+        with admin.cursor() as cursor:
+            for role in ("anon", "authenticated", "service_role"):
+                cursor.execute(f"CREATE ROLE {role} NOLOGIN")
+            cursor.execute(
+                f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER PASSWORD %s", (server.password,)
+            )
+            cursor.execute(f"CREATE DATABASE demo OWNER {OWNER}")
         admin.close()
-        database_url = server.url_string("demo")
+        database_url = (
+            server.url("demo")
+            .set(username=OWNER)
+            .render_as_string(hide_password=False)
+        )
+        print(f"    running as {OWNER}: owns the tables, not a superuser (as Supabase's postgres)")
         connection = psycopg2.connect(database_url.replace("+psycopg2", ""))
         connection.autocommit = True
 
@@ -89,9 +103,8 @@ def demo(state: str, keys: int) -> None:
         before = show_table(connection, "before")
 
         alembic = [sys.executable, "-m", "alembic"]
-        if importlib.util.find_spec("meta_assets_cache_migrations.preflight") is not None:
-            heading("preflight: what the upgrade would do (read-only)")
-            run([sys.executable, "-m", "meta_assets_cache_migrations.preflight"], database_url)
+        heading("preflight: what the upgrade would do (read-only)")
+        run([sys.executable, "-m", "meta_assets_cache_migrations.preflight"], database_url)
 
         heading("alembic upgrade head")
         run([*alembic, "upgrade", "head"], database_url)
