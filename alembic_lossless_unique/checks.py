@@ -162,13 +162,17 @@ def _foreign_key_problems(target: UniqueTarget) -> str:
                     ' to the kept row could not be pointed back exactly; add one, then re-run',
                     fk.constraint_name, fk.child_table, {display}, fk.child_table);
             END IF;
-            IF NOT pg_catalog.has_table_privilege(fk.child_oid, 'SELECT')
+            IF NOT pg_catalog.has_schema_privilege(
+                       (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = fk.child_oid),
+                       'USAGE')
+               OR NOT pg_catalog.has_table_privilege(fk.child_oid, 'SELECT')
                OR EXISTS (SELECT 1 FROM pg_catalog.unnest(fk.child_columns) AS c
                            WHERE NOT pg_catalog.has_column_privilege(fk.child_oid, c, 'UPDATE'))
             THEN
                 problems := problems || pg_catalog.format(
                     '{where}: role %s may not update %s (%s), which re-pointing its rows to the'
-                    ' kept row needs: GRANT SELECT, UPDATE ON %s TO %s, or run as its owner',
+                    ' kept row needs: GRANT USAGE on its schema and SELECT, UPDATE ON %s TO %s,'
+                    ' or run as its owner',
                     fk.constraint_name, fk.child_table, current_user, fk.child_table,
                     pg_catalog.array_to_string(fk.child_columns, ', '), fk.child_table,
                     current_user);

@@ -47,7 +47,7 @@ class ForeignKey:
     name: str
     child: str
     on_delete: str
-    rows_to_repoint: int
+    rows_to_repoint: int | None
 
 
 @dataclass
@@ -137,10 +137,12 @@ def gather(db: Database, target: UniqueTarget) -> Report:
 
 def problems_of(db: Database, checks_sql: str) -> list[str]:
     """Run a checks block in report mode and read its problems from the session's notices."""
-    notices = db.connection.connection.dbapi_connection.notices
-    before = len(notices)
-    db.execute(checks_sql)
-    found = notices[before:]
+    # Through the driver's own cursor: SQLAlchemy logs and clears notices after each statement.
+    driver = db.connection.connection.dbapi_connection
+    before = len(driver.notices)
+    with driver.cursor() as cursor:
+        cursor.execute(checks_sql)
+    found = driver.notices[before:]
     return [
         notice.split(checks.NOTICE_PREFIX, 1)[1].strip()
         for notice in found
@@ -165,15 +167,9 @@ def foreign_keys(
     found = []
     table = regclass(target.qualified_table)
     for fk in db.rows(dedupe.inbound_foreign_keys_sql(table)):
-        match = " AND ".join(
-            f"ch.{ident(c)} {op} p.{ident(pc)}"
-            for c, op, pc in zip(fk.child_columns, fk.operators, fk.parent_columns, strict=True)
-        )
-        rows = db.scalar(
-            f"SELECT pg_catalog.count(*) FROM {fk.child_table} ch"
-            f" JOIN {target.qualified_table} p ON {match}"
-            f" JOIN ({losers}) AS l ON l.{dedupe.ROW_CTID} = p.ctid"
-        )
+        rows = None  # not countable: the role may not read the child (a problem says so)
+        if db.scalar(_MAY_READ, {"child": fk.child_oid}):
+            rows = count_children(db, target, fk, losers)
         found.append(
             ForeignKey(
                 name=fk.constraint_name,
@@ -183,6 +179,26 @@ def foreign_keys(
             )
         )
     return found
+
+
+_MAY_READ = (
+    "SELECT pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')"
+    " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+    " FROM pg_catalog.pg_class c WHERE c.oid = :child"
+)
+
+
+def count_children(db: Database, target: UniqueTarget, fk, losers: str) -> int:
+    """Child rows of foreign key `fk` that point at a row the dedupe would archive."""
+    match = " AND ".join(
+        f"ch.{ident(c)} {op} p.{ident(pc)}"
+        for c, op, pc in zip(fk.child_columns, fk.operators, fk.parent_columns, strict=True)
+    )
+    return db.scalar(
+        f"SELECT pg_catalog.count(*) FROM {fk.child_table} ch"
+        f" JOIN {target.qualified_table} p ON {match}"
+        f" JOIN ({losers}) AS l ON l.{dedupe.ROW_CTID} = p.ctid"
+    )
 
 
 def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report) -> list[Step]:
@@ -196,7 +212,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
         steps.append(Step(f"drop INVALID index {step.index_name}", CONCURRENT_LOCK))
     main = plan.main
     if main is not None and main.action == "build":
-        repointed = sum(fk.rows_to_repoint for fk in report.foreign_keys)
+        repointed = sum(fk.rows_to_repoint or 0 for fk in report.foreign_keys)
         steps += [
             Step("install the duplicate guard (two triggers and a function)", GUARD_LOCK),
             Step(
@@ -252,7 +268,7 @@ def text_lines(report: Report) -> list[str]:
     for fk in report.foreign_keys:
         lines.append(
             f"  foreign key          {fk.name} of {fk.child} (ON DELETE {fk.on_delete}):"
-            f" {fk.rows_to_repoint} child rows to re-point"
+            f" {'?' if fk.rows_to_repoint is None else fk.rows_to_repoint} child rows to re-point"
         )
     lines += [f"  around the table     {line}" for line in report.surroundings]
     if report.steps:

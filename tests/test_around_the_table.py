@@ -207,30 +207,55 @@ def test_foreign_keys_that_cannot_be_repointed_are_refused(drifted, child, expec
     assert database_state(harness) == before
 
 
-def test_a_child_the_role_may_not_update_is_refused(drifted):
-    """A child table owned by another role that the migrator may only read: one line naming the
-    foreign key, the child and the grant it needs; nothing changed."""
+@pytest.mark.parametrize(
+    ("schema", "grant"),
+    [("public", "SELECT"), ("ledger", "SELECT, UPDATE")],
+    ids=["read-only-child", "child-in-a-schema-without-usage"],
+)
+def test_a_child_the_role_may_not_update_is_refused(drifted, schema, grant):
+    """A child table owned by another role, that the migrator may only read, or that lives in a
+    schema the migrator may not use: one line naming the foreign key, the child and the grant it
+    needs, before anything changed (preflight says so too)."""
     harness = drifted
     owner = f"billing_owner_{harness.dbname[-8:]}"
     harness.admin(f"CREATE ROLE {owner} NOLOGIN")
     try:
         harness.admin(
-            f"CREATE TABLE public.asset_billing (id bigint PRIMARY KEY,"
-            f" asset_id uuid REFERENCES public.meta_assets_cache(id));"
-            f" ALTER TABLE public.asset_billing OWNER TO {owner};"
-            f" GRANT SELECT ON public.asset_billing TO {MIGRATOR}"
+            f"CREATE SCHEMA IF NOT EXISTS {schema};"
+            f" CREATE TABLE {schema}.asset_billing (id bigint PRIMARY KEY,"
+            " asset_id uuid REFERENCES public.meta_assets_cache(id));"
+            f" ALTER TABLE {schema}.asset_billing OWNER TO {owner};"
+            f" GRANT {grant} ON {schema}.asset_billing TO {MIGRATOR}"
         )
-        before = database_state(harness, "public.asset_billing")
+        before = database_state(harness)
+        assert harness.admin_scalar(
+            f"SELECT has_table_privilege('{MIGRATOR}', '{schema}.asset_billing', 'SELECT')"
+        )
 
         line = one_failed_line(harness.cli("upgrade", "head"))
 
-        assert (
-            "asset_billing_asset_id_fkey" in line and "may not update public.asset_billing" in line
-        )
-        assert database_state(harness, "public.asset_billing") == before
+        assert "asset_billing_asset_id_fkey" in line
+        assert f"may not update {schema}.asset_billing" in line
+        assert database_state(harness) == before
+        assert line.removeprefix("FAILED: ") in preflight_report(harness)["problems"]
     finally:
-        harness.admin("DROP TABLE IF EXISTS public.asset_billing")
+        harness.admin(f"DROP TABLE IF EXISTS {schema}.asset_billing")
+        if schema != "public":
+            harness.admin(f"DROP SCHEMA {schema}")
         harness.admin(f"DROP ROLE {owner}")
+
+
+def preflight_report(harness) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "meta_assets_cache_migrations.preflight", "--json"],
+        cwd=PROJECT_ROOT,
+        env={"DATABASE_URL": harness.url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def test_crash_while_repointing_converges(drifted):
@@ -576,16 +601,7 @@ def test_preflight_reports_what_surrounds_the_table(drifted):
     harness.execute("CREATE PUBLICATION app_realtime FOR TABLE public.meta_assets_cache")
     expected_repoint = len(kept_of(harness))
 
-    result = subprocess.run(
-        [sys.executable, "-m", "meta_assets_cache_migrations.preflight", "--json"],
-        cwd=PROJECT_ROOT,
-        env={"DATABASE_URL": harness.url, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = preflight_report(harness)
     by_name = {fk["name"]: fk for fk in report["foreign_keys"]}
     assert by_name["asset_notes_asset_id_fkey"]["on_delete"] == "CASCADE"
     assert by_name["asset_links_asset_id_fkey"]["on_delete"] == "SET NULL"
