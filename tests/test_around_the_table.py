@@ -504,6 +504,30 @@ def test_a_downgrade_that_fails_in_its_transaction_changes_nothing(drifted):
     assert database_state(harness, *CHILD_TABLES) == at_baseline
 
 
+def test_indexes_rebuilt_for_a_failed_downgrade_are_dropped_again(harness):
+    """The seed fix's index is rebuilt concurrently before the downgrade's one transaction. When
+    that transaction fails (here a user trigger rejects a restored row), the rebuilt index is
+    dropped again: the schema is exactly as before the downgrade, the revision unchanged."""
+    harness.build_state("seedindex")
+    harness.upgrade(BASELINE)
+    succeed(harness.cli("upgrade", "head"))
+    harness.execute(
+        f"INSERT INTO {ARCHIVE} SELECT c.*, c.id, now(), 'test' FROM {TABLE} c LIMIT 1;"
+        f" UPDATE {ARCHIVE} SET id = gen_random_uuid();"
+        "CREATE FUNCTION public.no_inserts() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'inserts are closed today'; END $$;"
+        "CREATE TRIGGER no_inserts BEFORE INSERT ON public.meta_assets_cache"
+        " FOR EACH ROW EXECUTE FUNCTION public.no_inserts()"
+    )
+    before = database_state(harness, ARCHIVE)
+
+    line = one_failed_line(harness.cli("downgrade", "-1"))
+
+    assert "inserts are closed today" in line
+    assert database_state(harness, ARCHIVE) == before
+    assert [u.index_name for u in harness.pair_uniques()] == [CANONICAL_UNIQUE_NAME]
+
+
 # 5. Duplicates that keep arriving.
 
 
