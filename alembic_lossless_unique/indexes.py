@@ -170,7 +170,10 @@ def watching(db: Database, doing: str) -> Iterator[None]:
 
 def progress_line(watcher, backend_pid: int) -> str:
     build = watcher.execute(_BUILD_PROGRESS, {"pid": backend_pid}).first()
-    parts = [f"{build.phase}{build.done}"] if build is not None else []
+    parts = []
+    if build is not None:  # blocks and tuples counted belong to the scanning phases only
+        scanning = build.phase.startswith(("building", "index validation"))
+        parts.append(build.phase + (build.done if scanning else ""))
     waiting_for = [
         describe_backend(row) for row in watcher.execute(_BLOCKERS, {"pid": backend_pid})
     ]

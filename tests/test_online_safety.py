@@ -470,3 +470,33 @@ def test_two_migrators_started_together_do_the_work_once(harness, drifted):
     actions = ledger_actions(harness)
     assert actions.count("found") == 1 and actions.count("built") == 1
     assert_canonical(harness, rows_before, survivors)
+
+
+def test_progress_names_the_backend_the_build_waits_for(harness, drifted):
+    """A DBA watching the log sees whom the concurrent build waits for: the pid, how long its
+    transaction has been open, and what it runs."""
+    snapshot = holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM public.meta_assets_cache",
+    )
+    blocker = snapshot.pid()
+    try:
+        running = migrator(harness, "-x", "progress_interval=0.2", "upgrade", "head")
+        wait_until(
+            "the build to wait for the old snapshot",
+            lambda: build_phase(harness, "waiting for old snapshots"),
+            migrator=running,
+        )
+        time.sleep(0.6)  # a few progress intervals: the report is periodic by design
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+    result = running.wait()
+
+    succeed(result)
+    [line] = [
+        line for line in result.output.splitlines() if f"waiting for pid {blocker} " in line
+    ][:1]
+    assert "building meta_assets_cache_workspace_id_phone_number_id_key: waiting for" in line
+    assert "(idle in transaction for " in line and "test session: SELECT" in line
