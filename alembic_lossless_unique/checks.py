@@ -10,12 +10,12 @@ from alembic_lossless_unique.comparisons import escape_format, operators_sql, re
 from alembic_lossless_unique.dedupe import REFUSED, inbound_foreign_keys_sql
 from alembic_lossless_unique.private_schema import problem_sql
 from alembic_lossless_unique.restore import (
-    MISSING_PARENTS,
     bookkeeping_array,
     foreign_key_parts_sql,
+    missing_parents_sql,
     outbound_foreign_keys_sql,
 )
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, literal_array
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, joined_sql, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
 
 # How a problem is marked among a session's notices, for the preflight report.
@@ -210,10 +210,15 @@ def _foreign_key_problems(target: UniqueTarget) -> str:
                     '                          WHERE %4$s AND o.ctid <> p.ctid)'
                     '  GROUP BY %5$s HAVING pg_catalog.count(*) > 1) AS collisions',
                     fk.child_table,
-                    (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s p.%I', c, op, pc),
-                                                  ' AND ')
-                       FROM ROWS FROM (pg_catalog.unnest(fk.child_columns), pg_catalog.unnest(fk.operators), pg_catalog.unnest(fk.parent_columns))
-                                AS u(c, op, pc)),
+                    {
+        joined_sql(
+            "ch.%I %s p.%I",
+            " AND ",
+            c="fk.child_columns",
+            op="fk.operators",
+            pc="fk.parent_columns",
+        )
+    },
                     {_key_not_null(target, "p")},
                     {_key_match(target, "o", "p")},
                     (SELECT pg_catalog.string_agg(x, ', ') FROM (
@@ -245,10 +250,8 @@ def _key_not_null(target: UniqueTarget, alias: str) -> str:
 def _key_match(target: UniqueTarget, left: str, right: str) -> str:
     """A plpgsql text expression: the key columns of `left` and `right` equal."""
     operators = operators_sql(literal_array(target.columns), regclass(target.qualified_table))
-    return (
-        f"(SELECT pg_catalog.string_agg(pg_catalog.format('{left}.%I %s {right}.%I', c, op, c),"
-        f" ' AND ') FROM ROWS FROM (pg_catalog.unnest({literal_array(target.columns)}), pg_catalog.unnest({operators}))"
-        " AS u(c, op))"
+    return joined_sql(
+        f"{left}.%1$I %2$s {right}.%1$I", " AND ", c=literal_array(target.columns), op=operators
     )
 
 
@@ -356,9 +359,14 @@ BEGIN
                 {archive},
                 (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I IS NOT NULL', c), ' AND ')
                    FROM pg_catalog.unnest(index_row.columns) AS c),
-                (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I %s y.%I', c, op, c),
-                                              ' AND ')
-                   FROM ROWS FROM (pg_catalog.unnest(index_row.columns), pg_catalog.unnest({operators_sql("index_row.columns", "relation")})) AS u(c, op)))
+                {
+        joined_sql(
+            "x.%1$I %2$s y.%1$I",
+            " AND ",
+            c="index_row.columns",
+            op=operators_sql("index_row.columns", "relation"),
+        )
+    })
                INTO counted;
             IF counted > 0 THEN
                 problems := problems || pg_catalog.format(
@@ -372,7 +380,7 @@ BEGIN
         END LOOP;
         -- Parents the archived rows reference.
         FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
-            EXECUTE pg_catalog.format({literal(MISSING_PARENTS.format(archive=escape_format(target.archive)))},
+            EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                       fk.parent_table, {foreign_key_parts_sql("fk")})
                INTO counted;
             IF counted > 0 THEN

@@ -29,6 +29,7 @@ from alembic_lossless_unique.comparisons import (
 )
 from alembic_lossless_unique.sqltext import (
     dollar_quoted,
+    joined_sql,
     literal,
     literal_array,
     qualified_relation_sql,
@@ -279,16 +280,15 @@ BEGIN
                 (SELECT pg_catalog.string_agg('k.' || pg_catalog.quote_ident(c), ', ')
                    FROM pg_catalog.unnest(fk.parent_columns) AS c),
                 kept_join,
-                (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s l.%I', c, op, p),
-                                              ' AND ')
-                   FROM ROWS FROM (pg_catalog.unnest(fk.child_columns), pg_catalog.unnest(fk.operators), pg_catalog.unnest(fk.parent_columns))
-                            AS u(c, op, p)),
+                {
+        joined_sql(
+            "ch.%I %s l.%I", " AND ", c="fk.child_columns", op="fk.operators", p="fk.parent_columns"
+        )
+    },
                 (SELECT pg_catalog.string_agg(pg_catalog.format('%L, ch.%I', c, c), ', ')
                    FROM pg_catalog.unnest(fk.child_identity) AS c),
-                (SELECT pg_catalog.string_agg(pg_catalog.format('%L, l.%I', c, p), ', ')
-                   FROM ROWS FROM (pg_catalog.unnest(fk.child_columns), pg_catalog.unnest(fk.parent_columns)) AS u(c, p)),
-                (SELECT pg_catalog.string_agg(pg_catalog.format('%L, k.%I', c, p), ', ')
-                   FROM ROWS FROM (pg_catalog.unnest(fk.child_columns), pg_catalog.unnest(fk.parent_columns)) AS u(c, p)),
+                {joined_sql("%L, l.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
+                {joined_sql("%L, k.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
                 fk.constraint_name);
             GET DIAGNOSTICS repointed = ROW_COUNT;
             repointed_total := repointed_total
@@ -307,7 +307,7 @@ BEGIN
                     THEN {literal(BOOKKEEPING_PREFIX)} || wanted.name
                     ELSE wanted.name END), ', ' ORDER BY wanted.position)
       INTO bookkeeping
-      FROM pg_catalog.unnest({literal_array(target.kept_columns + ("archived_reason",))})
+      FROM pg_catalog.unnest({literal_array((*target.kept_columns, "archived_reason"))})
                WITH ORDINALITY AS wanted(name, position);
     EXECUTE pg_catalog.format({literal(move)}, VARIADIC operators
             || ARRAY[removed_columns, live_columns, bookkeeping, {literal(target.archive_reason)}])

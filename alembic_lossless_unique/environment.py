@@ -125,37 +125,39 @@ def run_online(
 ) -> None:
     settings = MigrationSettings.from_config(context.config)
     injected = context.config.attributes.get("connection")
-    with migrator_connection(context, injected, url, application_name, app_schema) as connection:
-        with one_migrator_at_a_time(connection, settings):
-            with own_steps(connection, settings) as db:
-                if prepare is not None:
-                    prepare(db)
-                if "version_table_schema" in configure:
-                    ensure_version_table(
-                        db,
-                        configure["version_table_schema"],
-                        configure.get("version_table", "alembic_version"),
-                    )
-                else:  # named, so that the search_path plays no part in finding it
-                    configure["version_table_schema"] = app_schema
-            applied: list[Any] = []
-            context.configure(
-                connection=connection,
-                transaction_per_migration=True,
-                on_version_apply=[
-                    *_as_list(configure.pop("on_version_apply", [])),
-                    lambda **kw: applied.append(kw["step"]),
-                ],
-                **configure,
-            )
-            with context.begin_transaction():
-                context.run_migrations()
-            if not applied and _command(context) in ("upgrade", "downgrade"):
-                heads = context.get_context().get_current_heads()
-                log.info(
-                    "nothing to do: the database is at %s",
-                    ", ".join(heads) if heads else "base (no revision applied)",
+    with (
+        migrator_connection(context, injected, url, application_name, app_schema) as connection,
+        one_migrator_at_a_time(connection, settings),
+    ):
+        with own_steps(connection, settings) as db:
+            if prepare is not None:
+                prepare(db)
+            if "version_table_schema" in configure:
+                ensure_version_table(
+                    db,
+                    configure["version_table_schema"],
+                    configure.get("version_table", "alembic_version"),
                 )
+            else:  # named, so that the search_path plays no part in finding it
+                configure["version_table_schema"] = app_schema
+        applied: list[Any] = []
+        context.configure(
+            connection=connection,
+            transaction_per_migration=True,
+            on_version_apply=[
+                *_as_list(configure.pop("on_version_apply", [])),
+                lambda **kw: applied.append(kw["step"]),
+            ],
+            **configure,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        if not applied and _command(context) in ("upgrade", "downgrade"):
+            heads = context.get_context().get_current_heads()
+            log.info(
+                "nothing to do: the database is at %s",
+                ", ".join(heads) if heads else "base (no revision applied)",
+            )
 
 
 @contextmanager

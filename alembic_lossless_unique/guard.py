@@ -108,6 +108,12 @@ def trigger_statements(target: UniqueTarget) -> list[str]:
 def function_sql(target: UniqueTarget, operators: dict[str, str]) -> str:
     same_key = " AND ".join(f"t.{ident(c)} {operators[c]} NEW.{ident(c)}" for c in target.columns)
     key_text = " || ', ' || ".join(f"NEW.{ident(c)}::text" for c in target.columns)
+    # Word for word what the constraint will say, so that the app handles both alike.
+    message = f'duplicate key value violates unique constraint "{target.constraint_name}"'
+    hint = (
+        f"{target.display_table} is being given this unique constraint;"
+        " its migration rejects duplicates from now on."
+    )
     body = f"""
 BEGIN
     -- A second writer of the same new key waits here until the first commits.
@@ -118,10 +124,10 @@ BEGIN
                                           WHERE {same_key} LIMIT 2) AS same) > 1 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'unique_violation',
-            MESSAGE = {literal(f'duplicate key value violates unique constraint "{target.constraint_name}"')},
+            MESSAGE = {literal(message)},
             DETAIL = pg_catalog.format('Key (%s)=(%s) already exists.',
                                        {literal(", ".join(target.columns))}, {key_text}),
-            HINT = {literal(f"{target.display_table} is being given this unique constraint; its migration rejects duplicates from now on.")},
+            HINT = {literal(hint)},
             CONSTRAINT = {literal(target.constraint_name)},
             TABLE = {literal(target.table)},
             SCHEMA = {literal(target.schema)};

@@ -211,16 +211,17 @@ def _recreate(target: UniqueTarget, detail: str) -> str:
                SELECT 1 FROM pg_catalog.pg_constraint
                 WHERE conrelid = {literal(table)}::pg_catalog.regclass
                   AND conname = {detail}->>'constraint_name') THEN
-            EXECUTE 'DROP INDEX IF EXISTS '
-                    || pg_catalog.format('%I.%I', {literal(target.schema)}, {detail}->>'index_name');
+            EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', {literal(target.schema)},
+                                      {detail}->>'index_name');
             EXECUTE {detail}->>'definition';
             IF {detail}->>'comment' IS NOT NULL THEN
                 EXECUTE pg_catalog.format('COMMENT ON INDEX %I.%I IS %L', {literal(target.schema)},
                                           {detail}->>'index_name', {detail}->>'comment');
             END IF;
             IF {detail}->>'constraint_name' IS NOT NULL THEN
-                EXECUTE pg_catalog.format('ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                                          {detail}->>'constraint_name', {detail}->>'index_name');
+                EXECUTE pg_catalog.format(
+                    'ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
+                    {detail}->>'constraint_name', {detail}->>'index_name');
             END IF;
             RAISE NOTICE 'recreated %', {detail}->>'index_name';
         END IF;"""
@@ -230,6 +231,10 @@ def downgrade_sql(target: UniqueTarget) -> str:
     """undo_unique_constraint, from the ledger, whichever path (online or offline) wrote it."""
     table = target.qualified_table
     name = literal(target.constraint_name)
+    latest_constraint_step = (
+        f"SELECT action, detail FROM {target.ledger}"
+        " WHERE action IN ('built', 'renamed', 'promoted') ORDER BY seq DESC LIMIT 1"
+    )
     body = f"""
 DECLARE
     step record;
@@ -249,7 +254,7 @@ BEGIN
         END IF;
     END LOOP;
     -- The target constraint: the latest of built, renamed or promoted, undone.
-    FOR step IN EXECUTE {literal(f"SELECT action, detail FROM {target.ledger} WHERE action IN ('built', 'renamed', 'promoted') ORDER BY seq DESC LIMIT 1")}
+    FOR step IN EXECUTE {literal(latest_constraint_step)}
     LOOP
         detail := step.detail;
         IF step.action = 'built' THEN

@@ -87,7 +87,8 @@ WITH found AS (
       FROM (SELECT 'relation' AS kind, c.relname::text AS what
               FROM pg_catalog.pg_class c
              WHERE c.relname = {name}
-               AND c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = {table})
+               AND c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class
+                                      WHERE oid = {table})
                AND c.relname NOT IN (SELECT index_name FROM chosen)
                AND c.relname NOT IN (SELECT index_name FROM found WHERE NOT valid)
             UNION ALL

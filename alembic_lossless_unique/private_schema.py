@@ -63,7 +63,6 @@ def problem_sql(schema: str) -> str:
     )
 
 
-
 def problem(db: Database, schema: str) -> str | None:
     return db.scalar("SELECT " + problem_sql(":schema"), {"schema": schema})
 

@@ -20,6 +20,7 @@ from alembic_lossless_unique.dedupe import (
 from alembic_lossless_unique.guard import drop_statements
 from alembic_lossless_unique.sqltext import (
     dollar_quoted,
+    joined_sql,
     literal,
     literal_array,
     qualified_relation_sql,
@@ -67,12 +68,20 @@ def outbound_foreign_keys_sql(target: UniqueTarget) -> str:
 # Per outbound foreign key: the distinct references of archived rows (all columns NOT NULL:
 # MATCH SIMPLE ignores the others) that no parent row matches. %1$s parent, %2$s columns,
 # %3$s not-null test, %4$s match.
-MISSING_PARENTS = """
+_MISSING_PARENTS = """
 SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %2$s FROM {archive} WHERE %3$s) AS a
  WHERE NOT EXISTS (SELECT 1 FROM %1$s p WHERE %4$s)"""
-LOCK_PARENTS = """
+_LOCK_PARENTS = """
 SELECT 1 FROM %1$s p WHERE EXISTS (SELECT 1 FROM {archive} a WHERE %3$s AND %4$s)
    FOR KEY SHARE OF p"""
+
+
+def missing_parents_sql(target: UniqueTarget) -> str:
+    return _MISSING_PARENTS.format(archive=escape_format(target.archive))
+
+
+def lock_parents_sql(target: UniqueTarget) -> str:
+    return _LOCK_PARENTS.format(archive=escape_format(target.archive))
 
 
 def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
@@ -83,15 +92,20 @@ def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
                    FROM pg_catalog.unnest({fk}.columns) AS c),
                 (SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' AND ')
                    FROM pg_catalog.unnest({fk}.columns) AS c),
-                (SELECT pg_catalog.string_agg(
-                            pg_catalog.format('{archive_alias}.%I %s p.%I', c, op, pc), ' AND ')
-                   FROM ROWS FROM (pg_catalog.unnest({fk}.columns), pg_catalog.unnest({fk}.operators), pg_catalog.unnest({fk}.parent_columns))
-                            AS u(c, op, pc))"""
+                {
+        joined_sql(
+            f"{archive_alias}.%I %s p.%I",
+            " AND ",
+            c=f"{fk}.columns",
+            op=f"{fk}.operators",
+            pc=f"{fk}.parent_columns",
+        )
+    }"""
 
 
 def restore_sql(target: UniqueTarget) -> str:
     """Move every archived row back, point re-pointed child rows back, record how many."""
-    table = regclass(target.qualified_table)
+    child = "fk.child_table::pg_catalog.regclass"
     archive = escape_format(target.archive)
     user_insert_triggers = user_triggers_sql(target, "INSERT")
     restore = f"""
@@ -148,7 +162,7 @@ BEGIN
       FROM ({restorable_columns_sql(target)}) AS c;
     -- The restored rows' own parents must exist, and stay until the commit.
     FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
-        EXECUTE pg_catalog.format({literal(MISSING_PARENTS.format(archive=archive))},
+        EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")}) INTO missing;
         IF missing > 0 THEN
             RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
@@ -159,7 +173,7 @@ BEGIN
                     {literal(target.display_table)}, missing, fk.parent_table,
                     fk.constraint_name, fk.parent_table, {literal(target.archive)});
         END IF;
-        EXECUTE pg_catalog.format({literal(LOCK_PARENTS.format(archive=archive))},
+        EXECUTE pg_catalog.format({literal(lock_parents_sql(target))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")});
     END LOOP;
     IF columns IS NOT NULL THEN
@@ -196,14 +210,22 @@ BEGIN
                 (SELECT pg_catalog.string_agg('old.' || pg_catalog.quote_ident(c), ', ')
                    FROM pg_catalog.unnest(reference_columns) AS c),
                 fk.constraint_name, fk.child_table,
-                (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s key.%I', c, op, c),
-                                              ' AND ')
-                   FROM ROWS FROM (pg_catalog.unnest(key_columns), pg_catalog.unnest({operators_sql("key_columns", "fk.child_table::pg_catalog.regclass")}))
-                            AS u(c, op)),
-                (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I %s new.%I', c, op, c),
-                                              ' AND ')
-                   FROM ROWS FROM (pg_catalog.unnest(reference_columns), pg_catalog.unnest({operators_sql("reference_columns", "fk.child_table::pg_catalog.regclass")}))
-                            AS u(c, op)))
+                {
+        joined_sql(
+            "ch.%1$I %2$s key.%1$I",
+            " AND ",
+            c="key_columns",
+            op=operators_sql("key_columns", child),
+        )
+    },
+                {
+        joined_sql(
+            "ch.%1$I %2$s new.%1$I",
+            " AND ",
+            c="reference_columns",
+            op=operators_sql("reference_columns", child),
+        )
+    })
                INTO pointed;
             pointed_total := pointed_total + pointed;
             not_pointed_total := not_pointed_total + fk.recorded - pointed;

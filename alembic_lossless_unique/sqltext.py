@@ -66,3 +66,15 @@ def qualified_relation_sql(oid: str) -> str:
         "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
         f" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = {oid})"
     )
+
+
+def joined_sql(template: str, separator: str, **arrays: str) -> str:
+    """SQL for the elements of parallel arrays (SQL expressions, by the names the template
+    uses), each formatted by format() `template`, joined by `separator`: a column list or a
+    join condition built in the database, from catalog facts it reads at run time."""
+    names = ", ".join(arrays)
+    sources = ", ".join(f"pg_catalog.unnest({array})" for array in arrays.values())
+    return (
+        f"(SELECT pg_catalog.string_agg(pg_catalog.format({literal(template)}, {names}),"
+        f" {literal(separator)}) FROM ROWS FROM ({sources}) AS joined({names}))"
+    )

@@ -113,7 +113,8 @@ CREATE TABLE public.asset_scoped (
     asset_id uuid, workspace_id uuid,
     FOREIGN KEY (asset_id, workspace_id)
         REFERENCES public.meta_assets_cache(id, workspace_id) ON DELETE CASCADE);
-INSERT INTO public.asset_notes (asset_id, note) SELECT id, 'note ' || id FROM public.meta_assets_cache;
+INSERT INTO public.asset_notes (asset_id, note)
+    SELECT id, 'note ' || id FROM public.meta_assets_cache;
 INSERT INTO public.asset_links (asset_id) SELECT id FROM public.meta_assets_cache;
 INSERT INTO billing.asset_invoices (asset_id, amount) SELECT id, 1 FROM public.meta_assets_cache;
 INSERT INTO public.asset_scoped (asset_id, workspace_id)
@@ -185,7 +186,8 @@ def test_a_child_unique_that_would_collide_is_refused_before_anything(drifted):
     [
         (
             "CREATE TABLE public.asset_tags (asset_id uuid REFERENCES public.meta_assets_cache(id),"
-            " tag text); INSERT INTO public.asset_tags SELECT id, 't' FROM public.meta_assets_cache",
+            " tag text);"
+            " INSERT INTO public.asset_tags SELECT id, 't' FROM public.meta_assets_cache",
             "public.asset_tags has no primary key",
         ),
         (
@@ -397,7 +399,8 @@ def test_after_triggers_and_publications_are_announced(drifted):
 EXTRA_COLUMNS = """
 ALTER TABLE public.meta_assets_cache
     ADD COLUMN "Display Name" text,
-    ADD COLUMN phone_digits text GENERATED ALWAYS AS (regexp_replace(display_phone_number, '\\D', '', 'g')) STORED,
+    ADD COLUMN phone_digits text
+        GENERATED ALWAYS AS (regexp_replace(display_phone_number, '\\D', '', 'g')) STORED,
     ADD COLUMN sequence_number bigint GENERATED ALWAYS AS IDENTITY;
 UPDATE public.meta_assets_cache SET "Display Name" = 'name ' || id;
 """
