@@ -7,7 +7,7 @@
 
 - the database URL from DATABASE_URL (or sqlalchemy.url), read as libpq reads it;
 - a refusal, before anything is changed, behind a transaction-mode connection pooler;
-- a fixed, safe search_path, and the session reset when it ends;
+- a fixed, safe search_path, and the session reset (DISCARD ALL) when it ends;
 - one migrator at a time (an advisory lock; a second one waits, then finds the work done);
 - the migration's readable summary on stderr, and "nothing to do" when there is nothing to do;
 - every failure as one `FAILED: ...` line, with no password in it.
@@ -234,12 +234,8 @@ def migrator_connection(
         target = engine.url
         session.refuse_transaction_pooler(target)
         try:
-            with engine.connect() as connection:
-                connection.dialect.default_schema_name = app_schema
-                try:
-                    yield connection
-                finally:
-                    session.reset(connection)
+            with engine.connect() as connection:  # reset (DISCARD ALL) when it goes back
+                yield connection
         finally:
             if owned:
                 engine.dispose()

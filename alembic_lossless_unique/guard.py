@@ -17,7 +17,7 @@ recorded in the ledger in one transaction; dropped with the promotion, in one tr
 re-run or the downgrade removes a guard a killed run left behind.
 """
 
-from alembic_lossless_unique import ledger
+from alembic_lossless_unique import ledger, private_schema
 from alembic_lossless_unique.comparisons import Comparisons, regclass
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.indexes import under_lock_retries
@@ -52,8 +52,8 @@ def install(db: Database, target: UniqueTarget) -> None:
         f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})",
         function_sql(target, dict(zip(target.columns, operators, strict=True))),
         *trigger_statements(target),
-        f"REVOKE ALL ON FUNCTION {target.guard_function}() FROM PUBLIC",
-        f"REVOKE ALL ON TABLE {target.guard_claims} FROM PUBLIC",
+        # Whatever default privileges granted on them, to PUBLIC or anyone.
+        private_schema.lock_down_sql(target.private_schema),
     ]
 
     def create() -> None:

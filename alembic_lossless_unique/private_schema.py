@@ -6,6 +6,8 @@ or read the archived rows. Everything in it is closed to every other role, whate
 privileges the database grants (Supabase grants new tables to anon and authenticated).
 """
 
+from sqlalchemy.exc import IntegrityError
+
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal
@@ -76,10 +78,16 @@ def require_usable(db: Database, schema: str) -> None:
 def ensure(db: Database, schema: str) -> None:
     """Create the schema if missing, then check it is ours (a concurrent squatter makes
     IF NOT EXISTS succeed silently) and close it and its contents to every other role."""
-    with db.transaction():
-        db.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+    try:
+        with db.transaction():
+            db.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+            require_usable(db, schema)
+            db.execute(lock_down_sql(schema))
+    except IntegrityError:
+        # Another role created it between our check and our CREATE (IF NOT EXISTS does not
+        # cover a concurrent commit): the same refusal, naming its owner.
         require_usable(db, schema)
-        db.execute(lock_down_sql(schema))
+        raise
 
 
 def lock_down_sql(schema: str) -> str:

@@ -12,7 +12,8 @@
   trigger, a `now()`) run with the migrator's privileges. It is set as the connection's first
   statement, before the driver's and SQLAlchemy's own queries; everything this package runs is
   schema-qualified, so no name it uses resolves outside pg_catalog.
-- Reset on the way out (DISCARD ALL), so a session-mode pooler hands the next client a clean
+- Reset on the way out (DISCARD ALL, whenever a connection goes back to its pool: the
+  migrator's, its progress watcher's), so a session-mode pooler hands the next client a clean
   connection even when it does not reset connections itself.
 """
 
@@ -49,17 +50,31 @@ def secure(engine: Engine, app_schema: str = DEFAULT_APP_SCHEMA) -> None:
     """Set the safe search_path on every new connection of `engine`, before SQLAlchemy's own
     first queries (insert=True puts this listener ahead of the dialect's), and tell SQLAlchemy
     which schema the app's unqualified tables live in."""
-    path = safe_search_path(app_schema)
+    path = f"SET search_path = {safe_search_path(app_schema)}"
 
-    def set_safe_search_path(dbapi_connection, connection_record) -> None:
-        autocommit = dbapi_connection.autocommit
-        dbapi_connection.autocommit = True
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET search_path = {path}")
-        dbapi_connection.autocommit = autocommit
+    def set_safe_search_path(dbapi_connection, *_) -> None:
+        _run(dbapi_connection, path)
+
+    def discard_session_state(dbapi_connection, *_) -> None:
+        if not dbapi_connection.closed:
+            _run(dbapi_connection, "DISCARD ALL")
 
     event.listen(engine, "connect", set_safe_search_path, insert=True)
+    # A pooled connection is set again on every checkout: DISCARD ALL undid it on the return.
+    event.listen(engine, "checkout", set_safe_search_path)
+    event.listen(engine, "reset", discard_session_state)
     engine.dialect.default_schema_name = app_schema
+
+
+def _run(dbapi_connection, statement: str) -> None:
+    """One statement on the driver's connection, outside any transaction."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def refuse_transaction_pooler(url: URL) -> None:
@@ -123,17 +138,3 @@ def kept_search_path(connection: Connection, app_schema: str) -> Iterator[None]:
                 text("SELECT pg_catalog.set_config('search_path', :path, false)"),
                 {"path": previous},
             )
-
-
-def reset(connection: Connection) -> None:
-    """Leave nothing of the migration's session state behind (settings, locks, prepared
-    statements) for whoever gets this server connection next."""
-    if connection.closed or connection.invalidated:
-        return
-    dbapi = connection.connection.dbapi_connection
-    if dbapi is None or dbapi.closed:
-        return
-    dbapi.rollback()
-    dbapi.autocommit = True
-    with dbapi.cursor() as cursor:
-        cursor.execute("DISCARD ALL")

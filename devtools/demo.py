@@ -84,16 +84,10 @@ def demo(state: str, keys: int) -> None:
         with admin.cursor() as cursor:
             for role in ("anon", "authenticated", "service_role"):
                 cursor.execute(f"CREATE ROLE {role} NOLOGIN")
-            cursor.execute(
-                f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER PASSWORD %s", (server.password,)
-            )
+            cursor.execute(f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER PASSWORD %s", (server.password,))
             cursor.execute(f"CREATE DATABASE demo OWNER {OWNER}")
         admin.close()
-        database_url = (
-            server.url("demo")
-            .set(username=OWNER)
-            .render_as_string(hide_password=False)
-        )
+        database_url = server.url("demo").set(username=OWNER).render_as_string(hide_password=False)
         print(f"    running as {OWNER}: owns the tables, not a superuser (as Supabase's postgres)")
         connection = psycopg2.connect(database_url.replace("+psycopg2", ""))
         connection.autocommit = True

@@ -98,7 +98,9 @@ def move_legacy_version_table(db: Database) -> None:
     """Earlier releases kept their version table as public.alembic_version, where Supabase's
     API roles can read and change it. Moved once, under the new revision ids, and said so."""
     legacy = db.relation_exists("public.alembic_version")
-    db.execute(move_legacy_sql())
+    with db.transaction():
+        db.execute(move_legacy_sql())
+        db.execute(private_schema.lock_down_sql(PRIVATE_SCHEMA))
     if legacy and not db.relation_exists("public.alembic_version"):
         log.info("moved the version table from public.alembic_version to %s", VERSION_TABLE)
 
@@ -166,6 +168,8 @@ DO {dollar_quoted(check, "privileges")};
 {offline.private_schema_sql(PRIVATE_SCHEMA)};
 
 {move_legacy_sql()};
+
+{private_schema.lock_down_sql(PRIVATE_SCHEMA)};
 
 COMMIT;
 """

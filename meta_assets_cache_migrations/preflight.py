@@ -60,20 +60,27 @@ def model_columns() -> set[str]:
     return {column.name for column in MetaAssetsCache.__table__.columns}
 
 
+def revision(db: Database) -> str | None:
+    for table in (VERSION_TABLE, "public.alembic_version"):  # the latter: earlier releases
+        if db.relation_exists(table):
+            return db.scalar(f"SELECT pg_catalog.string_agg(version_num, ',') FROM {table}")
+    return None
+
+
 def gather(db: Database) -> Report:
     facts = db.execute(
         "SELECT pg_catalog.current_database() AS database, current_user AS role,"
         " pg_catalog.current_setting('server_version') AS server_version"
     ).one()
-    revision = None
-    for table in (VERSION_TABLE, "public.alembic_version"):  # the latter: earlier releases
-        if revision is None and db.relation_exists(table):
-            revision = db.scalar(f"SELECT pg_catalog.string_agg(version_num, ',') FROM {table}")
-    pair = preflight.gather(db, TARGET)
-    report = Report(facts.database, facts.role, facts.server_version, revision, pair)
     privileges = db.scalar("SELECT " + PRIVILEGE_PROBLEM)
-    if privileges and privileges not in pair.problems:
-        pair.problems.insert(0, privileges)
+    if privileges:
+        # Read no further: the private schema may be someone else's, with code in its views.
+        pair = preflight.Report(table=TARGET.display_table, problems=[privileges])
+        pair.table_exists = db.relation_exists(TARGET.qualified_table)
+        pair.state, pair.state_description = "blocked", privileges
+        return Report(facts.database, facts.role, facts.server_version, None, pair)
+    pair = preflight.gather(db, TARGET)
+    report = Report(facts.database, facts.role, facts.server_version, revision(db), pair)
     if not pair.table_exists:
         pair.problems = [p for p in pair.problems if "does not exist" not in p]
         pair.state = "empty"

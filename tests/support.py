@@ -130,7 +130,10 @@ class MigrationHarness:
         """Run `sql` as `role` (SET ROLE from the superuser's session, as PostgREST does)."""
         with self.admin_engine.connect() as connection:
             connection.exec_driver_sql(f"SET ROLE {role}")
-            connection.exec_driver_sql(sql)
+            try:
+                connection.exec_driver_sql(sql)
+            finally:  # the pooled connection goes back as the superuser's
+                connection.exec_driver_sql("RESET ROLE")
 
     def count(self, table: str, where: str = "true") -> int:
         """Rows of `table`; 0 when the table does not exist (nothing was ever created)."""
