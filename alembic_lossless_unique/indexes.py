@@ -165,7 +165,7 @@ def watching(db: Database, doing: str) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        watcher_thread.join(timeout=5)
+        watcher_thread.join(timeout=1)  # a watcher still waiting for a connection is let go
 
 
 def progress_line(watcher, backend_pid: int) -> str:
