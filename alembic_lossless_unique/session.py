@@ -50,10 +50,13 @@ def secure(engine: Engine, app_schema: str = DEFAULT_APP_SCHEMA) -> None:
     """Set the safe search_path on every new connection of `engine`, before SQLAlchemy's own
     first queries (insert=True puts this listener ahead of the dialect's), and tell SQLAlchemy
     which schema the app's unqualified tables live in."""
-    path = f"SET search_path = {safe_search_path(app_schema)}"
+    # No statement_timeout either: the migration bounds its waits with lock_timeout, and a
+    # role's statement_timeout must not cancel a step half way (or its bookkeeping, on a busy
+    # server); DISCARD ALL takes both settings away again.
+    settings = f"SET search_path = {safe_search_path(app_schema)}; SET statement_timeout = 0"
 
     def set_safe_search_path(dbapi_connection, *_) -> None:
-        _run(dbapi_connection, path)
+        _run(dbapi_connection, settings)
 
     def discard_session_state(dbapi_connection, *_) -> None:
         if not dbapi_connection.closed:

@@ -230,7 +230,9 @@ def combine(repeats: list[Result]) -> Result:
 
 
 def psql(server: ThrowawayServer, database: str, *arguments: str) -> list[str]:
-    psql_bin = shutil.which("psql") or str(server.bin_dir / "psql")
+    # The server's own psql first: a PATH psql may be a wrapper of another major, or missing.
+    bundled = server.bin_dir / "psql"
+    psql_bin = str(bundled) if bundled.exists() else (shutil.which("psql") or "psql")
     connection = conninfo(server, database)
     return [psql_bin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", connection, *arguments]
 
