@@ -6,14 +6,14 @@ do, as SQLSTATE LU001; run to report (preflight, in a read-only transaction) it 
 per problem and changes nothing either way.
 """
 
+from alembic_lossless_unique import foreign_keys
 from alembic_lossless_unique.comparisons import escape_format, operators_sql, regclass
-from alembic_lossless_unique.dedupe import REFUSED, inbound_foreign_keys_sql
+from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.private_schema import problem_sql
 from alembic_lossless_unique.restore import (
     bookkeeping_array,
     foreign_key_parts_sql,
     missing_parents_sql,
-    outbound_foreign_keys_sql,
 )
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, joined_sql, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
@@ -136,7 +136,7 @@ BEGIN
                 ' columns that identify a row of it', pg_catalog.array_to_string({identity}, ', '),
                 {display});
         END IF;
-        FOR fk IN {inbound_foreign_keys_sql("relation")} LOOP
+        FOR fk IN {foreign_keys.inbound_sql("relation")} LOOP
 {_foreign_key_problems(target)}
         END LOOP;
     END IF;
@@ -379,7 +379,7 @@ BEGIN
             END IF;
         END LOOP;
         -- Parents the archived rows reference.
-        FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
+        FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
             EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                       fk.parent_table, {foreign_key_parts_sql("fk")})
                INTO counted;

@@ -20,6 +20,7 @@ The dedupe is one transaction of two plpgsql blocks, the same text online and of
    the transaction back, naming the trigger.
 """
 
+from alembic_lossless_unique import foreign_keys
 from alembic_lossless_unique.comparisons import (
     Comparisons,
     escape_format,
@@ -32,7 +33,6 @@ from alembic_lossless_unique.sqltext import (
     joined_sql,
     literal,
     literal_array,
-    qualified_relation_sql,
 )
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -272,7 +272,7 @@ BEGIN
         GET DIAGNOSTICS orphaned = ROW_COUNT;
         changed := changed + orphaned;
         listed := listed - changed;
-        FOR fk IN {inbound_foreign_keys_sql(table)} LOOP
+        FOR fk IN {foreign_keys.inbound_sql(table)} LOOP
             EXECUTE pg_catalog.format({literal(repoint)},
                 fk.child_table,
                 (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
@@ -348,52 +348,3 @@ def user_triggers_sql(target: UniqueTarget, event: str) -> str:
          WHERE t.tgrelid = {regclass(target.qualified_table)} AND NOT t.tgisinternal
            AND t.tgenabled <> 'D' AND t.tgtype & {event_bit} <> 0
            AND t.tgname <> ALL ({literal_array(target.guard_triggers)}))"""
-
-
-def inbound_foreign_keys_sql(table: str) -> str:
-    """One row per foreign key of another table that references `table`: its name, the child
-    table, the child's columns, ours, the key's own equality operators, the child's identity."""
-    return f"""
-            SELECT con.conname::text AS constraint_name,
-                   {qualified_relation_sql("con.conrelid")} AS child_table,
-                   con.conrelid AS child_oid,
-                   ARRAY(SELECT a.attname::text
-                           FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)
-                           JOIN pg_catalog.pg_attribute a
-                             ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-                          ORDER BY k.n) AS child_columns,
-                   ARRAY(SELECT a.attname::text
-                           FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY AS k(attnum, n)
-                           JOIN pg_catalog.pg_attribute a
-                             ON a.attrelid = con.confrelid AND a.attnum = k.attnum
-                          ORDER BY k.n) AS parent_columns,
-                   ARRAY(SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname)
-                           FROM pg_catalog.unnest(con.conpfeqop) WITH ORDINALITY AS e(op, k)
-                           JOIN pg_catalog.pg_operator o ON o.oid = e.op
-                           JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-                          ORDER BY e.k) AS operators,
-                   {CHILD_IDENTITY_SQL} AS child_identity,
-                   con.confdeltype AS on_delete
-              FROM pg_catalog.pg_constraint con
-             WHERE con.contype = 'f' AND con.confrelid = {table}
-             ORDER BY con.conname"""
-
-
-# The columns that identify a row of the child `con.conrelid`: its replica identity index, else
-# its primary key, else the first unique index on NOT NULL columns; NULL when it has none.
-CHILD_IDENTITY_SQL = """(SELECT ARRAY(SELECT a.attname::text
-                                  FROM pg_catalog.unnest(i.indkey::int2[])
-                                           WITH ORDINALITY AS k(attnum, n)
-                                  JOIN pg_catalog.pg_attribute a
-                                    ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                 ORDER BY k.n)
-                      FROM pg_catalog.pg_index i
-                     WHERE i.indrelid = con.conrelid AND i.indisunique AND i.indisvalid
-                       AND i.indpred IS NULL AND i.indexprs IS NULL
-                       AND NOT EXISTS (SELECT 1
-                                         FROM pg_catalog.unnest(i.indkey::int2[]) AS k(attnum)
-                                         JOIN pg_catalog.pg_attribute a
-                                           ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                        WHERE NOT a.attnotnull OR k.attnum = 0)
-                     ORDER BY i.indisreplident DESC, i.indisprimary DESC, i.indexrelid
-                     LIMIT 1)"""

@@ -50,26 +50,25 @@ def target_from_arguments(
     )
 
 
-@Operations.register_operation("ensure_unique_constraint")
-class EnsureUniqueConstraintOp(MigrateOperation):
-    """Make `columns` of `table_name` unique under the constraint `constraint_name`, whatever
-    uniques and duplicate rows the table holds: duplicates are archived (the row kept of each
-    key is the greatest by `keep_newest_by`, then `row_identity`), child rows re-pointed, the
-    index built concurrently. Rows with a NULL in a key column are never touched."""
+class UniqueConstraintOp(MigrateOperation):
+    """What both operations take: the arguments of target_from_arguments."""
 
     def __init__(self, constraint_name: str, table_name: str, columns: Sequence[str], **kw):
         self.arguments = (constraint_name, table_name, tuple(columns))
         self.options = kw
         self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
 
+
+@Operations.register_operation("ensure_unique_constraint")
+class EnsureUniqueConstraintOp(UniqueConstraintOp):
+    """Make `columns` of `table_name` unique under the constraint `constraint_name`, whatever
+    uniques and duplicate rows the table holds: duplicates are archived (the row kept of each
+    key is the greatest by `keep_newest_by`, then `row_identity`), child rows re-pointed, the
+    index built concurrently. Rows with a NULL in a key column are never touched."""
+
     @classmethod
     def ensure_unique_constraint(
-        cls,
-        operations: Operations,
-        constraint_name: str,
-        table_name: str,
-        columns: Sequence[str],
-        **kw,
+        cls, operations: Operations, constraint_name: str, table_name: str, columns, **kw
     ) -> None:
         """Make `columns` unique, online and without losing a row; see the class."""
         return operations.invoke(cls(constraint_name, table_name, columns, **kw))
@@ -79,24 +78,14 @@ class EnsureUniqueConstraintOp(MigrateOperation):
 
 
 @Operations.register_operation("undo_unique_constraint")
-class UndoUniqueConstraintOp(MigrateOperation):
+class UndoUniqueConstraintOp(UniqueConstraintOp):
     """Undo `ensure_unique_constraint` exactly: the uniques it found come back, every archived
     row returns unchanged, re-pointed child rows point back, all in one transaction with the
     revision change. Takes the same arguments as the call it undoes."""
 
-    def __init__(self, constraint_name: str, table_name: str, columns: Sequence[str], **kw):
-        self.arguments = (constraint_name, table_name, tuple(columns))
-        self.options = kw
-        self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
-
     @classmethod
     def undo_unique_constraint(
-        cls,
-        operations: Operations,
-        constraint_name: str,
-        table_name: str,
-        columns: Sequence[str],
-        **kw,
+        cls, operations: Operations, constraint_name: str, table_name: str, columns, **kw
     ) -> None:
         """Undo ensure_unique_constraint with the same arguments; see the class."""
         return operations.invoke(cls(constraint_name, table_name, columns, **kw))

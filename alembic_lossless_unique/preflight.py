@@ -12,7 +12,7 @@ downgrade refuse.
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from alembic_lossless_unique import checks, dedupe, ledger, surroundings
+from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, surroundings
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.convergence import read_plan
 from alembic_lossless_unique.database import Database
@@ -130,7 +130,7 @@ def gather(db: Database, target: UniqueTarget) -> Report:
             f" AS groups FROM ({losers}) AS losers"
         ).one()
         report.rows_to_archive, report.duplicate_groups = counts.rows, counts.groups
-        report.foreign_keys = foreign_keys(db, target, neighbours, losers)
+        report.foreign_keys = foreign_keys_into(db, target, losers)
     report.steps = planned_steps(db, target, plan, report)
     return report
 
@@ -160,13 +160,11 @@ def losers_sql(db: Database, target: UniqueTarget) -> str:
     )
 
 
-def foreign_keys(
-    db: Database, target: UniqueTarget, neighbours: list, losers: str
-) -> list[ForeignKey]:
+def foreign_keys_into(db: Database, target: UniqueTarget, losers: str) -> list[ForeignKey]:
     """Each foreign key into the table, with how many child rows point at a row to archive."""
     found = []
     table = regclass(target.qualified_table)
-    for fk in db.rows(dedupe.inbound_foreign_keys_sql(table)):
+    for fk in db.rows(foreign_keys.inbound_sql(table)):
         rows = None  # not countable: the role may not read the child (a problem says so)
         if db.scalar(_MAY_READ, {"child": fk.child_oid}):
             rows = count_children(db, target, fk, losers)

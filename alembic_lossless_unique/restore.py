@@ -10,6 +10,7 @@ The restore checks its own effect: every archived row back, identical; otherwise
 naming the user triggers that changed the rows.
 """
 
+from alembic_lossless_unique import foreign_keys
 from alembic_lossless_unique.comparisons import escape_format, operators_sql, regclass
 from alembic_lossless_unique.dedupe import (
     BOOKKEEPING_PREFIX,
@@ -23,7 +24,6 @@ from alembic_lossless_unique.sqltext import (
     joined_sql,
     literal,
     literal_array,
-    qualified_relation_sql,
 )
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -38,31 +38,6 @@ def restorable_columns_sql(target: UniqueTarget) -> str:
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
                         WHERE b.attrelid = {regclass(target.archive)}
                           AND b.attname = a.attname AND NOT b.attisdropped)"""
-
-
-def outbound_foreign_keys_sql(target: UniqueTarget) -> str:
-    """The table's own foreign keys (to its parents), with what a check of a row needs."""
-    return f"""
-        SELECT con.conname::text AS constraint_name,
-               {qualified_relation_sql("con.confrelid")} AS parent_table,
-               ARRAY(SELECT a.attname::text
-                       FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)
-                       JOIN pg_catalog.pg_attribute a
-                         ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-                      ORDER BY k.n) AS columns,
-               ARRAY(SELECT a.attname::text
-                       FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY AS k(attnum, n)
-                       JOIN pg_catalog.pg_attribute a
-                         ON a.attrelid = con.confrelid AND a.attnum = k.attnum
-                      ORDER BY k.n) AS parent_columns,
-               ARRAY(SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname)
-                       FROM pg_catalog.unnest(con.conpfeqop) WITH ORDINALITY AS e(op, k)
-                       JOIN pg_catalog.pg_operator o ON o.oid = e.op
-                       JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-                      ORDER BY e.k) AS operators
-          FROM pg_catalog.pg_constraint con
-         WHERE con.contype = 'f' AND con.conrelid = {regclass(target.qualified_table)}
-         ORDER BY con.conname"""
 
 
 # Per outbound foreign key: the distinct references of archived rows (all columns NOT NULL:
@@ -89,14 +64,14 @@ def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
     the match of an archived row against a parent `p`, as format() arguments 2 to 4."""
     return f"""
                 (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
-                   FROM pg_catalog.unnest({fk}.columns) AS c),
+                   FROM pg_catalog.unnest({fk}.child_columns) AS c),
                 (SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' AND ')
-                   FROM pg_catalog.unnest({fk}.columns) AS c),
+                   FROM pg_catalog.unnest({fk}.child_columns) AS c),
                 {
         joined_sql(
             f"{archive_alias}.%I %s p.%I",
             " AND ",
-            c=f"{fk}.columns",
+            c=f"{fk}.child_columns",
             op=f"{fk}.operators",
             pc=f"{fk}.parent_columns",
         )
@@ -161,7 +136,7 @@ BEGIN
       INTO columns, overriding
       FROM ({restorable_columns_sql(target)}) AS c;
     -- The restored rows' own parents must exist, and stay until the commit.
-    FOR fk IN {outbound_foreign_keys_sql(target)} LOOP
+    FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
         EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")}) INTO missing;
         IF missing > 0 THEN
