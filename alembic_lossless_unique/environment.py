@@ -61,6 +61,8 @@ def run_migrations(
     show_progress()
     try:
         if context.is_offline_mode():
+            # Named, so that the script's own search_path plays no part in finding it.
+            configure.setdefault("version_table_schema", app_schema)
             run_offline(context, url=url, preamble=offline_preamble, **configure)
         else:
             run_online(
@@ -79,6 +81,9 @@ def show_progress() -> None:
     """The migration's INFO lines reach stderr even when the project's logging config does not
     name this package's logger; Alembic's FAILED line is not repeated as an ERROR log line."""
     logger = logging.getLogger(LOGGER)
+    # fileConfig() in env.py disables every logger that exists by then, and this one does: the
+    # env.py imported this package first.
+    logger.disabled = False
     if not _has_handler(logger):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
@@ -140,6 +145,12 @@ def run_online(
                 )
             else:  # named, so that the search_path plays no part in finding it
                 configure["version_table_schema"] = app_schema
+        configure["include_name"] = _without_version_table(
+            configure.get("include_name"),
+            configure["version_table_schema"],
+            configure.get("version_table", "alembic_version"),
+            app_schema,
+        )
         applied: list[Any] = []
         context.configure(
             connection=connection,
@@ -176,6 +187,20 @@ def own_steps(connection: Connection, settings: MigrationSettings) -> Iterator[D
         if not connection.closed and not connection.invalidated:
             connection.rollback()  # ends SQLAlchemy's own notion of a transaction; nothing is open
             connection.execution_options(isolation_level=level)
+
+
+def _without_version_table(include_name, schema: str, table: str, default_schema: str):
+    """Alembic leaves its version table out of autogenerate only under the schema name it was
+    given, but reflects the default schema's tables with none: named `public`, the version table
+    would be proposed for dropping by `alembic check`."""
+
+    def include(name, type_, parent_names):
+        schema_name = parent_names.get("schema_name") or default_schema
+        if type_ == "table" and name == table and schema_name == schema:
+            return False
+        return include_name(name, type_, parent_names) if include_name else True
+
+    return include
 
 
 def _as_list(value: Any) -> list:

@@ -17,7 +17,7 @@ from alembic_lossless_unique import checks, dedupe, indexes, ledger, private_sch
 from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.plan import plan_sql
 from alembic_lossless_unique.settings import MigrationSettings
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal
+from alembic_lossless_unique.sqltext import dollar_quoted, literal
 from alembic_lossless_unique.surroundings import surroundings_sql
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -64,7 +64,7 @@ BEGIN
 END
 """
     return (
-        f"CREATE SCHEMA IF NOT EXISTS {ident(schema)};\n\n"
+        f"{private_schema.create_sql(schema)};\n\n"
         f"DO {dollar_quoted(body, 'private_schema')};\n\n"
         f"{private_schema.lock_down_sql(schema)}"
     )

@@ -80,7 +80,7 @@ def ensure(db: Database, schema: str) -> None:
     IF NOT EXISTS succeed silently) and close it and its contents to every other role."""
     try:
         with db.transaction():
-            db.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+            db.execute(create_sql(schema))
             require_usable(db, schema)
             db.execute(lock_down_sql(schema))
     except IntegrityError:
@@ -131,3 +131,37 @@ BEGIN
 END
 """
     return f"DO {dollar_quoted(body, 'lock_down')}"
+
+
+# Marks a schema this package created, so that it goes again once the downgrade empties it; a
+# schema the user made is never dropped.
+CREATED_COMMENT = "created by alembic_lossless_unique: dropped once it is empty again"
+
+
+def create_sql(schema: str) -> str:
+    body = f"""
+BEGIN
+    IF pg_catalog.to_regnamespace({literal(schema)}) IS NULL THEN
+        CREATE SCHEMA {ident(schema)};
+        COMMENT ON SCHEMA {ident(schema)} IS {literal(CREATED_COMMENT)};
+    END IF;
+END
+"""
+    return f"DO {dollar_quoted(body, 'create_schema')}"
+
+
+def drop_if_created_and_empty_sql(schema: str) -> str:
+    body = f"""
+DECLARE
+    found oid := pg_catalog.to_regnamespace({literal(schema)});
+BEGIN
+    IF found IS NOT NULL
+       AND pg_catalog.obj_description(found, 'pg_namespace') = {literal(CREATED_COMMENT)}
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = found)
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = found)
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = found) THEN
+        DROP SCHEMA {ident(schema)};
+    END IF;
+END
+"""
+    return f"DO {dollar_quoted(body, 'drop_schema')}"

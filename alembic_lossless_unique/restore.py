@@ -10,7 +10,7 @@ The restore checks its own effect: every archived row back, identical; otherwise
 naming the user triggers that changed the rows.
 """
 
-from alembic_lossless_unique import foreign_keys
+from alembic_lossless_unique import foreign_keys, private_schema
 from alembic_lossless_unique.comparisons import escape_format, operators_sql, regclass
 from alembic_lossless_unique.dedupe import (
     BOOKKEEPING_PREFIX,
@@ -230,7 +230,10 @@ def cleanup_sql(target: UniqueTarget) -> str:
         ),
     ]
     body = "\nBEGIN\n" + "".join(f"    {statement};\n" for statement in statements) + "END\n"
-    return f"DO {dollar_quoted(body, 'cleanup')}"
+    return (
+        f"DO {dollar_quoted(body, 'cleanup')};\n"
+        f"{private_schema.drop_if_created_and_empty_sql(target.private_schema)}"
+    )
 
 
 def bookkeeping_names(target: UniqueTarget) -> list[str]:

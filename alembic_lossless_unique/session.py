@@ -5,11 +5,12 @@
   migrator's advisory lock would stay with whichever connection they landed on, for the app to
   inherit, and two migrators would not be serialized. A probe with two connections, using
   transaction-scoped state only, finds one before anything is set; the run then refuses.
-- A fixed search_path: pg_catalog first (pg_dump's rule), then the app's schema (so that
-  autogenerate sees the app's tables and the app's own triggers find theirs), nothing from the
-  role's own setting. With the role's search_path, a schema an unprivileged role can write
-  (`evil, public`) would have its tables, functions and operators (an `alembic_version` with a
-  trigger, a `now()`) run with the migrator's privileges. It is set as the connection's first
+- A fixed search_path: pg_catalog first (implicitly, pg_dump's rule), then the app's schema (so
+  that autogenerate sees the app's tables, the app's own triggers find theirs and a revision's
+  unqualified CREATE lands there), nothing from the role's own setting. With the role's
+  search_path, a schema an unprivileged role can write (`evil, public`) would have its tables,
+  functions and operators (an `alembic_version` with a trigger, a `now()`) run with the
+  migrator's privileges. It is set as the connection's first
   statement, before the driver's and SQLAlchemy's own queries; everything this package runs is
   schema-qualified, so no name it uses resolves outside pg_catalog.
 - Reset on the way out (DISCARD ALL, whenever a connection goes back to its pool: the
@@ -31,7 +32,10 @@ DEFAULT_APP_SCHEMA = "public"
 
 
 def safe_search_path(app_schema: str) -> str:
-    return f"pg_catalog, {ident(app_schema)}, pg_temp"
+    """The app's schema, then pg_temp last. pg_catalog, not named, is searched first of all:
+    nothing can shadow a built-in; and what a revision creates unqualified (as autogenerate
+    writes it) goes to the app's schema."""
+    return f"{ident(app_schema)}, pg_temp"
 
 
 def engine_for(url: URL, application_name: str, app_schema: str = DEFAULT_APP_SCHEMA) -> Engine:

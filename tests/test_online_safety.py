@@ -495,8 +495,8 @@ def test_progress_names_the_backend_the_build_waits_for(harness, drifted):
     result = running.wait()
 
     succeed(result)
-    [line] = [
-        line for line in result.output.splitlines() if f"waiting for pid {blocker} " in line
-    ][:1]
+    [line] = [line for line in result.output.splitlines() if f"waiting for pid {blocker} " in line][
+        :1
+    ]
     assert "building meta_assets_cache_workspace_id_phone_number_id_key: waiting for" in line
     assert "(idle in transaction for " in line and "test session: SELECT" in line

@@ -1,0 +1,1 @@
+"""The shop's own application package: a top-level `app`, as many projects have."""

@@ -1,0 +1,515 @@
+"""The operation on a table of another shape, through the invariants meta_assets_cache is held
+to, driven by a small Alembic project of its own (tests/projects/inventory) run as a user runs
+it: `python -m alembic ...` in a child process, DATABASE_URL pointing at the test's database.
+
+inventory.stock_counts is not public.meta_assets_cache: another schema, a bigint
+`GENERATED ALWAYS AS IDENTITY` primary key, a three-column key of an integer, a text and a
+column with a quoted name ("Batch Code"), a generated column, array and numeric columns, and
+another order for the row kept (keep_newest_by=("revision", "recorded_at"), NULL oldest, then
+id). Its revision 0002 calls op.ensure_unique_constraint / op.undo_unique_constraint with the
+private schema `inventory_private`, where its env.py also keeps the version table.
+"""
+
+import importlib.util
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from psycopg2.errors import UniqueViolation
+from psycopg2.extras import execute_values
+
+from alembic_lossless_unique.operations import target_from_arguments
+from tests.offline_support import apply_script
+from tests.online_support import Migrator, Session, libpq_dsn, wait_until
+from tests.support import AlembicResult, MigrationHarness
+
+TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
+UNIQUE_REVISION = TEMPLATE / "migrations" / "versions" / "0002_stock_counts_unique.py"
+# The env.py of the inventory project names its sessions so; the crash tests find them by it.
+APPLICATION_NAME = "alembic inventory"
+TABLE = "inventory.stock_counts"
+VERSION_TABLE = "inventory_private.alembic_version"
+KEY = ("warehouse_id", "sku", "Batch Code")
+# Every column of the table, in its order; the archive holds them too, plus its bookkeeping.
+COLUMNS = (
+    "id",
+    "warehouse_id",
+    "sku",
+    "Batch Code",
+    "quantity",
+    "unit_cost",
+    "total_value",
+    "revision",
+    "recorded_at",
+    "tags",
+    "note",
+)
+INSERTED = tuple(c for c in COLUMNS if c not in ("id", "total_value"))
+ROW_TEXT = "ROW(" + ", ".join(f'"{c}"' for c in COLUMNS) + ")::text"
+
+
+def load_unique_count() -> dict:
+    """The arguments revision 0002 passes to ensure_unique_constraint: one source of truth."""
+    spec = importlib.util.spec_from_file_location("inventory_unique_revision", UNIQUE_REVISION)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.UNIQUE_COUNT
+
+
+UNIQUE_COUNT = load_unique_count()
+TARGET = target_from_arguments(**UNIQUE_COUNT)
+CONSTRAINT = TARGET.constraint_name
+
+
+# The project, run as a user runs it.
+
+
+@dataclass
+class InventoryProject:
+    directory: Path
+    harness: MigrationHarness
+
+    def environment(self, *, database: bool = True) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        if database:
+            env["DATABASE_URL"] = self.harness.url
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "alembic", *args]
+
+    def alembic(self, *args: str, database: bool = True) -> AlembicResult:
+        result = subprocess.run(
+            self.command(*args),
+            cwd=self.directory,
+            env=self.environment(database=database),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        return AlembicResult(result.returncode, result.stdout, result.stderr)
+
+    def succeed(self, *args: str) -> AlembicResult:
+        result = self.alembic(*args)
+        assert result.returncode == 0, result.output
+        return result
+
+    def start(self, *args: str) -> Migrator:
+        """`alembic ARGS` in a child process that the test may kill."""
+        return Migrator(
+            subprocess.Popen(
+                self.command(*args),
+                cwd=self.directory,
+                env=self.environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+        )
+
+    def offline_script(self, *args: str) -> str:
+        """`alembic ARGS --sql`, with no DATABASE_URL: offline needs no database."""
+        result = self.alembic(*args, "--sql", database=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def project(tmp_path, harness) -> InventoryProject:
+    directory = tmp_path / "inventory"
+    shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    return InventoryProject(directory, harness)
+
+
+# Rows: duplicates, ties, NULLs in the key and in the ordering, awkward values.
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+WAREHOUSES = (1, 2, 3)
+SKUS = tuple(f"SKU-{n}" for n in range(6))
+# Different keys to the unique index: case, spacing and quotes matter.
+BATCHES = ("B-1", "b-1", "B 1", "O'Neil")
+
+
+def generated_rows(seed: int = 20261125) -> list[tuple]:
+    """About 190 rows in INSERTED's column order, in a shuffled order (so ids are not sorted by
+    key): 1 to 4 rows per key, revision and recorded_at often NULL or tied, and rows with a NULL
+    in one key column, up to three alike (they never conflict)."""
+    rng = random.Random(seed)
+    keys = [(w, s, b) for w in WAREHOUSES for s in SKUS for b in BATCHES]
+    rows = []
+
+    def row(warehouse, sku, batch) -> tuple:
+        return (
+            warehouse,
+            sku,
+            batch,
+            rng.randrange(0, 50),
+            rng.choice([None, Decimal("1.25"), Decimal("10.00")]),
+            rng.choice([None, 1, 2, 3, 3]),
+            rng.choice([None, T0, T0 + timedelta(hours=1), T0 + timedelta(hours=1)]),
+            rng.choice([None, [], ["a", "b"], ['x"y', "z,w"]]),
+            rng.choice([None, "", "it's", "line\nbreak"]),
+        )
+
+    for key in keys:
+        rows += [row(*key) for _ in range(rng.choice([1, 1, 2, 3, 4]))]
+    for warehouse, sku, batch in rng.sample(keys, 24):
+        nulled = rng.randrange(3)
+        key = [warehouse, sku, batch]
+        key[nulled] = None
+        rows += [row(*key) for _ in range(rng.choice([1, 2, 3]))]
+    rng.shuffle(rows)
+    return rows
+
+
+def insert_rows(harness: MigrationHarness, rows: list[tuple]) -> None:
+    columns = ", ".join(f'"{c}"' for c in INSERTED)
+    with harness.engine.connect() as connection, connection.connection.cursor() as cursor:
+        execute_values(cursor, f"INSERT INTO {TABLE} ({columns}) VALUES %s", rows)
+
+
+def keyed(row) -> bool:
+    return all(row[c] is not None for c in KEY)
+
+
+def newest_first(row) -> tuple:
+    """The kept row's order, computed here: revision, then recorded_at (NULL oldest), then id."""
+    return (
+        row["revision"] is not None,
+        row["revision"] or 0,
+        row["recorded_at"] is not None,
+        row["recorded_at"] or T0,
+        row["id"],
+    )
+
+
+def ranking_rows(harness: MigrationHarness) -> list[dict]:
+    return [
+        dict(row._mapping)
+        for row in harness.rows(
+            f'SELECT id, warehouse_id, sku, "Batch Code", revision, recorded_at FROM {TABLE}'
+        )
+    ]
+
+
+def survivors_by_key(rows: list[dict]) -> dict[tuple, int]:
+    groups = defaultdict(list)
+    for row in rows:
+        if keyed(row):
+            groups[tuple(row[c] for c in KEY)].append(row)
+    return {key: max(group, key=newest_first)["id"] for key, group in groups.items()}
+
+
+@dataclass
+class Stocked:
+    """The table at revision 0001 with its rows, and what the upgrade must make of them."""
+
+    rows: dict[int, str]  # every row by id, in PostgreSQL's text form
+    survivors: dict[tuple, int]  # per key, the id of the row that must stay
+    null_key_ids: set[int]
+    schema: str
+
+
+@pytest.fixture
+def stocked(project, harness) -> Stocked:
+    project.succeed("upgrade", "0001")
+    insert_rows(harness, generated_rows())
+    rows = ranking_rows(harness)
+    stock = Stocked(
+        rows=table_rows(harness),
+        survivors=survivors_by_key(rows),
+        null_key_ids={row["id"] for row in rows if not keyed(row)},
+        schema=harness.schema_dump(),
+    )
+    assert len(stock.rows) > len(stock.survivors) + len(stock.null_key_ids)  # duplicates exist
+    return stock
+
+
+# What the database holds.
+
+
+def table_rows(harness: MigrationHarness) -> dict[int, str]:
+    return {row[0]: row[1] for row in harness.rows(f"SELECT id, {ROW_TEXT} FROM {TABLE}")}
+
+
+def archived_rows(harness: MigrationHarness) -> dict[int, tuple[str, int]]:
+    """Archived rows by id: the row's text (the table's columns only) and the kept row's id."""
+    if not harness.scalar("SELECT to_regclass(:name) IS NOT NULL", name=TARGET.archive):
+        return {}
+    return {
+        row[0]: (row[1], row[2])
+        for row in harness.rows(f"SELECT id, {ROW_TEXT}, kept_id FROM {TARGET.archive}")
+    }
+
+
+def uniques_on_the_key(harness: MigrationHarness) -> list[tuple]:
+    """Every unique index whose columns are the key's, with its constraint and validity."""
+    return [
+        tuple(row)
+        for row in harness.rows(
+            """
+            SELECT c.relname::text, con.conname::text, i.indisvalid
+              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid
+                                          AND con.conrelid = i.indrelid
+             WHERE i.indrelid = CAST(:table AS regclass) AND i.indisunique
+               AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                     WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                   = (SELECT array_agg(k ORDER BY k) FROM unnest(CAST(:key AS text[])) AS k)
+             ORDER BY 1
+            """,
+            table=TABLE,
+            key=list(KEY),
+        )
+    ]
+
+
+def constraint_columns(harness: MigrationHarness) -> list[str]:
+    return [
+        row[0]
+        for row in harness.rows(
+            """
+            SELECT a.attname::text FROM pg_constraint con,
+                   unnest(con.conkey) WITH ORDINALITY AS k(attnum, position)
+              JOIN pg_attribute a ON a.attnum = k.attnum
+             WHERE con.conname = :name AND con.conrelid = CAST(:table AS regclass)
+               AND a.attrelid = con.conrelid
+             ORDER BY k.position
+            """,
+            name=CONSTRAINT,
+            table=TABLE,
+        )
+    ]
+
+
+def version(harness: MigrationHarness) -> str:
+    return harness.scalar(f"SELECT string_agg(version_num, ',') FROM {VERSION_TABLE}")
+
+
+def ledger_actions(harness: MigrationHarness) -> list[str]:
+    if not harness.scalar("SELECT to_regclass(:name) IS NOT NULL", name=TARGET.ledger):
+        return []
+    return [row[0] for row in harness.rows(f"SELECT action FROM {TARGET.ledger} ORDER BY seq")]
+
+
+def user_triggers(harness: MigrationHarness) -> list[str]:
+    return [
+        row[0]
+        for row in harness.rows(
+            "SELECT tgname::text FROM pg_trigger"
+            " WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal",
+            table=TABLE,
+        )
+    ]
+
+
+def assert_rows_conserved(harness: MigrationHarness, stock: Stocked) -> None:
+    """Nothing lost, nothing invented, nothing changed: the table plus the archive hold exactly
+    the original rows, each once, byte for byte."""
+    in_table, archived = table_rows(harness), archived_rows(harness)
+    assert in_table.keys().isdisjoint(archived.keys())
+    assert {**in_table, **{i: text for i, (text, _) in archived.items()}} == stock.rows
+
+
+def assert_converged(harness: MigrationHarness, stock: Stocked) -> None:
+    """Exactly one unique on the key, the constraint, over the key's columns in order; the row
+    kept of each key is the one the ordering picks; NULL-key rows untouched; every archived row
+    names the row kept for its key; no guard, work table or INVALID index left."""
+    assert uniques_on_the_key(harness) == [(CONSTRAINT, CONSTRAINT, True)]
+    assert constraint_columns(harness) == list(KEY)
+    assert harness.invalid_indexes() == []
+    assert_rows_conserved(harness, stock)
+    in_table = table_rows(harness)
+    assert stock.null_key_ids <= in_table.keys()
+    kept = {tuple(r[c] for c in KEY): r["id"] for r in ranking_rows(harness) if keyed(r)}
+    assert kept == stock.survivors
+    archived = archived_rows(harness)
+    assert archived, "the generated rows held duplicates: some must have been archived"
+    survivor_ids = set(stock.survivors.values())
+    assert all(kept_id in survivor_ids for _, kept_id in archived.values())
+    assert user_triggers(harness) == []  # the duplicate guard is gone
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=TARGET.work)
+
+
+def assert_restored(harness: MigrationHarness, stock: Stocked) -> None:
+    """Every row back byte for byte, and the schema exactly as before the upgrade."""
+    assert table_rows(harness) == stock.rows
+    assert harness.schema_dump() == stock.schema
+
+
+# 1. Online: converges, serves ON CONFLICT, and the downgrade restores exactly.
+
+
+def test_upgrade_converges_and_downgrade_restores_exactly(project, harness, stocked):
+    """On another schema, key and ordering: exactly one unique (the constraint), the newest row
+    of each key kept as computed here, NULL-key rows untouched, table + archive = the original
+    rows, `alembic check` clean against the project's model, upserts on the key work and plain
+    duplicates are rejected; `downgrade -1` gives back every row byte for byte and a pg_dump -s
+    identical to before; upgrading again keeps the same rows."""
+    project.succeed("upgrade", "head")
+
+    assert version(harness) == "0002"
+    assert_converged(harness, stocked)
+    assert ledger_actions(harness).count("found") == 1
+    checked = project.succeed("check")
+    assert "No new upgrade operations detected." in checked.output
+    app = Session(libpq_dsn(harness.url), autocommit=False)
+    try:
+        key = next(iter(stocked.survivors))
+        upsert = (
+            f'INSERT INTO {TABLE} (warehouse_id, sku, "Batch Code", quantity)'
+            ' VALUES (%s, %s, %s, 7) ON CONFLICT (warehouse_id, sku, "Batch Code")'
+            " DO UPDATE SET quantity = EXCLUDED.quantity RETURNING id"
+        )
+        assert app.run(upsert, *key) == [(stocked.survivors[key],)]
+        insert = f'INSERT INTO {TABLE} (warehouse_id, sku, "Batch Code") VALUES (%s, %s, %s)'
+        app.run(insert, 9, None, "x")
+        app.run(insert, 9, None, "x")  # a NULL in the key never conflicts
+        with pytest.raises(UniqueViolation, match=CONSTRAINT):
+            app.run(insert, *key)
+    finally:
+        app.rollback()
+        app.close()
+
+    project.succeed("downgrade", "-1")
+
+    assert version(harness) == "0001"
+    assert_restored(harness, stocked)
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=TARGET.archive)
+
+    project.succeed("upgrade", "head")
+
+    assert_converged(harness, stocked)
+
+
+# 2. A crash anywhere converges on re-run (SIGKILL of the migrator, its backends ended).
+
+
+def migrator_backends(harness: MigrationHarness, condition: str = "true") -> list:
+    return harness.rows(
+        "SELECT pid FROM pg_stat_activity"
+        f" WHERE application_name = :name AND datname = current_database() AND ({condition})",
+        name=APPLICATION_NAME,
+    )
+
+
+def dedupe_waiting_on_a_row_lock(harness: MigrationHarness) -> list:
+    return migrator_backends(harness, "wait_event_type = 'Lock' AND query LIKE 'DO $move$%'")
+
+
+def build_waiting_for_old_snapshots(harness: MigrationHarness) -> list:
+    return harness.rows(
+        "SELECT p.pid FROM pg_stat_progress_create_index p"
+        " JOIN pg_stat_activity a ON a.pid = p.pid"
+        " WHERE a.application_name = :name AND p.phase = 'waiting for old snapshots'",
+        name=APPLICATION_NAME,
+    )
+
+
+def crash(harness: MigrationHarness, migrator: Migrator) -> None:
+    """SIGKILL the client, then end its server backends as a crashed host's would end."""
+    migrator.kill()
+    for backend in migrator_backends(harness):
+        harness.scalar("SELECT pg_terminate_backend(:pid)", pid=backend.pid)
+    wait_until("the killed migrator's backends to go", lambda: not migrator_backends(harness))
+
+
+def holding(harness: MigrationHarness, *statements: str) -> Session:
+    """A session inside an open transaction that has run `statements`."""
+    held = Session(libpq_dsn(harness.url), autocommit=False)
+    for statement in statements:
+        held.run(statement)
+    return held
+
+
+def rerun_converges_and_downgrades_exactly(project, harness, stock: Stocked) -> None:
+    project.succeed("upgrade", "head")
+    assert_converged(harness, stock)
+    assert ledger_actions(harness).count("found") == 1
+    project.succeed("downgrade", "-1")
+    assert_restored(harness, stock)
+
+
+def test_crash_during_dedupe_then_rerun_converges(project, harness, stocked):
+    """Killed while the dedupe waits for a row the app holds: its transaction rolls back (no row
+    archived, no work table, version still 0001), and a re-run converges on the same rows and
+    still downgrades exactly."""
+    survivor_ids = set(stocked.survivors.values())
+    loser = min(
+        row["id"] for row in ranking_rows(harness) if keyed(row) and row["id"] not in survivor_ids
+    )
+    row_lock = holding(harness, f"SELECT 1 FROM {TABLE} WHERE id = {loser} FOR UPDATE")
+    try:
+        running = project.start("upgrade", "head")
+        wait_until(
+            "the dedupe to wait for the locked row",
+            lambda: dedupe_waiting_on_a_row_lock(harness),
+            migrator=running,
+        )
+        crash(harness, running)
+    finally:
+        row_lock.rollback()
+        row_lock.close()
+
+    assert version(harness) == "0001"
+    assert archived_rows(harness) == {}
+    assert harness.scalar("SELECT to_regclass(:name) IS NULL", name=TARGET.work)
+    assert table_rows(harness) == stocked.rows
+
+    rerun_converges_and_downgrades_exactly(project, harness, stocked)
+
+
+def test_crash_during_concurrent_build_then_rerun_converges(project, harness, stocked):
+    """Killed while CREATE UNIQUE INDEX CONCURRENTLY waits for an old snapshot: the INVALID
+    index it leaves is recognised, dropped and built again by the re-run, which converges and
+    still downgrades exactly; no row is archived twice."""
+    snapshot = holding(
+        harness, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", f"SELECT count(*) FROM {TABLE}"
+    )
+    try:
+        running = project.start("upgrade", "head")
+        wait_until(
+            "the build to wait for the old snapshot",
+            lambda: build_waiting_for_old_snapshots(harness),
+            migrator=running,
+        )
+        crash(harness, running)
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+
+    assert harness.invalid_indexes() == [CONSTRAINT]
+    assert_rows_conserved(harness, stocked)
+
+    rerun_converges_and_downgrades_exactly(project, harness, stocked)
+
+
+# 3. Offline: the --sql scripts, run with psql, make the same decisions.
+
+
+def test_offline_upgrade_and_downgrade_converge_and_restore(project, harness, stocked):
+    """`alembic upgrade 0001:head --sql` applied with psql converges exactly as the online path
+    does (same kept rows, same archive), and `alembic downgrade head:0001 --sql` applied with
+    psql gives back every row byte for byte and a pg_dump -s identical to before."""
+    upgrade = project.offline_script("upgrade", "0001:head")
+    downgrade = project.offline_script("downgrade", "head:0001")
+
+    apply_script(harness, upgrade)
+
+    assert version(harness) == "0002"
+    assert_converged(harness, stocked)
+
+    apply_script(harness, downgrade)
+
+    assert version(harness) == "0001"
+    assert_restored(harness, stocked)

@@ -1,0 +1,380 @@
+"""This package used by another project, installed from its wheel.
+
+The shop (tests/projects/shop, copied into a temporary directory) is a separate Alembic
+project: its own env.py (Alembic's usual template plus the one run_migrations call), its own
+top-level `app/` package and its own revisions 0001 (orders and their lines) and 0002
+(op.ensure_unique_constraint on orders), and this package's revisions included as a second
+branch through version_locations (`meta_assets_cache_migrations:migrations/versions`, branch
+label `meta_assets_cache`). The package comes from a wheel built from this repository once per
+session and installed with `pip install --target`; every command runs in a child process with
+PYTHONPATH set to that directory, in the shop's directory, as its developers would run it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
+from alembic_lossless_unique.operations import target_from_arguments
+from tests.offline_support import run_psql
+from tests.online_support import Session, libpq_dsn
+from tests.support import PROJECT_ROOT, AlembicResult, MigrationHarness
+
+TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
+# What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
+ORDERS_UNIQUE = target_from_arguments(
+    "orders_customer_id_number_key",
+    "orders",
+    ["customer_id", "number"],
+    keep_newest_by=["updated_at"],
+)
+SHOP_HEAD, SHOP_BASE = "0002", "0001"
+BRANCH_HEAD = "meta_assets_cache_0002"
+# Not copied into the wheel's build: caches, environments, and what an earlier build left.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", ".cache", ".ruff_cache", ".pytest_cache", "__pycache__", "*.egg-info", "build"
+)
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    wheel: Path
+    site: Path  # the `pip install --target` directory
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def installed_package(tmp_path_factory) -> InstalledPackage:
+    """`pip wheel --no-deps` of this repository, then `pip install --no-deps --target`. The
+    wheel is built from a copy of the working tree, so the build leaves nothing (build/,
+    *.egg-info) in the repository."""
+    root = tmp_path_factory.mktemp("installed_package")
+    source = root / "source"
+    shutil.copytree(PROJECT_ROOT, source, ignore=NOT_SOURCE)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    run([*pip, "wheel", "--no-deps", "--wheel-dir", str(root / "dist"), str(source)])
+    [wheel] = (root / "dist").glob("*.whl")
+    run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)])
+    return InstalledPackage(wheel=wheel, site=root / "site")
+
+
+@dataclass
+class Shop:
+    directory: Path
+    site: Path
+    harness: MigrationHarness
+
+    def environment(self, *, database: bool = True) -> dict[str, str]:
+        """The test's environment, with the installed package first on the path and nothing of
+        the test run's own pytest settings."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("DATABASE_URL", "PYTHONPATH") and not key.startswith("PYTEST_")
+        }
+        env["PYTHONPATH"] = str(self.site)
+        if database:
+            env["DATABASE_URL"] = self.harness.url
+        return env
+
+    def python(self, *args: str, database: bool = True) -> AlembicResult:
+        result = subprocess.run(
+            [sys.executable, *args],
+            cwd=self.directory,
+            env=self.environment(database=database),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        return AlembicResult(result.returncode, result.stdout, result.stderr)
+
+    def alembic(self, *args: str, database: bool = True) -> AlembicResult:
+        return self.python("-m", "alembic", *args, database=database)
+
+    def succeed(self, *args: str) -> AlembicResult:
+        result = self.alembic(*args)
+        assert result.returncode == 0, result.output
+        return result
+
+    def versions(self) -> set[str]:
+        if not self.harness.scalar("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+            return set()
+        return {row[0] for row in self.harness.rows("SELECT version_num FROM alembic_version")}
+
+
+@pytest.fixture
+def shop(tmp_path, installed_package, harness) -> Shop:
+    directory = tmp_path / "shop"
+    shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    return Shop(directory, installed_package.site, harness)
+
+
+def failed_lines(result: AlembicResult) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("FAILED:")]
+
+
+# 1. The wheel, and what the shop imports from it.
+
+
+def test_wheel_holds_the_package_its_revisions_and_template_and_no_app(installed_package):
+    """The wheel carries both packages with this package's revisions, their env.py and
+    script.py.mako, and no top-level module of its own that could shadow a project's (`app`,
+    `tests`, `devtools`)."""
+    names = zipfile.ZipFile(installed_package.wheel).namelist()
+    top_level = {
+        name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")
+    }
+    assert top_level == {"alembic_lossless_unique", "meta_assets_cache_migrations"}
+    for expected in (
+        "meta_assets_cache_migrations/migrations/env.py",
+        "meta_assets_cache_migrations/migrations/script.py.mako",
+        "meta_assets_cache_migrations/migrations/versions/meta_assets_cache_0001_baseline.py",
+        "meta_assets_cache_migrations/migrations/versions/meta_assets_cache_0002_unique_pair.py",
+        "meta_assets_cache_migrations/models/meta_assets_cache.py",
+    ):
+        assert expected in names
+
+
+WHERE_THINGS_COME_FROM = """
+import json
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+import alembic_lossless_unique, meta_assets_cache_migrations, app
+scripts = ScriptDirectory.from_config(Config("alembic.ini"))
+print(json.dumps({
+    "alembic_lossless_unique": alembic_lossless_unique.__file__,
+    "meta_assets_cache_migrations": meta_assets_cache_migrations.__file__,
+    "app": app.__file__,
+    "version_locations": [str(path) for path in scripts._version_locations],
+    "branch_revision": scripts.get_revision("meta_assets_cache_0001").path,
+    "heads": sorted(scripts.get_heads()),
+    "branch_heads": {
+        label: [r.revision for r in scripts.get_revisions(f"{label}@head")]
+        for label in ("shop", "meta_assets_cache")
+    },
+}))
+"""
+
+
+def test_shop_imports_the_installed_package_and_its_own_app(shop, installed_package):
+    """In the shop, PYTHONPATH wins over the editable install of this repository: both packages
+    and the branch's revisions come from the installed wheel, `app` is the shop's own package,
+    and `package:path` in version_locations finds the branch, with two heads."""
+    result = shop.python("-c", WHERE_THINGS_COME_FROM, database=False)
+    assert result.returncode == 0, result.output
+    found = json.loads(result.stdout)
+    site = installed_package.site.resolve()
+    for package in ("alembic_lossless_unique", "meta_assets_cache_migrations"):
+        assert Path(found[package]).resolve().is_relative_to(site), found[package]
+    assert Path(found["app"]).resolve() == (shop.directory / "app" / "__init__.py").resolve()
+    assert [Path(p).resolve() for p in found["version_locations"]] == [
+        (shop.directory / "migrations" / "versions").resolve(),
+        site / "meta_assets_cache_migrations" / "migrations" / "versions",
+    ]
+    assert Path(found["branch_revision"]).resolve().is_relative_to(site)
+    assert found["heads"] == [SHOP_HEAD, BRANCH_HEAD]
+    assert found["branch_heads"] == {"shop": [SHOP_HEAD], "meta_assets_cache": [BRANCH_HEAD]}
+
+
+# 2. Upgrade heads, check, the summary, and each branch downgraded.
+
+
+def orders(harness: MigrationHarness) -> dict[int, str]:
+    return {row[0]: row[1] for row in harness.rows("SELECT o.id, o::text FROM orders o")}
+
+
+def order_lines(harness: MigrationHarness) -> dict[int, str]:
+    return {row[0]: row[1] for row in harness.rows("SELECT l.id, l::text FROM order_lines l")}
+
+
+ORDERS = """
+INSERT INTO orders (customer_id, number, status, updated_at) VALUES
+    (1, 'A-1', 'new',     '2026-01-01'),  -- 1: older
+    (1, 'A-1', 'paid',    '2026-02-01'),  -- 2: kept (newest)
+    (1, 'A-1', 'new',     '2026-01-15'),  -- 3
+    (1, 'A-2', 'new',     '2026-01-01'),  -- 4: tie on updated_at
+    (1, 'A-2', 'shipped', '2026-01-01'),  -- 5: kept (greatest id of the tie)
+    (2, 'A-1', 'new',     '2026-01-01'),  -- 6: alone
+    (1, NULL,  'draft',   '2026-01-01'),  -- 7: drafts have no number and never conflict
+    (1, NULL,  'draft',   '2026-01-01')   -- 8
+"""
+ORDER_LINES = """
+INSERT INTO order_lines (order_id, product, quantity) VALUES
+    (1, 'tea', 1), (2, 'cups', 2), (3, 'tray', 1), (4, 'milk', 3), (7, 'sugar', 1)
+"""
+
+
+def newest_of_each_number(harness: MigrationHarness) -> set[int]:
+    """Of each (customer_id, number), the greatest by updated_at then id, computed here."""
+    groups = defaultdict(list)
+    for row in harness.rows("SELECT id, customer_id, number, updated_at FROM orders"):
+        if row.number is not None:
+            groups[(row.customer_id, row.number)].append(row)
+    return {max(group, key=lambda r: (r.updated_at, r.id)).id for group in groups.values()}
+
+
+def test_upgrade_heads_check_and_each_branch_downgrades(shop, harness):
+    """`alembic upgrade heads` runs the shop's revisions and the meta_assets_cache branch in one
+    database and one version table: the shop's duplicate orders are archived (the newest of each
+    number kept, drafts untouched, lines re-pointed to the kept order), the summary reaches
+    stderr, `alembic check` is clean against the shop's models and the branch's, a second run
+    says "nothing to do" in one line; each branch then downgrades on its own, the shop's orders
+    and lines come back byte for byte, and the schema is as pg_dump saw it before."""
+    shop.succeed("upgrade", f"shop@{SHOP_BASE}")
+    harness.execute(ORDERS)
+    harness.execute(ORDER_LINES)
+    orders_before, lines_before = orders(harness), order_lines(harness)
+    schema_before = harness.schema_dump()
+    kept = newest_of_each_number(harness)
+    assert kept == {2, 5, 6}
+
+    upgraded = shop.succeed("upgrade", "heads")
+
+    assert shop.versions() == {SHOP_HEAD, BRANCH_HEAD}
+    assert (
+        "unique constraint orders_customer_id_number_key on public.orders (customer_id, number):"
+        " done in" in upgraded.stderr
+    )
+    assert f"rows archived     3 (moved to {ORDERS_UNIQUE.archive})" in upgraded.stderr
+    assert set(orders(harness)) == kept | {7, 8}
+    assert all(orders(harness)[i] == orders_before[i] for i in kept | {7, 8})
+    archived = {
+        row.id: row.kept_id for row in harness.rows(f"SELECT * FROM {ORDERS_UNIQUE.archive}")
+    }
+    assert archived == {1: 2, 3: 2, 4: 5}
+    lines = {row.product: row.order_id for row in harness.rows("SELECT * FROM order_lines")}
+    assert lines == {"tea": 2, "cups": 2, "tray": 2, "milk": 5, "sugar": 7}
+    assert harness.scalar("SELECT to_regclass('public.meta_assets_cache') IS NOT NULL")
+
+    checked = shop.succeed("check")
+    assert "No new upgrade operations detected." in checked.output
+
+    again = shop.succeed("upgrade", "heads")
+    assert [line for line in again.stderr.splitlines() if "nothing to do" in line] == [
+        "INFO  [alembic_lossless_unique] nothing to do: the database is at"
+        f" {BRANCH_HEAD}, {SHOP_HEAD}"
+    ]
+    assert "Running upgrade" not in again.output
+
+    shop.succeed("downgrade", "meta_assets_cache@base")
+    assert shop.versions() == {SHOP_HEAD}
+    assert harness.scalar("SELECT to_regclass('public.meta_assets_cache') IS NULL")
+
+    shop.succeed("downgrade", "shop@-1")
+    assert shop.versions() == {SHOP_BASE}
+    assert orders(harness) == orders_before
+    assert order_lines(harness) == lines_before
+    schema_after = harness.schema_dump()
+
+    shop.succeed("downgrade", "shop@base")
+    assert shop.versions() == set()
+    assert harness.scalar("SELECT to_regclass('public.orders') IS NULL")
+
+    assert schema_after == schema_before
+
+
+SMALLEST_ENV = """
+from alembic import context
+
+from alembic_lossless_unique import run_migrations
+from app.models import Base
+
+run_migrations(context, target_metadata=Base.metadata)
+"""
+
+
+def test_check_with_the_smallest_env_is_clean(shop):
+    """The shop without the branch and with the smallest env.py (the one call and its own
+    models, no autogenerate filters): after `upgrade head`, `alembic check` finds nothing; in
+    particular it does not propose dropping the version table."""
+    ini = shop.directory / "alembic.ini"
+    ini.write_text(ini.read_text().replace(" meta_assets_cache_migrations:migrations/versions", ""))
+    (shop.directory / "migrations" / "env.py").write_text(SMALLEST_ENV)
+    shop.succeed("upgrade", "head")
+
+    checked = shop.alembic("check")
+
+    assert checked.returncode == 0, checked.output
+    assert "No new upgrade operations detected." in checked.output
+
+
+# 3. The migrator's session from the one call: one-line failures, the migrator lock.
+
+
+def test_a_bad_setting_fails_in_one_line_before_anything_changes(shop, harness):
+    """A bad -x setting stops `upgrade heads` with exactly one FAILED: line naming it, no
+    traceback, and nothing created."""
+    result = shop.alembic("-x", "lock_timeout=soon", "upgrade", "heads")
+
+    assert result.returncode != 0
+    assert failed_lines(result) == [
+        "FAILED: lock_timeout='soon' is not a duration: use e.g. 500ms, 2s or 10min"
+    ]
+    assert "Traceback" not in result.output
+    assert shop.versions() == set()
+    assert harness.scalar("SELECT to_regclass('public.orders') IS NULL")
+
+
+def test_the_migrator_lock_holds_off_a_second_migrator(shop, harness):
+    """While another session holds the migrator lock, the shop's `upgrade heads` waits for it
+    (up to -x migrator_wait), then gives up in one FAILED: line, having changed nothing."""
+    other = Session(libpq_dsn(harness.url))
+    try:
+        other.run("SELECT pg_advisory_lock(%s, %s)", *MIGRATOR_LOCK_KEY)
+        result = shop.alembic("-x", "migrator_wait=1s", "upgrade", "heads")
+    finally:
+        other.close()
+
+    assert result.returncode != 0
+    [failed] = failed_lines(result)
+    assert "another migrator has held the migrator lock of this database for over 1 s" in failed
+    assert shop.versions() == set()
+
+
+# 4. Offline: the same heads as one script for psql.
+
+
+def test_offline_upgrade_heads_applies_with_psql(shop, harness):
+    """`alembic upgrade heads --sql`, written without a database and run with psql on an empty
+    one, reaches both heads: the shop's tables with their unique constraint, and the branch's."""
+    script = shop.alembic("upgrade", "heads", "--sql", database=False)
+    assert script.returncode == 0, script.stderr
+
+    applied = run_psql(harness, script.stdout)
+
+    assert applied.returncode == 0, applied.stderr
+    assert shop.versions() == {SHOP_HEAD, BRANCH_HEAD}
+    assert harness.scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_customer_id_number_key'"
+    )
+    assert harness.scalar("SELECT to_regclass('public.meta_assets_cache') IS NOT NULL")
+
+
+# 5. pytest-alembic's standard tests, run in the shop by its own pytest.
+
+
+def test_pytest_alembic_checks_pass_in_the_shop(shop):
+    """The shop's own `pytest` (its conftest.py gives pytest-alembic its alembic.ini and the
+    database) passes test_upgrade, test_model_definitions_match_ddl and
+    test_up_down_consistency over both branches."""
+    result = shop.python("-m", "pytest", "-v", "--tb=short", "-p", "no:cacheprovider")
+    print(result.output)  # the shop's own test report, shown with this test's outcome
+
+    shop_pytest_exit_code = result.returncode
+    assert shop_pytest_exit_code == 0, "the shop's own pytest failed: its report is above"
+    for test in ("test_upgrade", "test_model_definitions_match_ddl", "test_up_down_consistency"):
+        assert f"tests/test_migrations.py::{test} PASSED" in result.stdout
