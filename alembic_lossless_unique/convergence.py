@@ -6,7 +6,7 @@ crash recognises its own half-built objects and a downgrade undoes exactly what 
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -440,7 +440,7 @@ class Undo:
 
 def run_undo(
     target: UniqueTarget,
-    online: Callable[[], "contextmanager[Database]"],
+    online: Callable[[], AbstractContextManager[Database]],
     in_transaction: Callable[[], Database],
 ) -> None:
     """The downgrade's order of events; `online` gives an autocommit session, `in_transaction`

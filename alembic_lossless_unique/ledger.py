@@ -58,9 +58,3 @@ def built_before(steps_done: list[Step]) -> bool:
 def built_before_sql(target: UniqueTarget) -> str:
     """The same question asked in SQL, for the offline script (the ledger exists by then)."""
     return f"EXISTS (SELECT 1 FROM {target.ledger} WHERE action = 'built')"
-
-
-def guard_in_place(steps_done: list[Step]) -> bool:
-    installed = sum(step.action == "guard_installed" for step in steps_done)
-    removed = sum(step.action == "guard_removed" for step in steps_done)
-    return installed > removed

@@ -2,7 +2,6 @@
 every identifier quoted where PostgreSQL needs it, every object schema-qualified."""
 
 import hashlib
-import json
 from collections.abc import Iterable
 
 from sqlalchemy.dialects import postgresql
@@ -35,10 +34,6 @@ def literal(value: str) -> str:
 
 def literal_array(values: Iterable[str]) -> str:
     return "ARRAY[" + ", ".join(literal(value) for value in values) + "]::text[]"
-
-
-def json_literal(value: object) -> str:
-    return literal(json.dumps(value, sort_keys=True)) + "::jsonb"
 
 
 def derived_name(base: str, suffix: str) -> str:

@@ -12,7 +12,6 @@ from alembic_lossless_unique.sqltext import literal, literal_array, qualified_re
 from alembic_lossless_unique.target import UniqueTarget
 
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-ENABLED = {"O": "origin", "D": "disabled", "R": "replica", "A": "always"}
 
 
 def surroundings_sql(target: UniqueTarget) -> str:
