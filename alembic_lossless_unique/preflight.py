@@ -1,5 +1,9 @@
 """Before `alembic upgrade`: what ensure_unique_constraint would find and do, without changing a
-thing. Everything runs in one READ ONLY transaction that is rolled back (it works on a read
+thing.
+
+    DATABASE_URL=... python -m alembic_lossless_unique.preflight \
+        --table orders --columns customer_id,number --keep-newest-by updated_at [--json]
+ Everything runs in one READ ONLY transaction that is rolled back (it works on a read
 replica too), from the same plan, listing and checks the upgrade itself runs.
 
 It reports the starting state, the size of the table, the rows the upgrade would archive (the
@@ -9,17 +13,29 @@ triggers and publications that see the move, and everything that would make the 
 downgrade refuse.
 """
 
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, surroundings
+import psycopg2
+from sqlalchemy.exc import DBAPIError
+
+from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, session, surroundings
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.convergence import read_plan
 from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.operations import target_from_arguments
 from alembic_lossless_unique.plan import Plan
 from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.sqltext import ident
-from alembic_lossless_unique.target import UniqueTarget
+from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
+
+R = TypeVar("R")
 
 NO_TABLE_LOCK = "none on the table"
 ARCHIVE_LOCK = (
@@ -277,3 +293,95 @@ def text_lines(report: Report) -> list[str]:
     else:
         lines.append("  steps                none: nothing to do")
     return lines
+
+
+# The command: read-only, one FAILED line for anything that goes wrong.
+
+
+def read_only(url, application_name: str, gather_report: Callable[[Database], R]) -> R:
+    """`gather_report` in one READ ONLY transaction that is rolled back, through the migrator's
+    own safe session (pooler refusal, fixed search_path)."""
+    session.refuse_transaction_pooler(url)
+    engine = session.engine_for(url, application_name)
+    try:
+        with engine.connect() as connection:
+            # The first statement of the transaction: nothing below can write.
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            try:
+                db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
+                return gather_report(db)
+            finally:
+                connection.rollback()
+    finally:
+        engine.dispose()
+
+
+def command(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    make_report: Callable[[argparse.Namespace, Any], Any],
+    lines: Callable[[Any], list[str]],
+) -> int:
+    """Parse, report (`make_report(arguments, url)`), print text or --json; exit status 1 with
+    one FAILED line for a bad URL, a refusal or a database error."""
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    arguments = parser.parse_args(argv)
+    url = None
+    try:
+        url = database_url()
+        report = make_report(arguments, url)
+    except (DatabaseUrlError, MigrationAbort) as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    except (DBAPIError, psycopg2.Error) as error:  # psycopg2's own: the pooler check's
+        print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
+        return 1
+    if arguments.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(lines(report)))
+    return 0
+
+
+def _names(raw: str) -> list[str]:
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m alembic_lossless_unique.preflight",
+        description="Read-only report: what ensure_unique_constraint would find and do.",
+    )
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--columns", required=True, help="the key, comma-separated, in order")
+    parser.add_argument("--constraint", help="its name (default: PostgreSQL's, TABLE_COLS_key)")
+    parser.add_argument("--schema", default="public")
+    parser.add_argument("--keep-newest-by", default="", help="comma-separated")
+    parser.add_argument("--row-identity", default="id", help="comma-separated")
+    parser.add_argument("--private-schema", default=DEFAULT_PRIVATE_SCHEMA)
+
+    def make_report(arguments: argparse.Namespace, url) -> Report:
+        columns = _names(arguments.columns)
+        target = target_from_arguments(
+            arguments.constraint or f"{arguments.table}_{'_'.join(columns)}_key",
+            arguments.table,
+            columns,
+            schema=arguments.schema,
+            keep_newest_by=_names(arguments.keep_newest_by),
+            row_identity=_names(arguments.row_identity),
+            private_schema=arguments.private_schema,
+        )
+        return read_only(url, "alembic_lossless_unique preflight", lambda db: gather(db, target))
+
+    def report_lines(report: Report) -> list[str]:
+        return [
+            f"preflight for {report.table}; read only, nothing was changed",
+            *text_lines(report),
+            *(f"  PROBLEM: {problem}" for problem in report.problems),
+        ]
+
+    return command(argv, parser, make_report, report_lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,19 +10,12 @@ table that its model does not declare. One READ ONLY transaction, rolled back.
 """
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
-from sqlalchemy.exc import DBAPIError
-
-from alembic_lossless_unique import preflight, session
+from alembic_lossless_unique import preflight
 from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
-from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.settings import MigrationSettings
 from meta_assets_cache_migrations.baseline import PRIVILEGE_PROBLEM
 from meta_assets_cache_migrations.names import (
     SEED_INDEX_NAME,
@@ -108,19 +101,7 @@ def gather(db: Database) -> Report:
 
 
 def run(url) -> Report:
-    session.refuse_transaction_pooler(url)
-    engine = session.engine_for(url, "meta_assets_cache preflight")
-    try:
-        with engine.connect() as connection:
-            # The first statement of the transaction: nothing below can write.
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            try:
-                db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
-                return gather(db)
-            finally:
-                connection.rollback()
-    finally:
-        engine.dispose()
+    return preflight.read_only(url, "meta_assets_cache preflight", gather)
 
 
 def text_lines(report: Report) -> list[str]:
@@ -150,26 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="meta-assets-preflight",
         description="Read-only report: what `alembic upgrade head` would find and do.",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-    url = None
-    try:
-        url = database_url()
-        report = run(url)
-    except (DatabaseUrlError, MigrationAbort) as error:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 1
-    except DBAPIError as error:
-        print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
-        return 1
-    except psycopg2.Error as error:  # from the pooler check's own connections
-        print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print("\n".join(text_lines(report)))
-    return 0
+    return preflight.command(argv, parser, lambda arguments, url: run(url), text_lines)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ private schema `inventory_private`, where its env.py also keeps the version tabl
 """
 
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -26,7 +27,10 @@ import pytest
 from psycopg2.errors import UniqueViolation
 from psycopg2.extras import execute_values
 
+from alembic_lossless_unique import convergence
+from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.operations import target_from_arguments
+from alembic_lossless_unique.settings import MigrationSettings
 from tests.offline_support import apply_script
 from tests.online_support import Migrator, Session, libpq_dsn, wait_until
 from tests.support import AlembicResult, MigrationHarness
@@ -513,3 +517,72 @@ def test_offline_upgrade_and_downgrade_converge_and_restore(project, harness, st
 
     assert version(harness) == "0001"
     assert_restored(harness, stocked)
+
+
+# A key of an extension's type, the way Supabase installs extensions: in a schema of their own.
+
+EMAILS = """
+CREATE SCHEMA extensions;
+CREATE EXTENSION citext SCHEMA extensions;
+CREATE TABLE public.emails (id bigint PRIMARY KEY, address extensions.citext, seen int NOT NULL);
+INSERT INTO public.emails VALUES
+    (1, 'ada@example.org', 1), (2, 'ADA@Example.org', 2), (3, 'bob@example.org', 1),
+    (4, NULL, 1), (5, NULL, 1);
+"""
+EMAILS_ADDRESS = {
+    "constraint_name": "emails_address_key",
+    "table_name": "emails",
+    "columns": ["address"],
+    "keep_newest_by": ["seen"],
+    "private_schema": "emails_private",
+}
+
+
+@pytest.fixture
+def emails(harness):
+    available = harness.scalar("SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'")
+    if not available:
+        pytest.skip("this PostgreSQL build has no citext extension")
+    harness.execute(EMAILS)
+    return harness
+
+
+def test_a_key_of_an_extension_type_is_compared_as_its_unique_index_compares_it(emails):
+    """citext, from a schema that is on no search_path: to its unique index 'ada@' and 'ADA@'
+    are one key. The dedupe compares with the type's own equality operator (found through its
+    default btree operator class), not with text's, which a cast would have picked: the newest
+    of the two stays, the other is archived, and the constraint builds the first time."""
+    harness = emails
+    preflight = subprocess.run(
+        [
+            sys.executable, "-m", "alembic_lossless_unique.preflight", "--json",
+            "--table", "emails", "--columns", "address", "--keep-newest-by", "seen",
+            "--constraint", "emails_address_key", "--private-schema", "emails_private",
+        ],
+        env={**os.environ, "DATABASE_URL": harness.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert preflight.returncode == 0, preflight.stderr
+    report = json.loads(preflight.stdout)
+    assert (report["state"], report["rows_to_archive"], report["null_key_rows"]) == (
+        "drifted",
+        1,
+        2,
+    )
+
+    with harness.engine.connect() as connection:
+        db = Database(connection, MigrationSettings())
+        convergence.ensure_unique_constraint(db, target_from_arguments(**EMAILS_ADDRESS))
+
+    assert harness.rows("SELECT id FROM public.emails ORDER BY id") == [(2,), (3,), (4,), (5,)]
+    assert harness.rows("SELECT id, kept_id FROM emails_private.emails_address_key_archive") == [
+        (1, 2)
+    ]
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'emails_address_key' AND contype = 'u'"
+        )
+        == 1
+    )
