@@ -582,7 +582,8 @@ def test_a_key_of_an_extension_type_is_compared_as_its_unique_index_compares_it(
     ]
     assert (
         harness.scalar(
-            "SELECT count(*) FROM pg_constraint WHERE conname = 'emails_address_key' AND contype = 'u'"
+            "SELECT count(*) FROM pg_constraint"
+            " WHERE conname = 'emails_address_key' AND contype = 'u'"
         )
         == 1
     )
