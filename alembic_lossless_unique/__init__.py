@@ -20,6 +20,8 @@ Mechanics, one job per module:
 - ``checks``: every refusal, before anything changes (refuse, or report for preflight)
 - ``dedupe``: duplicates moved to the archive, child rows re-pointed, counts checked
 - ``restore``: archived rows back, child rows pointed back, checked
+- ``foreign_keys``: the foreign keys into the table and out of it, as the catalog has them
+- ``comparisons``: equality as the unique index judges it, whatever the column types
 - ``guard``: new duplicates rejected while the constraint is being built
 - ``indexes``: concurrent builds and drops, catalog changes under lock retries, progress
 - ``locks``: one migrator at a time; short lock timeouts with bounded retries
@@ -29,6 +31,8 @@ Mechanics, one job per module:
 - ``surroundings``: foreign keys, triggers, publications: announced, never hidden
 - ``convergence``: the story, online; ``offline``: the same decisions as a standalone script
 - ``environment``: the one call in env.py; ``preflight``: the read-only report
+- ``operations``: the two Alembic operations; ``database``, ``database_url``, ``settings``,
+  ``sqltext``, ``errors``: sessions, the URL, the knobs, SQL text, one-line failures
 """
 
 from alembic_lossless_unique import operations as _operations  # noqa: F401 (registers the ops)

@@ -58,6 +58,16 @@ def holding(harness, *statements: str) -> Session:
     return held
 
 
+def old_snapshot(harness) -> Session:
+    """A transaction holding a snapshot of the table: a concurrent build waits for it to end
+    ("waiting for old snapshots"), though it blocks no read or write."""
+    return holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM public.meta_assets_cache",
+    )
+
+
 def migrator(harness, *args: str, env: dict[str, str] | None = None):
     return start_alembic(*args, env={"DATABASE_URL": harness.url, **(env or {})})
 
@@ -202,11 +212,7 @@ def test_app_queries_pass_while_the_migrator_retries(harness, drifted):
 def test_role_statement_timeout_does_not_break_dedupe_or_build(harness, drifted):
     rows_before, survivors = drifted
     loser = harness.scalar(A_LOSER)
-    snapshot = holding(
-        harness,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM public.meta_assets_cache",
-    )
+    snapshot = old_snapshot(harness)
     row_lock = holding(
         harness, f"SELECT 1 FROM public.meta_assets_cache WHERE id = '{loser}' FOR UPDATE"
     )
@@ -297,11 +303,7 @@ def test_crash_during_dedupe_converges(harness, drifted):
 def test_crash_during_concurrent_build_converges(harness, drifted):
     rows_before, survivors = drifted
     schema_before = harness.schema_dump()
-    snapshot = holding(
-        harness,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM public.meta_assets_cache",
-    )
+    snapshot = old_snapshot(harness)
     try:
         running = migrator(harness, "upgrade", "head")
         wait_until(
@@ -364,11 +366,7 @@ def test_a_duplicate_arriving_during_the_build_is_rejected_by_the_guard(harness,
     unique_violation naming the constraint. The build succeeds the first time."""
     rows_before, survivors = drifted
     kept = a_kept_row(harness)
-    snapshot = holding(
-        harness,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM public.meta_assets_cache",
-    )
+    snapshot = old_snapshot(harness)
     try:
         running = migrator(harness, "upgrade", "head")
         wait_until(
@@ -440,11 +438,7 @@ def test_a_duplicate_past_the_guard_is_archived_and_the_build_retried(harness, d
 
 def test_two_migrators_started_together_do_the_work_once(harness, drifted):
     rows_before, survivors = drifted
-    snapshot = holding(
-        harness,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM public.meta_assets_cache",
-    )
+    snapshot = old_snapshot(harness)
     try:
         both = [migrator(harness, "upgrade", "head") for _ in range(2)]
         building = wait_until(
@@ -475,11 +469,7 @@ def test_two_migrators_started_together_do_the_work_once(harness, drifted):
 def test_progress_names_the_backend_the_build_waits_for(harness, drifted):
     """A DBA watching the log sees whom the concurrent build waits for: the pid, how long its
     transaction has been open, and what it runs."""
-    snapshot = holding(
-        harness,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM public.meta_assets_cache",
-    )
+    snapshot = old_snapshot(harness)
     blocker = snapshot.pid()
     try:
         running = migrator(harness, "-x", "progress_interval=0.2", "upgrade", "head")
