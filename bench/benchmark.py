@@ -61,6 +61,7 @@ from bench.starting_tables import (  # noqa: E402
     census,
     table_facts,
 )
+from bench.writers import DUPLICATE_RATE  # noqa: E402
 from devtools.throwaway_postgres import ThrowawayServer, throwaway_postgres  # noqa: E402
 
 DEFAULT_ROWS = 1_000_000
@@ -130,7 +131,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--duplicate-rate",
         type=float,
-        default=50.0,
+        default=DUPLICATE_RATE,
         help="duplicate inserts per second while the reference and ours run; 0 turns them off",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench", help="results dir")

@@ -17,6 +17,10 @@ from bench.db import connect
 from devtools.throwaway_postgres import ThrowawayServer
 
 PHASE_LINE = re.compile(r"^INFO\s+\[[^\]]+\]\s+(?P<name>\S.*?)\s\.\.\.$")
+# The summary the migration logs when its work is done (`...: done in 12.34 s`): what follows
+# (the revision recorded, the commit, the process exiting) is not the last step's work.
+DONE_LINE = re.compile(r"^INFO\s+\[[^\]]+\]\s+\S.*: done in \d+(?:\.\d+)? s$")
+FINISH = "finish (version table, commit, exit)"
 
 # A word of the phase name starting with the prefix gives the phase its kind; first match wins,
 # so "install duplicate guard" is a guard, not a dedupe.
@@ -49,7 +53,9 @@ def phase_kind(name: str) -> str:
 def phase_name(line: str) -> str | None:
     """The phase a log line starts, if it is a phase line."""
     match = PHASE_LINE.match(line.strip())
-    return match.group("name") if match else None
+    if match:
+        return match.group("name")
+    return FINISH if DONE_LINE.match(line.strip()) else None
 
 
 class CommandRun:

@@ -24,7 +24,7 @@ from bench.targets import (
     ratio,
     target_lines,
 )
-from bench.writers import PROBE_INTERVAL
+from bench.writers import DUPLICATE_RATE, PROBE_INTERVAL
 from devtools.throwaway_postgres import ThrowawayServer
 
 # Results files of this shape; older ones (fast server, no phases) are skipped.
@@ -87,11 +87,14 @@ def cpu_model() -> str:
 
 
 def run_label(rows_label: str, info: RunInfo) -> str:
-    """results_<label>.json and insert_wait_<label>.png: one file per size, mix, mode and
-    setting override, so runs meant to be compared side by side do not overwrite each other."""
+    """results_<label>.json and insert_wait_<label>.png: one file per size, mix, mode, duplicate
+    rate and setting override, so runs meant to be compared side by side do not overwrite each
+    other."""
     parts = [rows_label, info.mix]
     if info.mode == "fast":
         parts.append("fast")
+    if info.duplicate_rate != DUPLICATE_RATE:
+        parts.append(f"duplicates-{info.duplicate_rate:g}")
     parts += [f"{name}-{value}" for name, value in info.overrides.items()]
     return "_".join(parts)
 
@@ -299,6 +302,8 @@ def stored_report(run: dict) -> tuple[str, list[Block]]:
         return f"Growth ({sizes}), {info.mix} mix, {info.mode}", growth_report(info, points)
     results = {key: result_from_json(values) for key, values in run["results"].items()}
     heading = f"{run['rows']:,} rows, {info.mix} mix, {info.mode}"
+    if info.duplicate_rate != DUPLICATE_RATE:
+        heading += f", duplicate stream {info.duplicate_rate:g}/s"
     if info.overrides:
         heading += ", " + ", ".join(f"{name}={value}" for name, value in info.overrides.items())
     return heading, comparison_report(info, results, run["rows"])

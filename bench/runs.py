@@ -293,7 +293,7 @@ def run_contender(
     clone(server, contender.template, database)
     with session(server, database) as cursor:
         cursor.execute("CHECKPOINT")
-    probe = InsertProbe(server, database, contender.key)
+    probe = InsertProbe(server, database, contender.key, workload.shape)
     stream = start_duplicate_stream(server, contender, database, workload)
     writers = [probe, stream] if stream else [probe]
     sampler = ActivitySampler(server, {writer.name: writer.pid for writer in writers})

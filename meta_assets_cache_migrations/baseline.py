@@ -84,24 +84,25 @@ def require_privileges(db: Database) -> None:
 
 
 def prepare(db: Database) -> None:
-    """Run by env.py under the migrator lock, before Alembic reads its version table: the
-    checks first (nothing is created when one fails), then the private schema, then the
-    version table moved from public if an earlier release left it there."""
+    """Run by env.py under the migrator lock, before Alembic reads its version table (which
+    env.py then makes sure of, in the private schema): the checks first (nothing is created
+    when one fails), then the version table moved from public if an earlier release left it
+    there."""
     require_privileges(db)
     if not db.concurrent:
         return  # inside a caller's transaction: nothing is committed early
-    private_schema.ensure(db, PRIVATE_SCHEMA)
-    move_legacy_version_table(db)
+    if db.relation_exists("public.alembic_version"):
+        private_schema.ensure(db, PRIVATE_SCHEMA)
+        move_legacy_version_table(db)
 
 
 def move_legacy_version_table(db: Database) -> None:
     """Earlier releases kept their version table as public.alembic_version, where Supabase's
     API roles can read and change it. Moved once, under the new revision ids, and said so."""
-    legacy = db.relation_exists("public.alembic_version")
     with db.transaction():
         db.execute(move_legacy_sql())
         db.execute(private_schema.lock_down_sql(PRIVATE_SCHEMA))
-    if legacy and not db.relation_exists("public.alembic_version"):
+    if not db.relation_exists("public.alembic_version"):
         log.info("moved the version table from public.alembic_version to %s", VERSION_TABLE)
 
 
