@@ -117,12 +117,13 @@ def result_table(results: dict[str, Result]) -> str:
         " | rows lost overall | WAL |",
         "|" + "---|" * 12,
     ]
+    limit = results.get("limit")  # growth runs only ours and the reference
     for key, result in results.items():
         reference = results["reference_rerun" if key.endswith("_rerun") else "reference"]
+        of_limit = f"{ratio(result.seconds, limit.seconds):.2f}" if limit else "-"
         lines.append(
             f"| {result.label} | {outcome(result)} | {result.seconds:.2f}"
-            f" | {ratio(result.seconds, reference.seconds):.2f}"
-            f" | {ratio(result.seconds, results['limit'].seconds):.2f}"
+            f" | {ratio(result.seconds, reference.seconds):.2f} | {of_limit}"
             f" | {result.worst_wait_ms:.1f} | {result.p99_wait_ms:.1f} | {result.failed_writes:,}"
             f" | {result.rows_deleted:,} | {result.null_phone_lost:,} | {result.rows_lost:,}"
             f" | {megabytes(result.wal_bytes)} |"
@@ -239,8 +240,22 @@ def growth_report(info: RunInfo, points: list[GrowthPoint]) -> list[Block]:
         Block("growth, ours and the reference", growth_table(points)),
     ]
     for point in points:
-        title = f"{point.results['ours'].label} at {point.size}, per phase"
-        blocks.append(Block(title, phase_table(point.results["ours"])))
+        results = point.results
+        blocks += [
+            Block(f"at {point.size}: waits, errors, rows lost and WAL", result_table(results)),
+            Block(f"at {point.size}: duplicate stream", stream_table(results)),
+            Block(
+                f"at {point.size}: {results['ours'].label}, per phase",
+                phase_table(results["ours"]),
+            ),
+            Block(
+                f"at {point.size}: where the probe waited",
+                "\n".join(
+                    line for key in ("ours", "reference") for line in insight_lines(results[key])
+                ),
+                fenced=True,
+            ),
+        ]
     checked = target_lines(growth_targets(points))
     blocks.append(Block("growth target (30M vs 10M is the one set)", "\n".join(checked), True))
     return blocks
@@ -337,6 +352,10 @@ maintenance_work_mem; each section prints the settings it ran with.
 - *rows lost overall*: rows before + accepted inserts of both writers - (table + archive)."""
 
 
+# What the saved runs found, written by hand from them: read after the introduction.
+FINDINGS = "findings.md"
+
+
 def load_runs(out: Path) -> list[dict]:
     runs = []
     for path in sorted(out.glob("results_*.json")) + sorted(out.glob("growth_*.json")):
@@ -359,6 +378,9 @@ def write_benchmarks_md(out: Path, destination: Path) -> None:
     if not runs:
         return
     parts = [INTRO]
+    findings = out / FINDINGS
+    if findings.exists():
+        parts += ["", findings.read_text().strip()]
     for run in runs:
         heading, blocks = stored_report(run)
         parts += ["", f"## {heading}", *markdown_blocks(blocks)]
