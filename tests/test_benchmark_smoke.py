@@ -106,9 +106,15 @@ def test_growth_at_tiny_sizes(tmp_path):
         assert point["results"]["ours"]["rows_lost"] == 0
         assert_reference_finished_or_broke_on_a_duplicate(point["results"]["reference"])
     assert "ours per row at 10K / at 5K" in completed.stdout
+    (tmp_path / "findings.md").write_text("## What these runs found\n\nGrowth is linear.\n")
     written = tmp_path / "BENCHMARKS.md"
     write_benchmarks_md(tmp_path, written)
-    assert "## Growth (5K, 10K), realistic mix, fast" in written.read_text()
+    markdown = written.read_text()
+    assert "## Growth (5K, 10K), realistic mix, fast" in markdown
+    for size in ("5K", "10K"):
+        assert f"**At {size}: waits, errors, rows lost and WAL**" in markdown
+        assert f"**At {size}: where the probe waited**" in markdown
+    assert markdown.index("Growth is linear.") < markdown.index("## Growth (5K, 10K)")
 
 
 def test_phase_lines_are_read_by_shape_and_sorted_by_keyword():
