@@ -313,16 +313,17 @@ BEGIN
             || ARRAY[removed_columns, live_columns, bookkeeping, {literal(target.archive_reason)}])
        INTO deleted, archived, groups;
     IF deleted <> archived OR (exact AND deleted <> listed) THEN
-        interfering := {user_delete_triggers};
-        RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
-            MESSAGE = pg_catalog.format(
-                'the move of duplicate rows of %s deleted %s of the %s rows it listed and'
-                ' archived %s: %s; nothing was changed. Disable %s for the migration, or let'
-                ' the role skip user triggers (GRANT SET ON PARAMETER session_replication_role'
-                ' TO %s), then re-run', {literal(target.display_table)}, deleted, listed,
-                archived, coalesce('user trigger ' || interfering || ' interfered',
-                                   'something interfered'),
-                coalesce(interfering, 'the user triggers'), current_user);
+        {
+        raise_trigger_interference_sql(
+            target,
+            "DELETE",
+            "the move of duplicate rows of %s deleted %s of the %s rows it listed and archived %s",
+            f"{literal(target.display_table)}, deleted, listed, archived",
+            effect="interfered",
+            run="the migration",
+            again="re-run",
+        )
+    }
     END IF;
     INSERT INTO {target.ledger} (action, detail)
     VALUES ('archived', pg_catalog.jsonb_build_object(
@@ -333,6 +334,32 @@ BEGIN
 END
 """
     return f"DO {dollar_quoted(body, 'move')}"
+
+
+def raise_trigger_interference_sql(
+    target: UniqueTarget,
+    event: str,
+    what: str,
+    what_arguments: str,
+    *,
+    effect: str,
+    run: str,
+    again: str,
+) -> str:
+    """plpgsql, for a statement that found its effect not what it should be (`what`, a format
+    string, with its arguments): name the user triggers on `event` that could have done it and
+    roll back with one line saying how to run without them. Needs a text variable
+    `interfering`."""
+    message = (
+        f"{what}: %s; nothing was changed. Disable %s for {run}, or let the role skip user"
+        f" triggers (GRANT SET ON PARAMETER session_replication_role TO %s), then {again}"
+    )
+    return f"""interfering := {user_triggers_sql(target, event)};
+        RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
+            MESSAGE = pg_catalog.format({literal(message)}, {what_arguments},
+                coalesce('user trigger ' || interfering || {literal(" " + effect)},
+                         {literal("something " + effect)}),
+                coalesce(interfering, 'the user triggers'), current_user);"""
 
 
 def user_triggers_sql(target: UniqueTarget, event: str) -> str:

@@ -16,7 +16,7 @@ from alembic_lossless_unique.dedupe import (
     BOOKKEEPING_PREFIX,
     CHECK_FAILED,
     bookkeeping_columns,
-    user_triggers_sql,
+    raise_trigger_interference_sql,
 )
 from alembic_lossless_unique.guard import drop_statements
 from alembic_lossless_unique.sqltext import (
@@ -82,7 +82,6 @@ def restore_sql(target: UniqueTarget) -> str:
     """Move every archived row back, point re-pointed child rows back, record how many."""
     child = "fk.child_table::pg_catalog.regclass"
     archive = escape_format(target.archive)
-    user_insert_triggers = user_triggers_sql(target, "INSERT")
     restore = f"""
 WITH moved AS (DELETE FROM {archive} RETURNING %1$s),
      restored AS (INSERT INTO {escape_format(target.qualified_table)} (%1$s)%2$s
@@ -156,16 +155,17 @@ BEGIN
            INTO moved, restored, differing;
     END IF;
     IF restored <> moved OR differing > 0 THEN
-        interfering := {user_insert_triggers};
-        RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
-            MESSAGE = pg_catalog.format(
-                'restoring the archived rows of %s gave %s rows of %s, %s of them not as'
-                ' archived: %s; nothing was changed. Disable %s for the downgrade, or let the'
-                ' role skip user triggers (GRANT SET ON PARAMETER session_replication_role TO'
-                ' %s), then downgrade again', {literal(target.display_table)}, restored, moved,
-                differing, coalesce('user trigger ' || interfering || ' changed them',
-                                    'something changed them'),
-                coalesce(interfering, 'the user triggers'), current_user);
+        {
+        raise_trigger_interference_sql(
+            target,
+            "INSERT",
+            "restoring the archived rows of %s gave %s rows of %s, %s of them not as archived",
+            f"{literal(target.display_table)}, restored, moved, differing",
+            effect="changed them",
+            run="the downgrade",
+            again="downgrade again",
+        )
+    }
     END IF;
     -- Child rows back to the rows they pointed at before the upgrade, where the app has not
     -- pointed them elsewhere (or deleted them) since.
