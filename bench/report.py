@@ -318,7 +318,11 @@ def stored_report(run: dict) -> tuple[str, list[Block]]:
     results = {key: result_from_json(values) for key, values in run["results"].items()}
     heading = f"{run['rows']:,} rows, {info.mix} mix, {info.mode}"
     if info.duplicate_rate != DUPLICATE_RATE:
-        heading += f", duplicate stream {info.duplicate_rate:g}/s"
+        heading += (
+            f", duplicate stream {info.duplicate_rate:g}/s"
+            if info.duplicate_rate
+            else ", no duplicate stream"
+        )
     if info.overrides:
         heading += ", " + ", ".join(f"{name}={value}" for name, value in info.overrides.items())
     return heading, comparison_report(info, results, run["rows"])
