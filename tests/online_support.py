@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg2
 
@@ -110,10 +111,11 @@ class Migrator:
         self.process.communicate(timeout=30)
 
 
-def start_alembic(*args: str, env: dict[str, str]) -> Migrator:
+def start_alembic(*args: str, env: dict[str, str], cwd: Path = PROJECT_ROOT) -> Migrator:
+    """`alembic ARGS` in a child process that the test may kill."""
     process = subprocess.Popen(
         [sys.executable, "-m", "alembic", *args],
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -123,36 +125,51 @@ def start_alembic(*args: str, env: dict[str, str]) -> Migrator:
     return Migrator(process)
 
 
-def migrator_backends(harness, condition: str = "true") -> list:
-    """The migrator's server backends (its main session and any progress watcher)."""
+def holding(harness, *statements: str) -> Session:
+    """A session inside an open transaction that has run `statements`."""
+    held = Session(libpq_dsn(harness.url), autocommit=False)
+    for statement in statements:
+        held.run(statement)
+    return held
+
+
+def migrator_backends(
+    harness, condition: str = "true", application: str = APPLICATION_NAME
+) -> list:
+    """The migrator's server backends (its main session and any progress watcher), found by
+    the application_name its env.py gives them."""
     return harness.rows(
         "SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity"
         f" WHERE application_name = :name AND datname = current_database() AND ({condition})",
-        name=APPLICATION_NAME,
+        name=application,
     )
 
 
-def migrator_waiting_on_lock(harness, query_like: str) -> list:
-    return migrator_backends(harness, f"wait_event_type = 'Lock' AND query ILIKE '{query_like}'")
+def migrator_waiting_on_lock(harness, query_like: str, application: str = APPLICATION_NAME) -> list:
+    condition = f"wait_event_type = 'Lock' AND query ILIKE '{query_like}'"
+    return migrator_backends(harness, condition, application)
 
 
-def build_phase(harness, phase_like: str) -> list:
+def build_phase(harness, phase_like: str, application: str = APPLICATION_NAME) -> list:
     """The migrator's concurrent index build, when it is in the given phase."""
     return harness.rows(
         "SELECT p.pid, p.phase FROM pg_stat_progress_create_index p"
         " JOIN pg_stat_activity a ON a.pid = p.pid"
         " WHERE a.application_name = :name AND p.phase LIKE :phase",
-        name=APPLICATION_NAME,
+        name=application,
         phase=phase_like,
     )
 
 
-def crash_migrator(harness, migrator: Migrator) -> None:
+def crash_migrator(harness, migrator: Migrator, application: str = APPLICATION_NAME) -> None:
     """SIGKILL the client, then end its server backends as a crashed host's would end."""
     migrator.kill()
-    for backend in migrator_backends(harness):
+    for backend in migrator_backends(harness, application=application):
         harness.scalar("SELECT pg_terminate_backend(:pid)", pid=backend.pid)
-    wait_until("the killed migrator's backends to go", lambda: not migrator_backends(harness))
+    wait_until(
+        "the killed migrator's backends to go",
+        lambda: not migrator_backends(harness, application=application),
+    )
 
 
 # Facts every finished run must satisfy.
@@ -196,7 +213,3 @@ def ledger_actions(harness) -> list[str]:
     if not harness.scalar("SELECT to_regclass(:n)", n=UNIQUE_PAIR_LEDGER):
         return []
     return [row[0] for row in harness.rows(f"SELECT action FROM {UNIQUE_PAIR_LEDGER} ORDER BY seq")]
-
-
-def failed_lines(result: AlembicResult) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("FAILED:")]

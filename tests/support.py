@@ -55,20 +55,36 @@ def alembic_config(x_arguments: list[str] | None = None) -> Config:
     return config
 
 
-def run_alembic_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+def failed_lines(result: AlembicResult) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("FAILED:")]
+
+
+def run_child(
+    command: list[str], *, cwd: Path, env: dict[str, str], timeout: float
 ) -> AlembicResult:
-    """`alembic ARGS` in a child process, exactly as a user types it."""
+    """A command in a child process with no stdin, as CI runs it, its output captured."""
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **(env or {})},
+        command,
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     return AlembicResult(result.returncode, result.stdout, result.stderr)
+
+
+def run_alembic_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> AlembicResult:
+    """`alembic ARGS` in a child process, exactly as a user types it."""
+    return run_child(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 MIGRATOR = "app_migrator"

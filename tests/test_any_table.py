@@ -32,8 +32,18 @@ from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.operations import target_from_arguments
 from alembic_lossless_unique.settings import MigrationSettings
 from tests.offline_support import apply_script
-from tests.online_support import Migrator, Session, libpq_dsn, wait_until
-from tests.support import AlembicResult, MigrationHarness
+from tests.online_support import (
+    Migrator,
+    Session,
+    build_phase,
+    crash_migrator,
+    holding,
+    libpq_dsn,
+    migrator_waiting_on_lock,
+    start_alembic,
+    wait_until,
+)
+from tests.support import AlembicResult, MigrationHarness, run_child
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 UNIQUE_REVISION = TEMPLATE / "migrations" / "versions" / "0002_stock_counts_unique.py"
@@ -87,20 +97,13 @@ class InventoryProject:
             env["DATABASE_URL"] = self.harness.url
         return env
 
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "alembic", *args]
-
     def alembic(self, *args: str, database: bool = True) -> AlembicResult:
-        result = subprocess.run(
-            self.command(*args),
+        return run_child(
+            [sys.executable, "-m", "alembic", *args],
             cwd=self.directory,
             env=self.environment(database=database),
-            capture_output=True,
-            text=True,
             timeout=120,
-            stdin=subprocess.DEVNULL,
         )
-        return AlembicResult(result.returncode, result.stdout, result.stderr)
 
     def succeed(self, *args: str) -> AlembicResult:
         result = self.alembic(*args)
@@ -108,18 +111,7 @@ class InventoryProject:
         return result
 
     def start(self, *args: str) -> Migrator:
-        """`alembic ARGS` in a child process that the test may kill."""
-        return Migrator(
-            subprocess.Popen(
-                self.command(*args),
-                cwd=self.directory,
-                env=self.environment(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                text=True,
-            )
-        )
+        return start_alembic(*args, env=self.environment(), cwd=self.directory)
 
     def offline_script(self, *args: str) -> str:
         """`alembic ARGS --sql`, with no DATABASE_URL: offline needs no database."""
@@ -399,43 +391,6 @@ def test_upgrade_converges_and_downgrade_restores_exactly(project, harness, stoc
 # 2. A crash anywhere converges on re-run (SIGKILL of the migrator, its backends ended).
 
 
-def migrator_backends(harness: MigrationHarness, condition: str = "true") -> list:
-    return harness.rows(
-        "SELECT pid FROM pg_stat_activity"
-        f" WHERE application_name = :name AND datname = current_database() AND ({condition})",
-        name=APPLICATION_NAME,
-    )
-
-
-def dedupe_waiting_on_a_row_lock(harness: MigrationHarness) -> list:
-    return migrator_backends(harness, "wait_event_type = 'Lock' AND query LIKE 'DO $move$%'")
-
-
-def build_waiting_for_old_snapshots(harness: MigrationHarness) -> list:
-    return harness.rows(
-        "SELECT p.pid FROM pg_stat_progress_create_index p"
-        " JOIN pg_stat_activity a ON a.pid = p.pid"
-        " WHERE a.application_name = :name AND p.phase = 'waiting for old snapshots'",
-        name=APPLICATION_NAME,
-    )
-
-
-def crash(harness: MigrationHarness, migrator: Migrator) -> None:
-    """SIGKILL the client, then end its server backends as a crashed host's would end."""
-    migrator.kill()
-    for backend in migrator_backends(harness):
-        harness.scalar("SELECT pg_terminate_backend(:pid)", pid=backend.pid)
-    wait_until("the killed migrator's backends to go", lambda: not migrator_backends(harness))
-
-
-def holding(harness: MigrationHarness, *statements: str) -> Session:
-    """A session inside an open transaction that has run `statements`."""
-    held = Session(libpq_dsn(harness.url), autocommit=False)
-    for statement in statements:
-        held.run(statement)
-    return held
-
-
 def rerun_converges_and_downgrades_exactly(project, harness, stock: Stocked) -> None:
     project.succeed("upgrade", "head")
     assert_converged(harness, stock)
@@ -457,10 +412,10 @@ def test_crash_during_dedupe_then_rerun_converges(project, harness, stocked):
         running = project.start("upgrade", "head")
         wait_until(
             "the dedupe to wait for the locked row",
-            lambda: dedupe_waiting_on_a_row_lock(harness),
+            lambda: migrator_waiting_on_lock(harness, "DO $move$%", APPLICATION_NAME),
             migrator=running,
         )
-        crash(harness, running)
+        crash_migrator(harness, running, APPLICATION_NAME)
     finally:
         row_lock.rollback()
         row_lock.close()
@@ -484,10 +439,10 @@ def test_crash_during_concurrent_build_then_rerun_converges(project, harness, st
         running = project.start("upgrade", "head")
         wait_until(
             "the build to wait for the old snapshot",
-            lambda: build_waiting_for_old_snapshots(harness),
+            lambda: build_phase(harness, "waiting for old snapshots", APPLICATION_NAME),
             migrator=running,
         )
-        crash(harness, running)
+        crash_migrator(harness, running, APPLICATION_NAME)
     finally:
         snapshot.rollback()
         snapshot.close()

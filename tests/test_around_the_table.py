@@ -20,13 +20,12 @@ from tests.online_support import (
     Session,
     assert_canonical,
     crash_migrator,
-    failed_lines,
     libpq_dsn,
     migrator_waiting_on_lock,
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT
+from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, failed_lines
 
 TABLE = "public.meta_assets_cache"
 REPOINTED = "meta_assets_migration.meta_assets_cache_archive_repointed"

@@ -13,8 +13,7 @@ from sqlalchemy.engine import make_url
 from alembic_lossless_unique.database_url import database_url
 from alembic_lossless_unique.session import engine_for
 from devtools.throwaway_postgres import free_port
-from tests.online_support import failed_lines
-from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, AlembicResult
+from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, AlembicResult, failed_lines
 
 SECRET = "Hunter2-not-to-be-printed"
 

@@ -26,7 +26,13 @@ from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.operations import target_from_arguments
 from tests.offline_support import run_psql
 from tests.online_support import Session, libpq_dsn
-from tests.support import PROJECT_ROOT, AlembicResult, MigrationHarness
+from tests.support import (
+    PROJECT_ROOT,
+    AlembicResult,
+    MigrationHarness,
+    failed_lines,
+    run_child,
+)
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
 # What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
@@ -91,16 +97,12 @@ class Shop:
         return env
 
     def python(self, *args: str, database: bool = True) -> AlembicResult:
-        result = subprocess.run(
+        return run_child(
             [sys.executable, *args],
             cwd=self.directory,
             env=self.environment(database=database),
-            capture_output=True,
-            text=True,
             timeout=300,
-            stdin=subprocess.DEVNULL,
         )
-        return AlembicResult(result.returncode, result.stdout, result.stderr)
 
     def alembic(self, *args: str, database: bool = True) -> AlembicResult:
         return self.python("-m", "alembic", *args, database=database)
@@ -121,10 +123,6 @@ def shop(tmp_path, installed_package, harness) -> Shop:
     directory = tmp_path / "shop"
     shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
     return Shop(directory, installed_package.site, harness)
-
-
-def failed_lines(result: AlembicResult) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("FAILED:")]
 
 
 # 1. The wheel, and what the shop imports from it.

@@ -52,7 +52,6 @@ from tests.online_support import (
     SURVIVORS,
     Session,
     assert_canonical,
-    failed_lines,
     ledger_actions,
     libpq_dsn,
     migrator_backends,
@@ -60,7 +59,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, HEAD, MIGRATOR, VERSION_TABLE
+from tests.support import BASELINE, HEAD, MIGRATOR, VERSION_TABLE, failed_lines
 from tests.test_bad_input import assert_failed_cleanly
 from tests.test_preflight import preflight
 

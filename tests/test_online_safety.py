@@ -22,14 +22,14 @@ from tests.online_support import (
     assert_rows_conserved,
     build_phase,
     crash_migrator,
-    failed_lines,
+    holding,
     ledger_actions,
     libpq_dsn,
     migrator_waiting_on_lock,
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE
+from tests.support import BASELINE, failed_lines
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,6 @@ def drifted(harness):
 
 def session(harness, **kwargs) -> Session:
     return Session(libpq_dsn(harness.url), **kwargs)
-
-
-def holding(harness, *statements: str) -> Session:
-    """A session inside an open transaction that has run `statements`."""
-    held = session(harness, autocommit=False)
-    for statement in statements:
-        held.run(statement)
-    return held
 
 
 def old_snapshot(harness) -> Session:
