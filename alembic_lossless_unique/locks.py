@@ -91,15 +91,14 @@ def with_lock_retries(
             if attempt == settings.lock_retries:
                 break
             log.warning(
-                "%s: %s is busy (lock not granted within %s%s); attempt %d of %d,"
-                " retrying in %.1f s",
+                "%s: %s is busy (lock not granted within %s%s); attempt %d of %d, retrying in %s",
                 purpose,
                 table,
                 format_seconds(settings.lock_timeout),
                 f"; held by {holders}" if holders else "",
                 attempt,
                 settings.lock_retries,
-                wait,
+                format_seconds(wait),
             )
             time.sleep(wait)
             wait = min(wait * 2, settings.lock_retry_max_wait)
