@@ -20,6 +20,7 @@ from tests.online_support import (
     Session,
     assert_canonical,
     crash_migrator,
+    holding,
     libpq_dsn,
     migrator_waiting_on_lock,
     start_alembic,
@@ -268,16 +269,14 @@ def test_crash_while_repointing_converges(drifted):
     rows_before = harness.table_rows()
     survivors = {row[0] for row in harness.rows(SURVIVORS)}
     loser = losers(harness)[0]
-    child_lock = Session(libpq_dsn(harness.url), autocommit=False)
-    child_lock.run(f"SELECT 1 FROM public.asset_notes WHERE asset_id = '{loser}' FOR UPDATE")
+    child_lock = holding(
+        harness, f"SELECT 1 FROM public.asset_notes WHERE asset_id = '{loser}' FOR UPDATE"
+    )
     try:
         running = start_alembic("upgrade", "head", env={"DATABASE_URL": harness.url})
         wait_until(
             "the re-pointing to wait for the locked child row",
-            lambda: harness.rows(
-                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'DO $move$%' AND datname = current_database()"
-            ),
+            lambda: migrator_waiting_on_lock(harness, "DO $move$%"),
             migrator=running,
         )
         crash_migrator(harness, running)
@@ -487,8 +486,9 @@ def test_a_downgrade_that_fails_in_its_transaction_changes_nothing(drifted):
     succeed(harness.cli("upgrade", "head"))
     before = database_state(harness, ARCHIVE, REPOINTED, *CHILD_TABLES)
     repointed_child = harness.scalar(f"SELECT child_row->>'id' FROM {REPOINTED} LIMIT 1")
-    app = Session(libpq_dsn(harness.url), autocommit=False)
-    app.run("SELECT 1 FROM public.asset_notes WHERE id = %s FOR UPDATE", int(repointed_child))
+    app = holding(
+        harness, f"SELECT 1 FROM public.asset_notes WHERE id = {int(repointed_child)} FOR UPDATE"
+    )
     try:
         result = harness.cli(
             "-x", "lock_timeout=200ms", "-x", "lock_retries=2", "-x", "lock_retry_wait=50ms",
@@ -594,8 +594,8 @@ def test_a_crash_with_the_guard_in_place_is_cleaned_up_by_the_rerun(drifted):
     before = database_state(harness)
     rows_before = harness.table_rows()
     survivors = {row[0] for row in harness.rows(SURVIVORS)}
-    row_lock = Session(libpq_dsn(harness.url), autocommit=False)
-    row_lock.run(f"SELECT 1 FROM {TABLE} WHERE id = '{losers(harness)[0]}' FOR UPDATE")
+    loser = losers(harness)[0]
+    row_lock = holding(harness, f"SELECT 1 FROM {TABLE} WHERE id = '{loser}' FOR UPDATE")
     try:
         running = start_alembic("upgrade", "head", env={"DATABASE_URL": harness.url})
         wait_until(

@@ -52,6 +52,7 @@ from tests.online_support import (
     SURVIVORS,
     Session,
     assert_canonical,
+    holding,
     ledger_actions,
     libpq_dsn,
     migrator_backends,
@@ -349,12 +350,11 @@ def test_api_roles_reach_nothing_in_the_private_schema(harness, roles, defaults)
     rows_before = harness.table_rows()
     survivors = {row[0] for row in harness.rows(SURVIVORS)}
     clients = ("anon", "authenticated", roles.create("only_public"))
-    row_lock = Session(libpq_dsn(harness.url), autocommit=False)
+    loser = harness.scalar(A_LOSER)
+    row_lock = holding(
+        harness, f"SELECT 1 FROM public.meta_assets_cache WHERE id = '{loser}' FOR UPDATE"
+    )
     try:
-        row_lock.run(
-            "SELECT 1 FROM public.meta_assets_cache WHERE id = %s FOR UPDATE",
-            harness.scalar(A_LOSER),
-        )
         running = start_alembic("upgrade", "head", env={"DATABASE_URL": harness.url})
         wait_until(
             "the dedupe to wait for the locked row, the guard in place",
@@ -657,12 +657,11 @@ def test_session_pooler_two_migrators_converge_and_leave_clean_connections(
 
     # A row lock holds the first migrator's dedupe until the second is waiting for the migrator
     # lock: the two runs overlap, whichever starts first.
-    row_lock = Session(libpq_dsn(harness.url), autocommit=False)
+    loser = harness.scalar(A_LOSER)
+    row_lock = holding(
+        harness, f"SELECT 1 FROM public.meta_assets_cache WHERE id = '{loser}' FOR UPDATE"
+    )
     try:
-        row_lock.run(
-            "SELECT 1 FROM public.meta_assets_cache WHERE id = %s FOR UPDATE",
-            harness.scalar(A_LOSER),
-        )
         both = [start_alembic("upgrade", "head", env={"DATABASE_URL": url}) for _ in range(2)]
         wait_until(
             "one migrator to dedupe while the other waits for the migrator lock",
