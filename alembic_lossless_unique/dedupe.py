@@ -248,15 +248,9 @@ DECLARE
     repointed_total jsonb := '{{}}'::jsonb;
     interfering text;
 BEGIN
-    -- Where the role may, no user trigger sees the move (session_replication_role = replica:
-    -- superusers, or roles granted SET on it). Foreign keys are not checked then either, which
-    -- is why the rows that stay are locked below before anything is pointed at them.
-    BEGIN
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        triggers_off := true;
-    EXCEPTION WHEN insufficient_privilege THEN
-        triggers_off := false;
-    END;
+    -- Foreign keys are not checked while user triggers are skipped, which is why the rows
+    -- that stay are locked below before anything is pointed at them.
+    {skip_user_triggers_sql()}
     SELECT pg_catalog.count(*) INTO listed FROM {target.work};
     exact := EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
                       WHERE contype = 'f' AND confrelid = {table})
@@ -334,6 +328,19 @@ BEGIN
 END
 """
     return f"DO {dollar_quoted(body, 'move')}"
+
+
+def skip_user_triggers_sql() -> str:
+    """plpgsql: where the role may (superusers, or roles granted SET on
+    session_replication_role), no user trigger fires for the rest of the transaction, so none
+    sees or changes what the move or the restore does. Sets the boolean variable `triggers_off`
+    to whether they are skipped."""
+    return """BEGIN
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        triggers_off := true;
+    EXCEPTION WHEN insufficient_privilege THEN
+        triggers_off := false;
+    END;"""
 
 
 def raise_trigger_interference_sql(

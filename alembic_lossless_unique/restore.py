@@ -17,6 +17,7 @@ from alembic_lossless_unique.dedupe import (
     CHECK_FAILED,
     bookkeeping_columns,
     raise_trigger_interference_sql,
+    skip_user_triggers_sql,
 )
 from alembic_lossless_unique.guard import drop_statements
 from alembic_lossless_unique.sqltext import (
@@ -123,12 +124,7 @@ BEGIN
     IF pg_catalog.to_regclass({literal(target.archive)}) IS NULL THEN
         RETURN;
     END IF;
-    BEGIN
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        triggers_off := true;
-    EXCEPTION WHEN insufficient_privilege THEN
-        triggers_off := false;
-    END;
+    {skip_user_triggers_sql()}
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.name), ', ' ORDER BY c.attnum),
            CASE WHEN pg_catalog.bool_or(c.attidentity = 'a') THEN ' OVERRIDING SYSTEM VALUE'
                 ELSE '' END
