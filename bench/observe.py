@@ -52,10 +52,11 @@ def phase_kind(name: str) -> str:
 
 def phase_name(line: str) -> str | None:
     """The phase a log line starts, if it is a phase line."""
-    match = PHASE_LINE.match(line.strip())
+    line = line.strip()
+    match = PHASE_LINE.match(line)
     if match:
         return match.group("name")
-    return FINISH if DONE_LINE.match(line.strip()) else None
+    return FINISH if DONE_LINE.match(line) else None
 
 
 class CommandRun:
