@@ -35,8 +35,10 @@ Mechanics, one job per module:
   ``sqltext``, ``errors``: sessions, the URL, the knobs, SQL text, one-line failures
 """
 
+__version__ = "1.1.0"
+
 from alembic_lossless_unique import operations as _operations  # noqa: F401 (registers the ops)
 from alembic_lossless_unique.environment import run_migrations
 from alembic_lossless_unique.target import UniqueTarget
 
-__all__ = ["UniqueTarget", "run_migrations"]
+__all__ = ["UniqueTarget", "__version__", "run_migrations"]

@@ -2,8 +2,8 @@
 
 Each direction has one plpgsql block that only reads. Run with `refuse` (the online upgrade or
 downgrade, and the offline script) it stops at the first problem with one line that says what to
-do, as SQLSTATE LU001; run to report (preflight, in a read-only transaction) it raises one NOTICE
-per problem and changes nothing either way.
+do, as SQLSTATE LU001; run to report (preflight, in a read-only transaction) it leaves every
+problem in a transaction-local setting, and changes nothing either way.
 """
 
 from alembic_lossless_unique import foreign_keys
@@ -18,16 +18,17 @@ from alembic_lossless_unique.restore import (
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, joined_sql, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
 
-# How a problem is marked among a session's notices, for the preflight report.
-NOTICE_PREFIX = "lossless_unique problem: "
+# Where a block run to report leaves its problems, as a JSON array, until its transaction
+# ends: a setting, which a READ ONLY transaction (and a hot standby) may set, and which every
+# driver reads the same way.
+PROBLEMS_SETTING = "lossless_unique.problems"
 
 _FINISH = f"""
-    FOREACH found IN ARRAY problems LOOP
-        IF refuse THEN
-            RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = found;
-        END IF;
-        RAISE NOTICE '%', {literal(NOTICE_PREFIX)} || found;
-    END LOOP;
+    IF refuse AND pg_catalog.cardinality(problems) > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = problems[1];
+    END IF;
+    PERFORM pg_catalog.set_config({literal(PROBLEMS_SETTING)},
+                                  pg_catalog.array_to_json(problems)::text, true);
 END
 """
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from alembic_lossless_unique import (
     checks,
     dedupe,
+    drivers,
     guard,
     indexes,
     ledger,
@@ -48,9 +49,8 @@ def refuse_on_problems(db: Database, checks_sql: str) -> None:
 
 def as_abort(error: DBAPIError) -> Exception:
     """This package's own refusals and failed checks (SQLSTATE LU...) as one-line aborts."""
-    orig = getattr(error, "orig", None)
-    if getattr(orig, "pgcode", "") in (dedupe.REFUSED, dedupe.CHECK_FAILED):
-        return MigrationAbort(orig.diag.message_primary)
+    if drivers.sqlstate(error) in (dedupe.REFUSED, dedupe.CHECK_FAILED):
+        return MigrationAbort(drivers.primary_message(error))
     return error
 
 

@@ -21,9 +21,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-import psycopg2
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
@@ -50,6 +49,7 @@ def run_migrations(
     context: Any,
     *,
     url: str | URL | None = None,
+    connection: Connection | None = None,
     application_name: str = "alembic",
     app_schema: str = session.DEFAULT_APP_SCHEMA,
     prepare: Callable[[Database], None] | None = None,
@@ -68,6 +68,7 @@ def run_migrations(
             run_online(
                 context,
                 url=url,
+                connection=connection,
                 application_name=application_name,
                 app_schema=app_schema,
                 prepare=prepare,
@@ -126,49 +127,69 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
 
 
 def run_online(
-    context: Any, *, url, application_name: str, app_schema: str, prepare, **configure: Any
+    context: Any,
+    *,
+    url,
+    connection: Connection | None,
+    application_name: str,
+    app_schema: str,
+    prepare,
+    **configure: Any,
 ) -> None:
     settings = MigrationSettings.from_config(context.config)
-    injected = context.config.attributes.get("connection")
-    with (
-        migrator_connection(context, injected, url, application_name, app_schema) as connection,
-        one_migrator_at_a_time(connection, settings),
-    ):
-        with own_steps(connection, settings) as db:
-            if prepare is not None:
-                prepare(db)
-            if "version_table_schema" in configure:
-                ensure_version_table(
-                    db,
-                    configure["version_table_schema"],
-                    configure.get("version_table", "alembic_version"),
-                )
-            else:  # named, so that the search_path plays no part in finding it
-                configure["version_table_schema"] = app_schema
-        configure["include_name"] = _without_version_table(
-            configure.get("include_name"),
-            configure["version_table_schema"],
-            configure.get("version_table", "alembic_version"),
-            app_schema,
-        )
-        applied: list[Any] = []
-        context.configure(
-            connection=connection,
-            transaction_per_migration=True,
-            on_version_apply=[
-                *_as_list(configure.pop("on_version_apply", [])),
-                lambda **kw: applied.append(kw["step"]),
-            ],
-            **configure,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        if not applied and _command(context) in ("upgrade", "downgrade"):
-            heads = context.get_context().get_current_heads()
-            log.info(
-                "nothing to do: the database is at %s",
-                ", ".join(heads) if heads else "base (no revision applied)",
+
+    def migrate(migrator: Connection) -> None:
+        with one_migrator_at_a_time(migrator, settings):
+            run_on(context, migrator, settings, app_schema, prepare, configure)
+
+    injected = connection or context.config.attributes.get("connection")
+    on_migrator_connection(context, injected, url, application_name, app_schema, migrate)
+
+
+def run_on(
+    context: Any,
+    connection: Connection,
+    settings: MigrationSettings,
+    app_schema: str,
+    prepare: Callable[[Database], None] | None,
+    configure: dict[str, Any],
+) -> None:
+    """The environment's own steps, then Alembic's, on the migrator's connection."""
+    with own_steps(connection, settings) as db:
+        if prepare is not None:
+            prepare(db)
+        if "version_table_schema" in configure:
+            ensure_version_table(
+                db,
+                configure["version_table_schema"],
+                configure.get("version_table", "alembic_version"),
             )
+        else:  # named, so that the search_path plays no part in finding it
+            configure["version_table_schema"] = app_schema
+    configure["include_name"] = _without_version_table(
+        configure.get("include_name"),
+        configure["version_table_schema"],
+        configure.get("version_table", "alembic_version"),
+        app_schema,
+    )
+    applied: list[Any] = []
+    context.configure(
+        connection=connection,
+        transaction_per_migration=True,
+        on_version_apply=[
+            *_as_list(configure.pop("on_version_apply", [])),
+            lambda **kw: applied.append(kw["step"]),
+        ],
+        **configure,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    if not applied and _command(context) in ("upgrade", "downgrade"):
+        heads = context.get_context().get_current_heads()
+        log.info(
+            "nothing to do: the database is at %s",
+            ", ".join(heads) if heads else "base (no revision applied)",
+        )
 
 
 @contextmanager
@@ -215,9 +236,8 @@ def _command(context: Any) -> str:
 def ensure_version_table(db: Database, schema: str, table: str) -> None:
     """A version table in a private schema (not the API-exposed public one): the schema is used
     only when the migrating role owns it or creates it now, and the table is created here,
-    closed to every other role, before Alembic looks for it."""
-    if not db.concurrent:
-        return  # inside a caller's transaction: theirs to set up
+    closed to every other role, before Alembic looks for it (inside a caller's transaction, as
+    savepoints of it)."""
     private_schema.ensure(db, schema)
     with db.transaction():
         db.execute(
@@ -237,34 +257,50 @@ def _url(context: Any, url: str | URL | None, *, required: bool = True) -> URL |
     return database_url({"DATABASE_URL": raw or ""})
 
 
-@contextmanager
-def migrator_connection(
-    context: Any, injected: Any, url, application_name: str, app_schema: str
-) -> Iterator[Connection]:
-    """A connection with the migrator's session, whoever made it; failures as one line."""
+R = TypeVar("R")
+
+
+def on_migrator_connection(
+    context: Any,
+    injected: Any,
+    url,
+    application_name: str,
+    app_schema: str,
+    work: Callable[[Connection], R],
+) -> R:
+    """`work(connection)` on a connection with the migrator's session, whoever made it: the one
+    a caller handed Alembic (config.attributes["connection"]: a Connection, an Engine, or
+    something with a connect() that hands out a connection, as pytest-alembic's stand-in for an
+    engine does), or a new one to DATABASE_URL, through any driver, sync or async. Failures as
+    one line."""
     target: URL | None = None
     try:
-        if isinstance(injected, Connection):
-            session.refuse_transaction_pooler(injected.engine.url)
-            injected.info[CALLERS_TRANSACTION] = injected.in_transaction()
-            with session.kept_search_path(injected, app_schema):
-                yield injected
-            return
         if isinstance(injected, Engine):
-            engine, owned = injected, False
-            session.secure(engine, app_schema)
-        else:
-            target = _url(context, url)
-            engine, owned = session.engine_for(target, application_name, app_schema), True
-        target = engine.url
-        session.refuse_transaction_pooler(target)
-        try:
-            with engine.connect() as connection:  # reset (DISCARD ALL) when it goes back
-                yield connection
-        finally:
-            if owned:
-                engine.dispose()
-    except DBAPIError as error:
+            target = injected.url
+            session.refuse_transaction_pooler(target)
+            session.secure(injected, app_schema)
+            with injected.connect() as connection:  # reset (DISCARD ALL) when it goes back
+                return work(connection)
+        if injected is not None and not isinstance(injected, Connection):
+            with injected.connect() as connection:
+                return on_callers_connection(connection, app_schema, work)
+        if injected is not None:
+            return on_callers_connection(injected, app_schema, work)
+        target = _url(context, url)
+        session.refuse_transaction_pooler(target)  # before the migrator's session sets a thing
+        return session.connected(target, application_name, work, app_schema=app_schema)
+    except (DBAPIError, OSError) as error:
         raise CommandError(f"database error: {one_line(error, target)}") from None
-    except psycopg2.Error as error:
-        raise CommandError(f"database error: {one_line(error, target)}") from None
+
+
+def on_callers_connection(
+    connection: Connection, app_schema: str, work: Callable[[Connection], R]
+) -> R:
+    """A connection the caller made and keeps: whether it is inside a transaction is noted
+    (nothing may then be committed early), and its search_path is given back afterwards."""
+    session.refuse_transaction_pooler(
+        connection.engine.url, in_run_sync=connection.dialect.is_async
+    )
+    connection.info[CALLERS_TRANSACTION] = connection.in_transaction()
+    with session.kept_search_path(connection, app_schema):
+        return work(connection)

@@ -11,8 +11,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
+from alembic_lossless_unique import session
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.locks import describe_backend, with_table_lock_retries
@@ -148,14 +149,17 @@ def watching(db: Database, doing: str) -> Iterator[None]:
         yield
         return
     backend_pid = db.scalar("SELECT pg_catalog.pg_backend_pid()")
+    on_side_connection = session.side_connections(db.connection)
     stop = threading.Event()
+
+    def watch(watcher: Connection) -> None:
+        watcher.execution_options(isolation_level="AUTOCOMMIT")
+        while not stop.wait(db.settings.progress_interval):
+            log.info("%s: %s", doing, progress_line(watcher, backend_pid))
 
     def report() -> None:
         try:
-            with db.connection.engine.connect() as watcher:
-                watcher.execution_options(isolation_level="AUTOCOMMIT")
-                while not stop.wait(db.settings.progress_interval):
-                    log.info("%s: %s", doing, progress_line(watcher, backend_pid))
+            on_side_connection(watch)
         except Exception as error:  # progress is a courtesy: never let it break the step
             log.debug("progress unavailable: %s", error)
 

@@ -44,9 +44,10 @@ def record(db: Database, target: UniqueTarget, action: str, **detail: Any) -> No
 def steps(db: Database, target: UniqueTarget) -> list[Step]:
     if not exists(db, target):
         return []
+    # As text, parsed here: drivers differ in what they make of jsonb (asyncpg: a str).
     return [
-        Step(row.seq, row.action, row.detail)
-        for row in db.rows(f"SELECT seq, action, detail FROM {target.ledger} ORDER BY seq")
+        Step(row.seq, row.action, json.loads(row.detail))
+        for row in db.rows(f"SELECT seq, action, detail::text FROM {target.ledger} ORDER BY seq")
     ]
 
 

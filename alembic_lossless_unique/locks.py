@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from alembic_lossless_unique import drivers
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.settings import MigrationSettings
@@ -46,7 +47,7 @@ SELECT a.pid, a.state, coalesce(a.application_name, '') AS application_name,
 
 
 def is_lock_timeout(error: BaseException) -> bool:
-    return getattr(getattr(error, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+    return drivers.sqlstate(error) == LOCK_NOT_AVAILABLE
 
 
 def describe_holders(db: Database, table: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-import psycopg2
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, session, surroundings
@@ -152,18 +152,12 @@ def gather(db: Database, target: UniqueTarget) -> Report:
 
 
 def problems_of(db: Database, checks_sql: str) -> list[str]:
-    """Run a checks block in report mode and read its problems from the session's notices."""
-    # Through the driver's own cursor: SQLAlchemy logs and clears notices after each statement.
-    driver = db.connection.connection.dbapi_connection
-    before = len(driver.notices)
-    with driver.cursor() as cursor:
-        cursor.execute(checks_sql)
-    found = driver.notices[before:]
-    return [
-        notice.split(checks.NOTICE_PREFIX, 1)[1].strip()
-        for notice in found
-        if checks.NOTICE_PREFIX in notice
-    ]
+    """Run a checks block in report mode and read the problems it left in its setting."""
+    db.execute(checks_sql)
+    found = db.scalar(
+        "SELECT pg_catalog.current_setting(:name, true)", {"name": checks.PROBLEMS_SETTING}
+    )
+    return json.loads(found) if found else []
 
 
 def losers_sql(db: Database, target: UniqueTarget) -> str:
@@ -302,18 +296,17 @@ def read_only(url, application_name: str, gather_report: Callable[[Database], R]
     """`gather_report` in one READ ONLY transaction that is rolled back, through the migrator's
     own safe session (pooler refusal, fixed search_path)."""
     session.refuse_transaction_pooler(url)
-    engine = session.engine_for(url, application_name)
-    try:
-        with engine.connect() as connection:
-            # The first statement of the transaction: nothing below can write.
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            try:
-                db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
-                return gather_report(db)
-            finally:
-                connection.rollback()
-    finally:
-        engine.dispose()
+
+    def report(connection: Connection) -> R:
+        # The first statement of the transaction: nothing below can write.
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        try:
+            db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
+            return gather_report(db)
+        finally:
+            connection.rollback()
+
+    return session.connected(url, application_name, report, app_schema=session.DEFAULT_APP_SCHEMA)
 
 
 def command(
@@ -333,7 +326,7 @@ def command(
     except (DatabaseUrlError, MigrationAbort) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    except (DBAPIError, psycopg2.Error) as error:  # psycopg2's own: the pooler check's
+    except (DBAPIError, OSError) as error:
         print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
         return 1
     if arguments.json:

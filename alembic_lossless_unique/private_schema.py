@@ -150,18 +150,13 @@ END
     return f"DO {dollar_quoted(body, 'create_schema')}"
 
 
-def drop_if_created_and_empty_sql(schema: str) -> str:
-    body = f"""
-DECLARE
-    found oid := pg_catalog.to_regnamespace({literal(schema)});
-BEGIN
-    IF found IS NOT NULL
-       AND pg_catalog.obj_description(found, 'pg_namespace') = {literal(CREATED_COMMENT)}
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = found)
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = found)
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = found) THEN
+def drop_if_created_and_empty_plpgsql(schema: str) -> str:
+    """A plpgsql statement: drop the schema if this package created it and it is empty now."""
+    found = f"pg_catalog.to_regnamespace({literal(schema)})"
+    return f"""IF {found} IS NOT NULL
+       AND pg_catalog.obj_description({found}, 'pg_namespace') = {literal(CREATED_COMMENT)}
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = {found})
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = {found})
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = {found}) THEN
         DROP SCHEMA {ident(schema)};
-    END IF;
-END
-"""
-    return f"DO {dollar_quoted(body, 'drop_schema')}"
+    END IF;"""

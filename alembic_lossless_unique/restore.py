@@ -217,7 +217,8 @@ END
 def cleanup_sql(target: UniqueTarget) -> str:
     """The operation's private objects, gone once the downgrade has restored what they held:
     the guard (if a killed run left it), the archive, the re-pointing record, the ledger. No
-    client uses them; in a DO block, shared by the online and offline downgrade."""
+    client uses them; then the private schema, if this package created it and nothing else
+    lives there. One DO block, shared by the online and offline downgrade."""
     statements = [
         *drop_statements(target),
         *(
@@ -225,11 +226,12 @@ def cleanup_sql(target: UniqueTarget) -> str:
             for relation in (target.archive, target.repointed, target.work, target.ledger)
         ),
     ]
-    body = "\nBEGIN\n" + "".join(f"    {statement};\n" for statement in statements) + "END\n"
-    return (
-        f"DO {dollar_quoted(body, 'cleanup')};\n"
-        f"{private_schema.drop_if_created_and_empty_sql(target.private_schema)}"
+    body = (
+        "\nBEGIN\n"
+        + "".join(f"    {statement};\n" for statement in statements)
+        + f"    {private_schema.drop_if_created_and_empty_plpgsql(target.private_schema)}\nEND\n"
     )
+    return f"DO {dollar_quoted(body, 'cleanup')}"
 
 
 def bookkeeping_names(target: UniqueTarget) -> list[str]:

@@ -18,17 +18,22 @@
   connection even when it does not reset connections itself.
 """
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-import psycopg2
 from sqlalchemy import Connection, Engine, create_engine, event, pool, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
+from alembic_lossless_unique import drivers
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import ident
 
 DEFAULT_APP_SCHEMA = "public"
+POOLER_CHECK = "alembic (pooler check)"
+R = TypeVar("R")
 
 
 def safe_search_path(app_schema: str) -> str:
@@ -38,32 +43,82 @@ def safe_search_path(app_schema: str) -> str:
     return f"{ident(app_schema)}, pg_temp"
 
 
+def plain_engine(url: URL, application_name: str) -> Engine:
+    """One connection per use, named so DBAs can find it in pg_stat_activity, and nothing else
+    set on it. For an async driver, the sync face of an async engine: usable only where its
+    calls are awaited for it, inside run_sync (`connected` serves both kinds anywhere)."""
+    if drivers.is_async(url):
+        return _async_engine(url, application_name).sync_engine
+    url, connect_args = drivers.engine_arguments(url, application_name)
+    return create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+
+
+def _async_engine(url: URL, application_name: str) -> Any:
+    from sqlalchemy.ext.asyncio import create_async_engine  # needs greenlet: only when asked
+
+    url, connect_args = drivers.engine_arguments(url, application_name)
+    return create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+
+
 def engine_for(url: URL, application_name: str, app_schema: str = DEFAULT_APP_SCHEMA) -> Engine:
-    """One connection per use, named so DBAs can find it in pg_stat_activity, with a safe
-    search_path from its first statement on."""
-    engine = create_engine(
-        url,
-        poolclass=pool.NullPool,
-        connect_args={"application_name": application_name, "connect_timeout": 10},
-    )
+    """plain_engine with the migrator's session: a safe search_path from its first statement
+    on, and every connection reset when it goes back."""
+    engine = plain_engine(url, application_name)
     secure(engine, app_schema)
     return engine
 
 
-def secure(engine: Engine, app_schema: str = DEFAULT_APP_SCHEMA) -> None:
-    """Set the safe search_path on every new connection of `engine`, before SQLAlchemy's own
-    first queries (insert=True puts this listener ahead of the dialect's), and tell SQLAlchemy
-    which schema the app's unqualified tables live in."""
+def connected(
+    url: URL, application_name: str, work: Callable[[Connection], R], *, app_schema: str | None
+) -> R:
+    """`work(connection)` on a new connection: with the migrator's session for `app_schema`, or
+    a plain one for None. With an async driver the work runs through run_sync, as Alembic's
+    async env.py template runs its migrations: the same code, every call awaited for it, and
+    `connection.engine.connect()` inside it opens another connection the same way."""
+    if drivers.is_async(url):
+        return asyncio.run(_connected_async(url, application_name, work, app_schema))
+    engine = plain_engine(url, application_name)
+    if app_schema is not None:
+        secure(engine, app_schema)
+    try:
+        with engine.connect() as connection:  # reset (DISCARD ALL) when it goes back
+            return work(connection)
+    finally:
+        engine.dispose()
+
+
+async def _connected_async(
+    url: URL, application_name: str, work: Callable[[Connection], R], app_schema: str | None
+) -> R:
+    engine = _async_engine(url, application_name)
+    if app_schema is not None:
+        secure(engine.sync_engine, app_schema)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+def secure(
+    engine: Engine, app_schema: str = DEFAULT_APP_SCHEMA, *, search_path: str | None = None
+) -> None:
+    """Set the safe search_path (or `search_path`, as SHOW prints it) on every new connection
+    of `engine`, before SQLAlchemy's own first queries (insert=True puts this listener ahead of
+    the dialect's), and tell SQLAlchemy which schema the app's unqualified tables live in."""
     # No statement_timeout either: the migration bounds its waits with lock_timeout, and a
     # role's statement_timeout must not cancel a step half way (or its bookkeeping, on a busy
     # server); DISCARD ALL takes both settings away again.
-    settings = f"SET search_path = {safe_search_path(app_schema)}; SET statement_timeout = 0"
+    settings = (
+        f"SET search_path = {search_path or safe_search_path(app_schema)}",
+        "SET statement_timeout = 0",
+    )
 
     def set_safe_search_path(dbapi_connection, *_) -> None:
-        _run(dbapi_connection, settings)
+        _run(dbapi_connection, *settings)
 
     def discard_session_state(dbapi_connection, *_) -> None:
-        if not dbapi_connection.closed:
+        if not _closed(dbapi_connection):
             _run(dbapi_connection, "DISCARD ALL")
 
     event.listen(engine, "connect", set_safe_search_path, insert=True)
@@ -73,23 +128,66 @@ def secure(engine: Engine, app_schema: str = DEFAULT_APP_SCHEMA) -> None:
     engine.dialect.default_schema_name = app_schema
 
 
-def _run(dbapi_connection, statement: str) -> None:
-    """One statement on the driver's connection, outside any transaction."""
+def side_connections(connection: Connection) -> Callable[[Callable[[Connection], None]], None]:
+    """Called in the migration's thread: a function that, called in another thread (a progress
+    watcher's), runs `work(side)` there on a second connection to the same database with the
+    same session as `connection`. An async engine awaits on the event loop of the migration's
+    thread, which the other thread cannot use: it gets a loop of its own, and an engine of its
+    own on it."""
+    engine = connection.engine
+    if not connection.dialect.is_async:
+
+        def run_sync(work: Callable[[Connection], None]) -> None:
+            with engine.connect() as side:
+                work(side)
+
+        return run_sync
+    name, search_path = connection.execute(
+        text(
+            "SELECT pg_catalog.current_setting('application_name'),"
+            " pg_catalog.current_setting('search_path')"
+        )
+    ).one()
+
+    async def on_own_loop(work: Callable[[Connection], None]) -> None:
+        side_engine = _async_engine(engine.url, name)
+        secure(side_engine.sync_engine, search_path=search_path)
+        try:
+            async with side_engine.connect() as side:
+                await side.run_sync(work)
+        finally:
+            await side_engine.dispose()
+
+    return lambda work: asyncio.run(on_own_loop(work))
+
+
+def _closed(dbapi_connection) -> bool:
+    closed = getattr(dbapi_connection, "closed", False)
+    return bool(closed() if callable(closed) else closed)
+
+
+def _run(dbapi_connection, *statements: str) -> None:
+    """Statements on the driver's connection, one at a time (asyncpg prepares each one, and a
+    prepared statement holds one command), outside any transaction."""
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
     try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(statement)
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
     finally:
         dbapi_connection.autocommit = autocommit
 
 
-def refuse_transaction_pooler(url: URL) -> None:
+def refuse_transaction_pooler(url: URL, *, in_run_sync: bool = False) -> None:
     """Two connections, transaction-scoped state only, so that the probe itself leaves nothing
     behind on a pooled server connection: in session mode (or directly) each client keeps its
     own server backend; behind a transaction pooler the second client's transaction is handed
     the backend the first one just used, or the first one's next statement another backend."""
-    if transaction_pooled(url):
+    if transaction_pooled(url, in_run_sync=in_run_sync):
         port = f" (port {url.port})" if url.port else ""
         raise MigrationAbort(
             f"DATABASE_URL{port} goes through a transaction-mode connection pooler: session"
@@ -99,16 +197,31 @@ def refuse_transaction_pooler(url: URL) -> None:
         )
 
 
-def transaction_pooled(url: URL, rounds: int = 3) -> bool:
-    params = {
-        **url.translate_connect_args(username="user", database="dbname"),
-        **{key: str(value) for key, value in url.query.items()},
-        "application_name": "alembic (pooler check)",
-        "connect_timeout": 10,
-    }
-    first = psycopg2.connect(**params)
+def transaction_pooled(url: URL, *, in_run_sync: bool = False, rounds: int = 3) -> bool:
+    """See refuse_transaction_pooler. Through the driver's bare connections, which SQLAlchemy
+    neither initialises nor resets: no statement but the probe's own, schema-qualified, runs
+    under the role's search_path, and nothing of the migrator's session (no SET, no DISCARD
+    ALL) reaches a pooled server connection. `in_run_sync`: the caller is already inside an
+    async connection's run_sync, where an async driver's calls are awaited for it."""
+    if drivers.is_async(url) and not in_run_sync:
+        from sqlalchemy.util import greenlet_spawn  # needs greenlet: only when asked
+
+        return asyncio.run(greenlet_spawn(transaction_pooled, url, in_run_sync=True))
+    engine = plain_engine(url, POOLER_CHECK)
     try:
-        second = psycopg2.connect(**params)
+        return _probe(engine, drivers.engine_arguments(url, POOLER_CHECK)[1], rounds)
+    except engine.dialect.loaded_dbapi.Error as error:  # as SQLAlchemy's own would be raised
+        raise DBAPIError.instance(None, None, error, engine.dialect.loaded_dbapi.Error) from None
+    finally:
+        engine.dispose()
+
+
+def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    cparams.update(connect_args)
+    first = engine.dialect.connect(*cargs, **cparams)
+    try:
+        second = engine.dialect.connect(*cargs, **cparams)
         try:
             first.autocommit = True
             for _ in range(rounds):
@@ -125,10 +238,13 @@ def transaction_pooled(url: URL, rounds: int = 3) -> bool:
         first.close()
 
 
-def _backend(connection) -> int:
-    with connection.cursor() as cursor:
+def _backend(dbapi_connection) -> int:
+    cursor = dbapi_connection.cursor()
+    try:
         cursor.execute("SELECT pg_catalog.pg_backend_pid()")
         return cursor.fetchone()[0]
+    finally:
+        cursor.close()
 
 
 @contextmanager

@@ -98,7 +98,7 @@ def demo(state: str, keys: int) -> None:
 
         alembic = [sys.executable, "-m", "alembic"]
         heading("preflight: what the upgrade would do (read-only)")
-        run([sys.executable, "-m", "meta_assets_cache_migrations.preflight"], database_url)
+        run([sys.executable, "-m", "app.preflight"], database_url)
 
         heading("alembic upgrade head")
         run([*alembic, "upgrade", "head"], database_url)

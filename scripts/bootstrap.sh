@@ -6,12 +6,12 @@
 # already installed (else 15). BOOTSTRAP_PGBOUNCER=1 also brings PgBouncer. Where they come from
 # (apt as root, npm and a local cache otherwise): see devtools/postgres_binaries.py.
 
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: creating .venv and installing the package with its test extras (first run only)" >&2
+  echo "bootstrap: creating .venv and installing requirements-dev.txt (first run only)" >&2
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

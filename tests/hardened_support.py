@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg2
 from sqlalchemy import text
 
-from meta_assets_cache_migrations.names import PRIVATE_SCHEMA
+from app.names import PRIVATE_SCHEMA
 from tests.online_support import libpq_dsn
 from tests.support import MIGRATOR, MigrationHarness
 

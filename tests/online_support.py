@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg2
 
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from tests.support import PROJECT_ROOT, AlembicResult
 
 APPLICATION_NAME = "alembic meta_assets_cache"

@@ -17,9 +17,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from app.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 from devtools.starting_states import build_state
 from devtools.throwaway_postgres import ThrowawayServer
-from meta_assets_cache_migrations.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"

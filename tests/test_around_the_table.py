@@ -13,7 +13,7 @@ import time
 import psycopg2
 import pytest
 
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from tests.online_support import (
     A_LOSER,
     SURVIVORS,
@@ -249,7 +249,7 @@ def test_a_child_the_role_may_not_update_is_refused(drifted, schema, grant):
 
 def preflight_report(harness) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "meta_assets_cache_migrations.preflight", "--json"],
+        [sys.executable, "-m", "app.preflight", "--json"],
         cwd=PROJECT_ROOT,
         env={"DATABASE_URL": harness.url, "PATH": "/usr/bin:/bin"},
         capture_output=True,

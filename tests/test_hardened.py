@@ -22,9 +22,9 @@ import psycopg2
 import pytest
 
 from alembic_lossless_unique.locks import WAITING_SUFFIX
+from app.names import ARCHIVE, PRIVATE_SCHEMA
+from app.unique_pair import TARGET
 from devtools.pgbouncer import DEFAULT_POOL_SIZE, PgBouncerUnavailable, pgbouncer, pgbouncer_binary
-from meta_assets_cache_migrations.names import ARCHIVE, PRIVATE_SCHEMA
-from meta_assets_cache_migrations.unique_pair import TARGET
 from tests.hardened_support import (
     INSUFFICIENT_PRIVILEGE,
     SQUATTERS_CODE_RAN,

@@ -3,8 +3,8 @@ five starting states to the online path's end state, and its downgrade script un
 
 import pytest
 
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from devtools.starting_states import STATES
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from tests.offline_support import apply_script, offline_script, pair_unique_details, run_psql
 from tests.support import BASELINE, HEAD, MIGRATOR
 from tests.test_starting_states import expected_survivors, keyed_rows

@@ -10,8 +10,8 @@ import psycopg2
 import pytest
 
 from alembic_lossless_unique.locks import WAITING_SUFFIX
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
-from meta_assets_cache_migrations.unique_pair import TARGET
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
+from app.unique_pair import TARGET
 from tests.online_support import (
     A_LOSER,
     APPLICATION_NAME,

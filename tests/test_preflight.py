@@ -8,19 +8,19 @@ import sys
 
 import pytest
 
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from devtools.starting_states import STATES
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from tests.support import HEAD, PROJECT_ROOT
 
 
 def preflight(*args: str, url: str | None) -> subprocess.CompletedProcess:
-    """`python -m meta_assets_cache_migrations.preflight ARGS` as the demo runs it, with
+    """`python -m app.preflight ARGS` as the demo runs it, with
     DATABASE_URL set (or not)."""
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     if url is not None:
         env["DATABASE_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "meta_assets_cache_migrations.preflight", *args],
+        [sys.executable, "-m", "app.preflight", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -9,9 +9,9 @@ from alembic_lossless_unique import convergence, dedupe
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.preflight import losers_sql
 from alembic_lossless_unique.settings import MigrationSettings
+from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
+from app.unique_pair import TARGET
 from devtools.starting_states import STATES
-from meta_assets_cache_migrations.names import ARCHIVE, CANONICAL_UNIQUE_NAME
-from meta_assets_cache_migrations.unique_pair import TARGET
 from tests.support import BASELINE
 
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"

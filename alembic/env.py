@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import MetaData
 
 from alembic_lossless_unique import run_migrations
-from meta_assets_cache_migrations import baseline
-from meta_assets_cache_migrations.names import OWNED_TABLES, PRIVATE_SCHEMA
+from app import baseline
+from app.names import OWNED_TABLES, PRIVATE_SCHEMA
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -24,7 +24,7 @@ def models_metadata() -> MetaData | None:
     command = getattr(config.cmd_opts, "cmd", None)
     if command and command[0].__name__ in COMMANDS_WITHOUT_MODELS:
         return None
-    from meta_assets_cache_migrations.models import Base
+    from app.models import Base
 
     return Base.metadata
 

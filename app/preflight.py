@@ -1,6 +1,6 @@
 """Before `alembic upgrade head`: what it would find and do, without changing a thing.
 
-    DATABASE_URL=postgresql://... python -m meta_assets_cache_migrations.preflight [--json]
+    DATABASE_URL=postgresql://... python -m app.preflight [--json]
 
 The unique pair's report from alembic_lossless_unique.preflight (state, size, rows to archive,
 NULL-phone rows kept, foreign keys and child rows to re-point, triggers and publications, each
@@ -16,13 +16,13 @@ from typing import Any
 
 from alembic_lossless_unique import preflight
 from alembic_lossless_unique.database import Database
-from meta_assets_cache_migrations.baseline import PRIVILEGE_PROBLEM
-from meta_assets_cache_migrations.names import (
+from app.baseline import PRIVILEGE_PROBLEM
+from app.names import (
     SEED_INDEX_NAME,
     TABLE,
     VERSION_TABLE,
 )
-from meta_assets_cache_migrations.unique_pair import TARGET
+from app.unique_pair import TARGET
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Report:
 
 
 def model_columns() -> set[str]:
-    from meta_assets_cache_migrations.models import MetaAssetsCache
+    from app.models import MetaAssetsCache
 
     return {column.name for column in MetaAssetsCache.__table__.columns}
 

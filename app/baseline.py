@@ -9,7 +9,7 @@ from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, qualified
-from meta_assets_cache_migrations.names import (
+from app.names import (
     BASELINE_LEDGER,
     LEGACY_REVISIONS,
     PRIVATE_SCHEMA,

@@ -4,8 +4,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Index, Text, UniqueConstraint, desc, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meta_assets_cache_migrations.models.base import Base
-from meta_assets_cache_migrations.names import CANONICAL_UNIQUE_NAME
+from app.models.base import Base
+from app.names import CANONICAL_UNIQUE_NAME
 
 
 class MetaAssetsCache(Base):

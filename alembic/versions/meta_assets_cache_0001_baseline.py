@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from alembic import context, op
 
 from alembic_lossless_unique.database import transactional_database
-from meta_assets_cache_migrations import baseline
-from meta_assets_cache_migrations.names import BASELINE_REVISION, BRANCH_LABEL
+from app import baseline
+from app.names import BASELINE_REVISION, BRANCH_LABEL
 
 revision: str = BASELINE_REVISION
 down_revision: str | None = None

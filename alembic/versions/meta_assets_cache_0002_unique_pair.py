@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from alembic import op
 
 import alembic_lossless_unique  # noqa: F401 (registers op.ensure_unique_constraint)
-from meta_assets_cache_migrations.names import BASELINE_REVISION, UNIQUE_PAIR, UNIQUE_PAIR_REVISION
+from app.names import BASELINE_REVISION, UNIQUE_PAIR, UNIQUE_PAIR_REVISION
 
 revision: str = UNIQUE_PAIR_REVISION
 down_revision: str | None = BASELINE_REVISION

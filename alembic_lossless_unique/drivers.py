@@ -1,0 +1,130 @@
+"""What differs between the drivers SQLAlchemy speaks to PostgreSQL with, written in one place.
+
+The library imports no driver: SQLAlchemy loads the one the URL names (psycopg2, psycopg 3,
+asyncpg, or psycopg's async mode). Only these few things differ between them, and only here:
+
+- which driver a URL without one gets (the first installed, in SQLAlchemy's order of preference);
+- how a connection is named and given a connect timeout (libpq keywords, or asyncpg's own);
+- where an error keeps its SQLSTATE and the server's primary message.
+"""
+
+import importlib.util
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+# A URL that names no driver gets the first of these that is installed.
+DEFAULT_DRIVERS = ("psycopg2", "psycopg", "asyncpg")
+# The module each driver name is imported as.
+_MODULES = {
+    "psycopg2": "psycopg2",
+    "psycopg": "psycopg",
+    "psycopg_async": "psycopg",
+    "asyncpg": "asyncpg",
+}
+ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
+# What to pip install for each.
+_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "asyncpg": "asyncpg"}
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class DriverMissing(Exception):
+    """No PostgreSQL driver is installed, or not the one the URL names."""
+
+
+def installed(driver: str) -> bool:
+    return importlib.util.find_spec(_MODULES.get(driver, driver)) is not None
+
+
+def default_driver() -> str:
+    for driver in DEFAULT_DRIVERS:
+        if installed(driver):
+            return driver
+    raise DriverMissing(
+        "no PostgreSQL driver is installed: pip install 'alembic-lossless-unique[psycopg2]'"
+        " (or [psycopg] or [asyncpg])"
+    )
+
+
+def require(driver: str) -> None:
+    if driver not in _MODULES:
+        raise DriverMissing(
+            f"DATABASE_URL names the {driver} driver; this package runs on"
+            f" {', '.join(_MODULES)}: postgresql+psycopg2://..., for example"
+        )
+    if not installed(driver):
+        raise DriverMissing(
+            f"DATABASE_URL names the {driver} driver, which is not installed:"
+            f" pip install {_PACKAGES[_MODULES[driver]]}"
+        )
+    if driver in ASYNC_DRIVERS and not installed("greenlet"):
+        raise DriverMissing(
+            f"DATABASE_URL names the async {driver} driver, and SQLAlchemy runs async drivers"
+            " through greenlet, which is not installed: pip install 'sqlalchemy[asyncio]'"
+        )
+
+
+def is_async(url: URL) -> bool:
+    return url.get_driver_name() in ASYNC_DRIVERS
+
+
+# libpq keywords that asyncpg takes under another name or inside server_settings.
+_ASYNCPG_SERVER_SETTINGS = ("application_name", "options")
+
+
+def engine_arguments(
+    url: URL, application_name: str, connect_timeout: int = CONNECT_TIMEOUT_SECONDS
+) -> tuple[URL, dict[str, Any]]:
+    """The URL and connect_args for create_engine: the connection named `application_name`
+    (as DBAs find it in pg_stat_activity) and given up on after `connect_timeout` seconds."""
+    if url.get_driver_name() != "asyncpg":  # libpq underneath: its own keywords
+        return url, {"application_name": application_name, "connect_timeout": connect_timeout}
+    query = dict(url.query)
+    server_settings = {"application_name": application_name}
+    for keyword in _ASYNCPG_SERVER_SETTINGS:
+        if keyword in query and keyword != "application_name":
+            server_settings[keyword] = str(query.pop(keyword))
+    query.pop("application_name", None)
+    connect_args: dict[str, Any] = {
+        "server_settings": server_settings,
+        "timeout": float(query.pop("connect_timeout", connect_timeout)),
+    }
+    if "sslmode" in query:  # asyncpg takes libpq's mode names as `ssl`
+        connect_args["ssl"] = str(query.pop("sslmode"))
+    return url.set(query=query), connect_args
+
+
+def original(error: BaseException) -> BaseException:
+    """The driver's own exception inside SQLAlchemy's wrapper, and inside SQLAlchemy's asyncpg
+    adapter the asyncpg exception itself."""
+    inner = getattr(error, "orig", None) or error
+    if type(inner).__module__.startswith("sqlalchemy.") and inner.__cause__ is not None:
+        return inner.__cause__
+    return inner
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error (psycopg2: pgcode; psycopg 3 and asyncpg: sqlstate)."""
+    for candidate in (getattr(error, "orig", None), original(error)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return code
+    return None
+
+
+def primary_message(error: BaseException) -> str:
+    """The server's primary message, without the driver's decoration."""
+    inner = original(error)
+    diag = getattr(inner, "diag", None)  # psycopg2 and psycopg 3
+    message = getattr(diag, "message_primary", None) or getattr(inner, "message", None)
+    if isinstance(message, str) and message:
+        return message
+    return first_line(str(inner))
+
+
+def first_line(text: str) -> str:
+    """The first line of a driver's message; asyncpg's adapter prefixes the exception's class."""
+    line = next(iter(text.strip().splitlines()), "")
+    if line.startswith("<class '") and ">: " in line:
+        line = line.split(">: ", 1)[1]
+    return line.strip()
