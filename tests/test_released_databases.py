@@ -1,12 +1,14 @@
 """Databases that release 1.0 migrated keep working with this layout.
 
 Release 1.0 kept the revisions in `meta_assets_cache_migrations/migrations/` and shipped them
-in one distribution with the library. The fixtures in tests/fixtures/released_1_0/ are pg_dump
-outputs of test databases that release's `alembic upgrade head` migrated (as the non-superuser
-owner, under Supabase's default privileges), from the drifted and the both starting state:
-the same revision ids, version table, archive and ledger names this layout must keep reading.
+in one distribution with the library. The fixtures in tests/fixtures/released_1_0/ are
+`pg_dump --no-owner` outputs (gzipped: they are data) of test databases that release's
+`alembic upgrade head` migrated as the non-superuser owner, under Supabase's default
+privileges, from the drifted and the both starting state: the same revision ids, version
+table, archive and ledger names this layout must keep reading.
 """
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ def test_a_database_release_1_0_upgraded_downgrades_exactly(state, harness):
     harness.admin(f"DROP OWNED BY {MIGRATOR}")  # an empty database, owned by the migrator
     assert harness.scalar("SELECT to_regclass('public.meta_assets_cache') IS NULL")
 
-    apply_script(harness, (FIXTURES / f"{state}.sql").read_text())
+    apply_script(harness, gzip.decompress((FIXTURES / f"{state}.sql.gz").read_bytes()).decode())
 
     assert harness.version() == HEAD
     if state == "drifted":
