@@ -174,16 +174,19 @@ def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report:
 def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> None:
     """Guard the table, archive duplicates, build the unique index concurrently, promote it.
 
-    The guard rejects new duplicates from here on; a writer that slips past it (a REPEATABLE
-    READ transaction that began before the guard, a replication apply worker) makes the build
-    fail, and the INVALID index it leaves is dropped and built again after another dedupe, a
-    bounded number of times.
+    The guard rejects new duplicates from here on, and the move ranks every listed key again
+    under row locks, whatever the app writes meanwhile; so the first build succeeds unless a
+    writer the guard cannot see adds a duplicate (a REPEATABLE READ transaction whose snapshot
+    predates the other row, a session with session_replication_role = replica such as a
+    logical replication apply worker). Then the build fails, and the INVALID index it leaves
+    is dropped and built again after another dedupe, a bounded number of times.
     """
     with report.step("install duplicate guard"), removing_guard_on_failure(db, target):
         guard.install(db, target)
     with removing_guard_on_failure(db, target):
         groups = rows = repointed = 0
         definition = indexes.unique_index_definition(target, target.constraint_name)
+        slipped_in: list[str] = []
         for attempt in range(1, db.settings.build_attempts + 1):
             archived = archive_duplicates(db, target, report)
             groups += archived["groups"]
@@ -196,15 +199,15 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
                         db, target, target.constraint_name, definition
                     )
                 break
-            except IntegrityError:
+            except IntegrityError as error:
+                slipped_in.append(duplicate_detail(error))
                 if attempt == db.settings.build_attempts:
-                    raise MigrationAbort(
-                        f"new duplicates of {target.key_description} kept arriving during"
-                        f" {attempt} concurrent builds, past the duplicate guard (REPEATABLE READ"
-                        " writers or a replication apply worker); the INVALID index was left for"
-                        " the next run to clean up: re-run, or raise -x build_attempts"
-                    ) from None
-                log.warning("a duplicate arrived during the build; archiving it and building again")
+                    raise MigrationAbort(past_the_guard_message(db, target, slipped_in)) from None
+                log.warning(
+                    "a duplicate arrived during the build, past the duplicate guard (%s);"
+                    " archiving it and building again",
+                    slipped_in[-1],
+                )
         report.fact("duplicate groups", groups)
         report.fact("rows archived", f"{rows} (moved to {target.archive})")
         if repointed:
@@ -225,6 +228,44 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
         report.fact("promoted", f"index -> constraint {target.constraint_name}")
 
 
+def duplicate_detail(error: DBAPIError) -> str:
+    """The failed build's own words for the duplicate it met: 'Key (a, b)=(1, 2) is
+    duplicated.' (the DETAIL of its unique_violation)."""
+    inner = drivers.original(error)
+    diag = getattr(inner, "diag", None)  # psycopg2 and psycopg 3; asyncpg: .detail
+    detail = getattr(diag, "message_detail", None) or getattr(inner, "detail", None)
+    return str(detail).rstrip(".") if detail else drivers.primary_message(error)
+
+
+def past_the_guard_message(db: Database, target: UniqueTarget, slipped_in: list[str]) -> str:
+    """What happened when every build met a duplicate: which keys, and who can write one past
+    the guard (the subscriptions of this database, when there are any)."""
+    subscriptions = db.scalar(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(subname), ', ' ORDER BY subname)"
+        " FROM pg_catalog.pg_subscription"
+        " WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database"
+        " WHERE datname = pg_catalog.current_database()) AND subenabled"
+    )
+    writers = (
+        f"the apply worker of subscription {subscriptions} (it writes with"
+        " session_replication_role = replica, which fires no trigger), or a REPEATABLE READ"
+        " or SERIALIZABLE transaction whose snapshot predates the other row of its key"
+        if subscriptions
+        else "a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates the other"
+        " row of its key, or a session with session_replication_role = replica (which fires"
+        " no trigger)"
+    )
+    return (
+        f"each of {len(slipped_in)} concurrent builds of unique index {target.constraint_name}"
+        f" met a duplicate of {target.key_description} written after the dedupe had archived"
+        f" the earlier ones ({'; '.join(slipped_in)}); the duplicate guard rejects such"
+        f" writes from every other session, so they came from {writers}. Nothing was lost,"
+        " the duplicates are still in the table and the guard was removed; stop that writer"
+        " for the upgrade, then re-run (the INVALID index is dropped and built again), or"
+        " raise -x build_attempts"
+    )
+
+
 def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict:
     """The dedupe, one transaction of two blocks; returns what its ledger record says. It takes
     no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
@@ -238,13 +279,15 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
         except DBAPIError as error:
             raise as_abort(error) from None
     archived = [step for step in ledger.steps(db, target) if step.action == "archived"][-1].detail
+    changed, gone = archived["changed_since_listed"], archived.get("gone_since_listed", 0)
     log.info(
         "archived %d rows from %d duplicate groups%s",
         archived["rows"],
         archived["groups"],
         ""
-        if not archived["changed_since_listed"]
-        else f" ({archived['changed_since_listed']} listed rows changed meanwhile and stay)",
+        if not (changed or gone)
+        else f" (ranked again under row locks: {changed} listed rows the app had changed"
+        f" meanwhile, {gone} it had deleted)",
     )
     return archived
 
