@@ -89,6 +89,9 @@ def converge(
     report: RunReport,
 ) -> None:
     with report.step("inspect"):
+        surroundings.announce_replication(
+            db, [target.private_schema], surroundings.subscriber_ddl_command(target), log
+        )
         prepare(db, target)
         if not steps_done:
             ledger.record(
@@ -167,7 +170,7 @@ def announce(db: Database, target: UniqueTarget) -> None:
 def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
     for step in plan.of("drop_invalid"):
         ledger.record(db, target, "dropped_invalid", index_name=step.index_name)
-        indexes.drop_index_concurrently(db, target, step.index_name)
+        indexes.drop_index(db, target, step.index_name)
         report.fact("dropped", f"INVALID index {step.index_name} (left by an interrupted build)")
 
 
@@ -351,7 +354,7 @@ def drop_redundant_uniques(db: Database, target: UniqueTarget, plan: Plan, repor
                 indexes.drop_constraint_sql(target, step.constraint_name),
             )
         else:
-            indexes.drop_index_concurrently(db, target, step.index_name)
+            indexes.drop_index(db, target, step.index_name)
         report.fact("dropped", f"redundant {step.description}")
 
 
@@ -374,6 +377,7 @@ class Undo:
         self.steps: list[ledger.Step] = []
         self.prebuilt: list[str] = []
         self.in_transaction: list[str] = []
+        self.build_in_transaction = False
 
     def prepare(self, db: Database) -> bool:
         """False when there is nothing to undo."""
@@ -386,29 +390,48 @@ class Undo:
                 target.key_description,
             )
             return False
-        with self.report.step("rebuild dropped uniques concurrently"):
-            for step in reversed(self.steps):
+        to_rebuild = [s for s in self.steps if s.action in ("dropped_redundant", "promoted")]
+        if not to_rebuild:
+            return True
+        self.build_in_transaction = db.concurrent and indexes.rebuild_in_transaction(db, target)
+        how = "inside the final transaction" if self.build_in_transaction else "concurrently"
+        with self.report.step(f"rebuild dropped uniques {how}"):
+            for step in reversed(to_rebuild):
                 if step.action == "dropped_redundant":
                     self._rebuild(db, step.detail, step.detail["index_name"])
-                elif step.action == "promoted":
+                else:
                     self._rebuild_promoted(db, step.detail)
+        if self.build_in_transaction:
+            self.report.fact(
+                "rebuilt",
+                "inside the downgrade's transaction (downgrade_rebuild"
+                f" {db.settings.downgrade_rebuild}): the table's queries wait for the build,"
+                " no upsert fails",
+            )
         return True
 
     def _rebuild(self, db: Database, detail: dict, build_as: str) -> None:
-        """Build `detail`'s unique concurrently as `build_as`; its comment and constraint follow
-        in the final transaction."""
+        """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
+        the final transaction under its own name; its comment and constraint follow in the
+        final transaction."""
         target = self.target
         name, constraint = detail["index_name"], detail.get("constraint_name")
         if constraint and indexes.constraint_exists(db, target, constraint):
             return
-        definition = detail["definition"]
-        if build_as != name:
-            definition = indexes.renamed(definition, name, build_as)
-        if not indexes.index_is_valid(db, target, build_as):
-            self.prebuilt.append(build_as)
-        indexes.create_index_concurrently(db, target, build_as, definition)
-        if build_as != name:
-            self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
+        if self.build_in_transaction:
+            # The constraint is dropped first in that transaction, which frees its name.
+            if name != target.constraint_name and indexes.index_is_valid(db, target, name) is False:
+                indexes.drop_index(db, target, name)
+            self.in_transaction.append(indexes.if_not_exists(detail["definition"]))
+        else:
+            definition = detail["definition"]
+            if build_as != name:
+                definition = indexes.renamed(definition, name, build_as)
+            if not indexes.index_is_valid(db, target, build_as):
+                self.prebuilt.append(build_as)
+            indexes.create_index_concurrently(db, target, build_as, definition)
+            if build_as != name:
+                self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
         if detail.get("comment") is not None:
             self.in_transaction.append(
                 indexes.set_index_comment_sql(target, name, detail["comment"])
@@ -476,8 +499,8 @@ class Undo:
     def compensate(self, db: Database) -> None:
         for name in reversed(self.prebuilt):
             try:
-                indexes.drop_index_concurrently(db, self.target, name)
-            except DBAPIError as error:
+                indexes.drop_index(db, self.target, name)
+            except (DBAPIError, MigrationAbort) as error:
                 log.warning("could not drop %s, built for the failed downgrade: %s", name, error)
 
 

@@ -188,9 +188,11 @@ def losers_select(target: UniqueTarget) -> tuple[str, Comparisons]:
 
 
 def list_statement(target: UniqueTarget) -> tuple[str, Comparisons]:
-    """CREATE TABLE AS of every row in a duplicate group, in the work table."""
+    """CREATE TABLE AS of every row in a duplicate group, in the work table, in ctid order (the
+    move locks them in that order, reading each heap page once)."""
     return (
-        f"CREATE UNLOGGED TABLE {escape_format(target.work)} AS{_in_duplicate_groups(target)}",
+        f"CREATE UNLOGGED TABLE {escape_format(target.work)} AS{_in_duplicate_groups(target)}"
+        f"\n     ORDER BY {ROW_CTID}",
         comparisons(target),
     )
 
