@@ -9,10 +9,15 @@ PostgreSQL fails such upserts: a unique that is maintained but not valid beside 
 serves them (a concurrent drop or build).
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from devtools.app_traffic import Mix, errors_by_sqlstate
-from tests.support import BASELINE
+from tests.support import BASELINE, PROJECT_ROOT
 from tests.traffic_support import (
     UNIQUE_VIOLATION,
     long_reader,
@@ -104,3 +109,44 @@ def test_a_concurrent_rebuild_fails_racing_upserts_as_postgresql_does(harness):
     assert "inside the downgrade's transaction" not in result.output
     errors = errors_by_sqlstate(running.outcomes, ["upsert"])
     assert errors[UNIQUE_VIOLATION] > 0, errors
+
+
+def preflight_json(harness, **env: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.preflight", "--json"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env={**os.environ, "DATABASE_URL": harness.url, **env},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_preflight_says_what_the_app_sees_in_each_step(harness):
+    harness.build_state("both")
+    harness.upgrade(BASELINE)
+    [drop] = preflight_json(harness)["steps"]
+    assert drop["action"] == "drop redundant index idx_meta_assets_cache_ws_phone_unique"
+    assert drop["app_sees"].endswith("no upsert fails")
+    succeed(harness.cli("upgrade", "head"))
+
+    rebuild_inside = preflight_json(harness)["downgrade_steps"]
+    concurrent = preflight_json(harness, MIGRATION_DOWNGRADE_REBUILD="concurrently")
+
+    [final] = rebuild_inside
+    assert "build the uniques the upgrade dropped" in final["action"]
+    assert (
+        "reads and writes wait while the build of idx_meta_assets_cache_ws_phone_unique"
+        in (final["app_sees"])
+    )
+    assert final["app_sees"].endswith("no upsert fails")
+    rebuild, final = concurrent["downgrade_steps"]
+    assert rebuild["action"] == "rebuild idx_meta_assets_cache_ws_phone_unique concurrently"
+    assert "23505" in rebuild["app_sees"] and "40P01" in rebuild["app_sees"]
+
+
+def test_preflight_of_a_drifted_table_says_upserts_wait_for_the_index(harness):
+    harness.build_state("drifted")
+    steps = {step["action"].split(" ")[0]: step for step in preflight_json(harness)["steps"]}
+    assert "42P10" in steps["build"]["app_sees"]
+    assert "23505" in steps["install"]["app_sees"]
+    assert steps["promote"]["app_sees"].endswith("no upsert fails")
