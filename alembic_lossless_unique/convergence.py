@@ -89,6 +89,9 @@ def converge(
     report: RunReport,
 ) -> None:
     with report.step("inspect"):
+        surroundings.announce_replication(
+            db, [target.private_schema], surroundings.subscriber_ddl_command(target), log
+        )
         prepare(db, target)
         if not steps_done:
             ledger.record(
@@ -167,23 +170,26 @@ def announce(db: Database, target: UniqueTarget) -> None:
 def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
     for step in plan.of("drop_invalid"):
         ledger.record(db, target, "dropped_invalid", index_name=step.index_name)
-        indexes.drop_index_concurrently(db, target, step.index_name)
+        indexes.drop_index(db, target, step.index_name)
         report.fact("dropped", f"INVALID index {step.index_name} (left by an interrupted build)")
 
 
 def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> None:
     """Guard the table, archive duplicates, build the unique index concurrently, promote it.
 
-    The guard rejects new duplicates from here on; a writer that slips past it (a REPEATABLE
-    READ transaction that began before the guard, a replication apply worker) makes the build
-    fail, and the INVALID index it leaves is dropped and built again after another dedupe, a
-    bounded number of times.
+    The guard rejects new duplicates from here on, and the move ranks every listed key again
+    under row locks, whatever the app writes meanwhile; so the first build succeeds unless a
+    writer the guard cannot see adds a duplicate (a REPEATABLE READ transaction whose snapshot
+    predates the other row, a session with session_replication_role = replica such as a
+    logical replication apply worker). Then the build fails, and the INVALID index it leaves
+    is dropped and built again after another dedupe, a bounded number of times.
     """
     with report.step("install duplicate guard"), removing_guard_on_failure(db, target):
         guard.install(db, target)
     with removing_guard_on_failure(db, target):
         groups = rows = repointed = 0
         definition = indexes.unique_index_definition(target, target.constraint_name)
+        slipped_in: list[str] = []
         for attempt in range(1, db.settings.build_attempts + 1):
             archived = archive_duplicates(db, target, report)
             groups += archived["groups"]
@@ -196,15 +202,15 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
                         db, target, target.constraint_name, definition
                     )
                 break
-            except IntegrityError:
+            except IntegrityError as error:
+                slipped_in.append(duplicate_detail(error))
                 if attempt == db.settings.build_attempts:
-                    raise MigrationAbort(
-                        f"new duplicates of {target.key_description} kept arriving during"
-                        f" {attempt} concurrent builds, past the duplicate guard (REPEATABLE READ"
-                        " writers or a replication apply worker); the INVALID index was left for"
-                        " the next run to clean up: re-run, or raise -x build_attempts"
-                    ) from None
-                log.warning("a duplicate arrived during the build; archiving it and building again")
+                    raise MigrationAbort(past_the_guard_message(db, target, slipped_in)) from None
+                log.warning(
+                    "a duplicate arrived during the build, past the duplicate guard (%s);"
+                    " archiving it and building again",
+                    slipped_in[-1],
+                )
         report.fact("duplicate groups", groups)
         report.fact("rows archived", f"{rows} (moved to {target.archive})")
         if repointed:
@@ -225,6 +231,44 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
         report.fact("promoted", f"index -> constraint {target.constraint_name}")
 
 
+def duplicate_detail(error: DBAPIError) -> str:
+    """The failed build's own words for the duplicate it met: 'Key (a, b)=(1, 2) is
+    duplicated.' (the DETAIL of its unique_violation)."""
+    inner = drivers.original(error)
+    diag = getattr(inner, "diag", None)  # psycopg2 and psycopg 3; asyncpg: .detail
+    detail = getattr(diag, "message_detail", None) or getattr(inner, "detail", None)
+    return str(detail).rstrip(".") if detail else drivers.primary_message(error)
+
+
+def past_the_guard_message(db: Database, target: UniqueTarget, slipped_in: list[str]) -> str:
+    """What happened when every build met a duplicate: which keys, and who can write one past
+    the guard (the subscriptions of this database, when there are any)."""
+    subscriptions = db.scalar(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(subname), ', ' ORDER BY subname)"
+        " FROM pg_catalog.pg_subscription"
+        " WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database"
+        " WHERE datname = pg_catalog.current_database()) AND subenabled"
+    )
+    writers = (
+        f"the apply worker of subscription {subscriptions} (it writes with"
+        " session_replication_role = replica, which fires no trigger), or a REPEATABLE READ"
+        " or SERIALIZABLE transaction whose snapshot predates the other row of its key"
+        if subscriptions
+        else "a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates the other"
+        " row of its key, or a session with session_replication_role = replica (which fires"
+        " no trigger)"
+    )
+    return (
+        f"each of {len(slipped_in)} concurrent builds of unique index {target.constraint_name}"
+        f" met a duplicate of {target.key_description} written after the dedupe had archived"
+        f" the earlier ones ({'; '.join(slipped_in)}); the duplicate guard rejects such"
+        f" writes from every other session, so they came from {writers}. Nothing was lost,"
+        " the duplicates are still in the table and the guard was removed; stop that writer"
+        " for the upgrade, then re-run (the INVALID index is dropped and built again), or"
+        " raise -x build_attempts"
+    )
+
+
 def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict:
     """The dedupe, one transaction of two blocks; returns what its ledger record says. It takes
     no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
@@ -238,13 +282,15 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
         except DBAPIError as error:
             raise as_abort(error) from None
     archived = [step for step in ledger.steps(db, target) if step.action == "archived"][-1].detail
+    changed, gone = archived["changed_since_listed"], archived.get("gone_since_listed", 0)
     log.info(
         "archived %d rows from %d duplicate groups%s",
         archived["rows"],
         archived["groups"],
         ""
-        if not archived["changed_since_listed"]
-        else f" ({archived['changed_since_listed']} listed rows changed meanwhile and stay)",
+        if not (changed or gone)
+        else f" (ranked again under row locks: {changed} listed rows the app had changed"
+        f" meanwhile, {gone} it had deleted)",
     )
     return archived
 
@@ -308,7 +354,7 @@ def drop_redundant_uniques(db: Database, target: UniqueTarget, plan: Plan, repor
                 indexes.drop_constraint_sql(target, step.constraint_name),
             )
         else:
-            indexes.drop_index_concurrently(db, target, step.index_name)
+            indexes.drop_index(db, target, step.index_name)
         report.fact("dropped", f"redundant {step.description}")
 
 
@@ -331,6 +377,7 @@ class Undo:
         self.steps: list[ledger.Step] = []
         self.prebuilt: list[str] = []
         self.in_transaction: list[str] = []
+        self.build_in_transaction = False
 
     def prepare(self, db: Database) -> bool:
         """False when there is nothing to undo."""
@@ -343,29 +390,48 @@ class Undo:
                 target.key_description,
             )
             return False
-        with self.report.step("rebuild dropped uniques concurrently"):
-            for step in reversed(self.steps):
+        to_rebuild = [s for s in self.steps if s.action in ("dropped_redundant", "promoted")]
+        if not to_rebuild:
+            return True
+        self.build_in_transaction = db.concurrent and indexes.rebuild_in_transaction(db, target)
+        how = "inside the final transaction" if self.build_in_transaction else "concurrently"
+        with self.report.step(f"rebuild dropped uniques {how}"):
+            for step in reversed(to_rebuild):
                 if step.action == "dropped_redundant":
                     self._rebuild(db, step.detail, step.detail["index_name"])
-                elif step.action == "promoted":
+                else:
                     self._rebuild_promoted(db, step.detail)
+        if self.build_in_transaction:
+            self.report.fact(
+                "rebuilt",
+                "inside the downgrade's transaction (downgrade_rebuild"
+                f" {db.settings.downgrade_rebuild}): the table's queries wait for the build,"
+                " no upsert fails",
+            )
         return True
 
     def _rebuild(self, db: Database, detail: dict, build_as: str) -> None:
-        """Build `detail`'s unique concurrently as `build_as`; its comment and constraint follow
-        in the final transaction."""
+        """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
+        the final transaction under its own name; its comment and constraint follow in the
+        final transaction."""
         target = self.target
         name, constraint = detail["index_name"], detail.get("constraint_name")
         if constraint and indexes.constraint_exists(db, target, constraint):
             return
-        definition = detail["definition"]
-        if build_as != name:
-            definition = indexes.renamed(definition, name, build_as)
-        if not indexes.index_is_valid(db, target, build_as):
-            self.prebuilt.append(build_as)
-        indexes.create_index_concurrently(db, target, build_as, definition)
-        if build_as != name:
-            self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
+        if self.build_in_transaction:
+            # The constraint is dropped first in that transaction, which frees its name.
+            if name != target.constraint_name and indexes.index_is_valid(db, target, name) is False:
+                indexes.drop_index(db, target, name)
+            self.in_transaction.append(indexes.if_not_exists(detail["definition"]))
+        else:
+            definition = detail["definition"]
+            if build_as != name:
+                definition = indexes.renamed(definition, name, build_as)
+            if not indexes.index_is_valid(db, target, build_as):
+                self.prebuilt.append(build_as)
+            indexes.create_index_concurrently(db, target, build_as, definition)
+            if build_as != name:
+                self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
         if detail.get("comment") is not None:
             self.in_transaction.append(
                 indexes.set_index_comment_sql(target, name, detail["comment"])
@@ -433,8 +499,8 @@ class Undo:
     def compensate(self, db: Database) -> None:
         for name in reversed(self.prebuilt):
             try:
-                indexes.drop_index_concurrently(db, self.target, name)
-            except DBAPIError as error:
+                indexes.drop_index(db, self.target, name)
+            except (DBAPIError, MigrationAbort) as error:
                 log.warning("could not drop %s, built for the failed downgrade: %s", name, error)
 
 

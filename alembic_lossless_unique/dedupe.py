@@ -8,16 +8,17 @@ Rows with a NULL in a key column never conflict on a unique and are never touche
 The dedupe is one transaction of two plpgsql blocks, the same text online and offline:
 
 1. list: a parallel hash semi-join of the table with itself finds the rows that share their key
-   with another row, and only those are ranked. Parallel workers never run a statement that
-   writes, so the list goes into a work table (CREATE TABLE AS may use them), in ctid order so
-   the move reads each heap page once.
-2. move: lock the listed rows that are still as listed (only when foreign keys point at the
-   table or user triggers would fire: then the set must not change under the re-pointing, and
-   the count check must be exact), re-point every child row from an archived row to the row
-   kept for its key, recording each re-pointing, then delete the listed rows and insert them
-   into the archive in one statement, and check the counts: rows listed = rows deleted = rows
+   with another row. Parallel workers never run a statement that writes, so the list goes into
+   a work table (CREATE TABLE AS may use them).
+2. move: lock every listed row FOR UPDATE as it is now (at its listed ctid when unchanged, else
+   found again by its primary key, whatever the app did to it since the list), rank each key
+   again under those locks, re-point every child row from a row to archive to the row kept for
+   its key, recording each re-pointing, then delete those rows and insert them into the
+   archive in one statement, and check the counts: rows ranked to go = rows deleted = rows
    archived. A user trigger that changes that (a soft-delete BEFORE DELETE trigger, say) rolls
-   the transaction back, naming the trigger.
+   the transaction back, naming the trigger. Writes the app makes to those rows meanwhile wait
+   for the move's commit; nothing it changed is skipped, so one move leaves no duplicate that
+   the guard saw.
 """
 
 from alembic_lossless_unique import foreign_keys
@@ -29,6 +30,7 @@ from alembic_lossless_unique.comparisons import (
     regclass,
 )
 from alembic_lossless_unique.sqltext import (
+    derived_name,
     dollar_quoted,
     joined_sql,
     literal,
@@ -110,52 +112,89 @@ BEGIN
         new_reference jsonb NOT NULL,
         repointed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
     );
+    {replica_identity_full_plpgsql(target.archive)}
+    {replica_identity_full_plpgsql(target.repointed)}
 END
 """
     return f"DO {dollar_quoted(body, 'archive')}"
 
 
-def losers_select(target: UniqueTarget) -> tuple[str, Comparisons]:
-    """Every row but the kept one of each duplicate group, with the identity of the row that
-    stays: a format() template whose placeholders are the key's operators. The dedupe stores it
-    in the work table; preflight counts it."""
-    compare = Comparisons(target.columns)
+def replica_identity_full_plpgsql(relation: str) -> str:
+    """A plpgsql statement: `relation` (a table with no key: append-only) identifies its rows
+    to logical replication by all their columns, so that the downgrade may delete from it while
+    a publication (FOR ALL TABLES, FOR TABLES IN SCHEMA) carries it to a replica or a CDC
+    stream; without one, PostgreSQL refuses the delete."""
+    return f"""IF (SELECT relreplident FROM pg_catalog.pg_class
+         WHERE oid = {regclass(relation)}) <> 'f' THEN
+        ALTER TABLE {relation} REPLICA IDENTITY FULL;
+    END IF;"""
+
+
+def member_columns(target: UniqueTarget) -> tuple[str, ...]:
+    """What the dedupe keeps of each row of a duplicate group: its key and its ranking."""
+    return tuple(dict.fromkeys(target.columns + target.ranking))
+
+
+def comparisons(target: UniqueTarget) -> Comparisons:
+    """Placeholders for the operators of every column the dedupe compares."""
+    return Comparisons(member_columns(target))
+
+
+def _in_duplicate_groups(target: UniqueTarget) -> str:
+    """A format() template: every keyed row that shares its key with another row, by ctid,
+    with its key and ranking (a hash semi-join of the table with itself)."""
+    compare = comparisons(target)
     table = escape_format(target.qualified_table)
     keys_not_null = " AND ".join(f"{{alias}}.{fmt_ident(c)} IS NOT NULL" for c in target.columns)
-    order = ", ".join(f"{fmt_ident(c)} DESC NULLS LAST" for c in target.ranking)
-    kept = ", ".join(
-        f"pg_catalog.first_value({fmt_ident(c)}) OVER newest_first AS {fmt_ident(work_kept(c))}"
-        for c in target.row_identity
-    )
-    statement = f"""
-WITH in_duplicate_groups AS (
-    SELECT c.ctid AS {ROW_CTID}, {fmt_idents(target.ranking, "c.")},
-           {fmt_idents(target.columns, "c.")}
+    return f"""
+    SELECT c.ctid AS {ROW_CTID}, {fmt_idents(member_columns(target), "c.")}
       FROM {table} c
      WHERE {keys_not_null.format(alias="c")}
        AND EXISTS (SELECT 1 FROM {table} other
                     WHERE {keys_not_null.format(alias="other")}
                       AND {compare.equal("other", "c", target.columns)}
-                      AND other.ctid <> c.ctid)
-), ranked AS (
-    SELECT {ROW_CTID}, {fmt_idents(target.ranking)},
-           pg_catalog.row_number() OVER newest_first AS {POSITION},
-           {kept}
-      FROM in_duplicate_groups
-    WINDOW newest_first AS (PARTITION BY {fmt_idents(target.columns)} ORDER BY {order})
-)
-SELECT {ROW_CTID}, {fmt_idents(target.ranking)},
-       {fmt_idents(work_kept(c) for c in target.row_identity)}
-  FROM ranked
+                      AND other.ctid <> c.ctid)"""
+
+
+def _losers_of(target: UniqueTarget, members: str) -> str:
+    """The rows of `members` (a relation or subquery with the member columns and a ctid) that
+    are not the greatest of their key, with their key, ranking and the kept row's identity, in
+    ctid order (so the move reads each heap page once)."""
+    order = ", ".join(f"{fmt_ident(c)} DESC NULLS LAST" for c in target.ranking)
+    kept = ", ".join(
+        f"pg_catalog.first_value({fmt_ident(c)}) OVER newest_first AS {fmt_ident(work_kept(c))}"
+        for c in target.row_identity
+    )
+    columns = fmt_idents(member_columns(target))
+    keys_not_null = " AND ".join(f"{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+    return f"""
+SELECT {ROW_CTID}, {columns}, {fmt_idents(work_kept(c) for c in target.row_identity)}
+  FROM (SELECT {ROW_CTID}, {columns},
+               pg_catalog.row_number() OVER newest_first AS {POSITION}, {kept}
+          FROM {members} AS members
+         WHERE {keys_not_null}
+        WINDOW newest_first AS (PARTITION BY {fmt_idents(target.columns)} ORDER BY {order})
+       ) AS ranked
  WHERE {POSITION} > 1
  ORDER BY {ROW_CTID}"""
-    return statement, compare
+
+
+def losers_select(target: UniqueTarget) -> tuple[str, Comparisons]:
+    """Every row but the kept one of each duplicate group, with the identity of the row that
+    stays, as the table is now: a format() template whose placeholders are the operators of
+    the member columns. Preflight counts it; the move ranks the same way under row locks."""
+    members = f"({_in_duplicate_groups(target)})"
+    return _losers_of(target, members), comparisons(target)
 
 
 def list_statement(target: UniqueTarget) -> tuple[str, Comparisons]:
-    """CREATE TABLE AS of losers_select, in the work table."""
-    select, compare = losers_select(target)
-    return f"CREATE UNLOGGED TABLE {escape_format(target.work)} AS{select}", compare
+    """CREATE TABLE AS of every row in a duplicate group, in the work table, in ctid order (the
+    move locks them in that order, reading each heap page once)."""
+    return (
+        f"CREATE UNLOGGED TABLE {escape_format(target.work)} AS{_in_duplicate_groups(target)}"
+        f"\n     ORDER BY {ROW_CTID}",
+        comparisons(target),
+    )
 
 
 def list_sql(target: UniqueTarget, work_mem: str) -> str:
@@ -174,27 +213,48 @@ END
     return f"DO {dollar_quoted(body, 'list')}"
 
 
+def locked_work(target: UniqueTarget) -> str:
+    """The move's table of the listed rows as they are once locked; it lives inside the move."""
+    return target.private(derived_name(target.constraint_name, "locked"))
+
+
 def move_sql(target: UniqueTarget) -> str:
-    """The move step: lock, re-point children, delete and archive, check, record."""
+    """The move step: lock every listed row as it is now, rank each key again, re-point
+    children, delete and archive, check, record.
+
+    Between the list and the move the app may have updated, deleted or re-keyed listed rows
+    (an update gives a row a new ctid, and may change which row of its key is the newest). So
+    the move first locks every row of every listed group FOR UPDATE: at its listed ctid when it
+    is still that version, else found again by its identity (the row's primary key), in its
+    current version. No new row can join a listed key meanwhile (the guard rejects it), so
+    these are all the rows of those keys, and ranking them again under the lock decides the
+    kept row exactly; nothing is skipped, and every count check is exact.
+    """
     table = regclass(target.qualified_table)
-    compare = Comparisons(target.ranking)
+    compare = comparisons(target)
     live, work = escape_format(target.qualified_table), escape_format(target.work)
+    locked = escape_format(locked_work(target))
+    same_identity = compare.equal("c", "w", target.row_identity)
     unchanged = compare.same("c", "w", target.ranking)
+    current = fmt_idents(member_columns(target), "c.")
+    lock_unchanged = f"""
+INSERT INTO {locked}
+SELECT c.ctid, {current}
+  FROM {live} c JOIN {work} w ON c.ctid = w.{ROW_CTID}
+ WHERE c.ctid = ANY (ARRAY(SELECT {ROW_CTID} FROM {work})) AND {same_identity}
+   FOR UPDATE OF c"""
+    lock_changed = f"""
+INSERT INTO {locked}
+SELECT c.ctid, {current}
+  FROM {work} w JOIN {live} c ON {same_identity}
+ WHERE NOT EXISTS (SELECT 1 FROM {locked} l
+                    WHERE {compare.equal("l", "w", target.row_identity)})
+   FOR UPDATE OF c"""
+    rank_again = f"CREATE UNLOGGED TABLE {work} AS{_losers_of(target, locked)}"
     kept_identity = compare.equal(
         "k", "w", target.row_identity, renamed={c: work_kept(c) for c in target.row_identity}
     )
     work_kept_columns = [work_kept(c) for c in target.row_identity]
-    lock_listed = f"""
-        SELECT 1 FROM {live} c JOIN {work} w ON c.ctid = w.{ROW_CTID}
-         WHERE c.ctid = ANY (ARRAY(SELECT {ROW_CTID} FROM {work})) AND {unchanged}
-           FOR UPDATE OF c"""
-    forget_changed = f"""
-        DELETE FROM {work} w WHERE NOT EXISTS (
-            SELECT 1 FROM {live} c WHERE c.ctid = w.{ROW_CTID} AND {unchanged})"""
-    lock_kept = f"""
-        SELECT 1 FROM {live} k JOIN {work} w ON {kept_identity} FOR KEY SHARE OF k"""
-    forget_orphans = f"""
-        DELETE FROM {work} w WHERE NOT EXISTS (SELECT 1 FROM {live} k WHERE {kept_identity})"""
     n = compare.count
     move = f"""
 WITH removed AS (
@@ -212,6 +272,9 @@ SELECT (SELECT pg_catalog.count(*) FROM removed),
        (SELECT pg_catalog.count(*) FROM archived),
        (SELECT pg_catalog.count(*)
           FROM (SELECT DISTINCT {fmt_idents(work_kept_columns)} FROM removed) AS groups)"""
+    sample_keys = f"""
+SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({fmt_idents(target.columns)}))
+  FROM (SELECT DISTINCT {fmt_idents(target.columns)} FROM {work} LIMIT 3) AS sample"""
     # Per foreign key (filled by format() in the loop): child table, its columns, the kept
     # row's referenced columns, how the kept row is found, how a child row matches the
     # archived row, and the three records: the child row's identity, old and new reference.
@@ -227,7 +290,6 @@ WITH repointed AS (
 INSERT INTO {escape_format(target.repointed)}
        (constraint_name, child_table, child_row, old_reference, new_reference)
 SELECT %9$L, %1$L, repointed.* FROM repointed"""
-    user_delete_triggers = user_triggers_sql(target, "DELETE")
     body = f"""
 DECLARE
     operators constant text[] := {compare.operators_sql(table)};
@@ -235,60 +297,61 @@ DECLARE
     live_columns text;
     removed_columns text;
     bookkeeping text;
+    members bigint;
+    still_listed bigint;
+    changed bigint;
     listed bigint;
-    changed bigint := 0;
-    orphaned bigint := 0;
     deleted bigint;
     archived bigint;
     groups bigint;
+    keys jsonb;
     triggers_off boolean := false;
-    exact boolean;
     fk record;
     repointed bigint;
     repointed_total jsonb := '{{}}'::jsonb;
     interfering text;
 BEGIN
-    -- Foreign keys are not checked while user triggers are skipped, which is why the rows
-    -- that stay are locked below before anything is pointed at them.
+    -- Foreign keys are not checked while user triggers are skipped: the rows that stay are
+    -- locked below before anything is pointed at them.
     {skip_user_triggers_sql()}
+    SELECT pg_catalog.count(*) INTO members FROM {target.work};
+    DROP TABLE IF EXISTS {locked_work(target)};
+    CREATE UNLOGGED TABLE {locked_work(target)} AS
+        SELECT * FROM {target.work} WITH NO DATA;
+    -- Every row of the listed groups, locked as it is now; none of them changes again until
+    -- the move commits.
+    EXECUTE pg_catalog.format({literal(lock_unchanged)}, VARIADIC operators);
+    GET DIAGNOSTICS still_listed = ROW_COUNT;
+    EXECUTE pg_catalog.format({literal(lock_changed)}, VARIADIC operators);
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    -- Ranked again as they are now: the rows to archive, and the row each key keeps.
+    DROP TABLE {target.work};
+    EXECUTE pg_catalog.format({literal(rank_again)}, VARIADIC operators);
+    DROP TABLE {locked_work(target)};
     SELECT pg_catalog.count(*) INTO listed FROM {target.work};
-    exact := EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                      WHERE contype = 'f' AND confrelid = {table})
-             OR (NOT triggers_off AND {user_delete_triggers} IS NOT NULL);
-    IF exact THEN
-        -- Rows changed since they were listed, and groups whose kept row is gone, stay for
-        -- the next attempt; the rest can no longer change until the move commits.
-        EXECUTE pg_catalog.format({literal(lock_listed)}, VARIADIC operators);
-        EXECUTE pg_catalog.format({literal(forget_changed)}, VARIADIC operators);
-        GET DIAGNOSTICS changed = ROW_COUNT;
-        EXECUTE pg_catalog.format({literal(lock_kept)}, VARIADIC operators);
-        EXECUTE pg_catalog.format({literal(forget_orphans)}, VARIADIC operators);
-        GET DIAGNOSTICS orphaned = ROW_COUNT;
-        changed := changed + orphaned;
-        listed := listed - changed;
-        FOR fk IN {foreign_keys.inbound_sql(table)} LOOP
-            EXECUTE pg_catalog.format({literal(repoint)},
-                fk.child_table,
-                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
-                   FROM pg_catalog.unnest(fk.child_columns) AS c),
-                (SELECT pg_catalog.string_agg('k.' || pg_catalog.quote_ident(c), ', ')
-                   FROM pg_catalog.unnest(fk.parent_columns) AS c),
-                kept_join,
-                {
+    EXECUTE pg_catalog.format({literal(sample_keys)}) INTO keys;
+    FOR fk IN {foreign_keys.inbound_sql(table)} LOOP
+        EXECUTE pg_catalog.format({literal(repoint)},
+            fk.child_table,
+            (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
+               FROM pg_catalog.unnest(fk.child_columns) AS c),
+            (SELECT pg_catalog.string_agg('k.' || pg_catalog.quote_ident(c), ', ')
+               FROM pg_catalog.unnest(fk.parent_columns) AS c),
+            kept_join,
+            {
         joined_sql(
             "ch.%I %s l.%I", " AND ", c="fk.child_columns", op="fk.operators", p="fk.parent_columns"
         )
     },
-                (SELECT pg_catalog.string_agg(pg_catalog.format('%L, ch.%I', c, c), ', ')
-                   FROM pg_catalog.unnest(fk.child_identity) AS c),
-                {joined_sql("%L, l.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
-                {joined_sql("%L, k.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
-                fk.constraint_name);
-            GET DIAGNOSTICS repointed = ROW_COUNT;
-            repointed_total := repointed_total
-                || pg_catalog.jsonb_build_object(fk.constraint_name, repointed);
-        END LOOP;
-    END IF;
+            (SELECT pg_catalog.string_agg(pg_catalog.format('%L, ch.%I', c, c), ', ')
+               FROM pg_catalog.unnest(fk.child_identity) AS c),
+            {joined_sql("%L, l.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
+            {joined_sql("%L, k.%I", ", ", c="fk.child_columns", p="fk.parent_columns")},
+            fk.constraint_name);
+        GET DIAGNOSTICS repointed = ROW_COUNT;
+        repointed_total := repointed_total
+            || pg_catalog.jsonb_build_object(fk.constraint_name, repointed);
+    END LOOP;
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum),
            pg_catalog.string_agg('c.' || pg_catalog.quote_ident(attname), ', ' ORDER BY attnum)
       INTO live_columns, removed_columns
@@ -306,7 +369,7 @@ BEGIN
     EXECUTE pg_catalog.format({literal(move)}, VARIADIC operators
             || ARRAY[removed_columns, live_columns, bookkeeping, {literal(target.archive_reason)}])
        INTO deleted, archived, groups;
-    IF deleted <> archived OR (exact AND deleted <> listed) THEN
+    IF deleted <> archived OR deleted <> listed THEN
         {
         raise_trigger_interference_sql(
             target,
@@ -322,8 +385,9 @@ BEGIN
     INSERT INTO {target.ledger} (action, detail)
     VALUES ('archived', pg_catalog.jsonb_build_object(
         'rows', archived, 'groups', groups, 'listed', listed,
-        'changed_since_listed', changed, 'triggers_skipped', triggers_off,
-        'repointed', repointed_total));
+        'changed_since_listed', changed, 'gone_since_listed', members - still_listed - changed,
+        'sample_keys', coalesce(keys, '[]'::jsonb),
+        'triggers_skipped', triggers_off, 'repointed', repointed_total));
     DROP TABLE {target.work};
 END
 """

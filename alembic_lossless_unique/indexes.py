@@ -1,9 +1,10 @@
 """Index and constraint mechanics that never block the app's writes for longer than a lock timeout.
 
-Concurrent builds and drops take SHARE UPDATE EXCLUSIVE, which reads and writes pass through;
-they wait for old transactions instead, so they run without statement_timeout or lock_timeout,
-while a watcher reports their phase and whom they wait for. Catalog-only changes (promote,
-rename, drop a constraint) take ACCESS EXCLUSIVE briefly, under with_lock_retries.
+Concurrent builds take SHARE UPDATE EXCLUSIVE, which reads and writes pass through; they wait
+for old transactions instead, so they run without statement_timeout or lock_timeout, while a
+watcher reports their phase and whom they wait for. Catalog-only changes (promote, rename, drop
+a constraint or an index) take ACCESS EXCLUSIVE briefly, under with_lock_retries: never a
+concurrent drop, whose long invalid-but-maintained window fails racing upserts.
 """
 
 import logging
@@ -36,6 +37,14 @@ def concurrently(definition: str) -> str:
     for prefix in ("CREATE UNIQUE INDEX ", "CREATE INDEX "):
         if definition.startswith(prefix):
             return prefix + "CONCURRENTLY " + definition[len(prefix) :]
+    raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
+
+
+def if_not_exists(definition: str) -> str:
+    """pg_get_indexdef() text -> the same index, built unless one of that name exists."""
+    for prefix in ("CREATE UNIQUE INDEX ", "CREATE INDEX "):
+        if definition.startswith(prefix):
+            return prefix + "IF NOT EXISTS " + definition[len(prefix) :]
     raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
 
 
@@ -85,16 +94,39 @@ def create_index_concurrently(db: Database, target: UniqueTarget, name: str, def
         return
     if valid is False:
         log.info("dropping INVALID index %s left by an interrupted build", name)
-        drop_index_concurrently(db, target, name)
+        drop_index(db, target, name)
     statement = concurrently(definition) if db.concurrent else definition
     with without_timeouts(db), watching(db, f"building {name}"):
         db.execute(statement)
 
 
-def drop_index_concurrently(db: Database, target: UniqueTarget, name: str) -> None:
-    keyword = "CONCURRENTLY " if db.concurrent else ""
-    with without_timeouts(db), watching(db, f"dropping {name}"):
-        db.execute(f"DROP INDEX {keyword}IF EXISTS {qualified(target.schema, name)}")
+def drop_index(db: Database, target: UniqueTarget, name: str) -> None:
+    """DROP INDEX, not CONCURRENTLY: a catalog change under the lock timeout with retries, over
+    in milliseconds once it has the lock. A concurrent drop first marks the index invalid and
+    goes on maintaining it until it ends (as long as the oldest transaction on the table lasts),
+    and in that window PostgreSQL (18 and older) fails ON CONFLICT upserts that race on a key
+    another unique covers with unique_violation (and some with deadlocks)."""
+    under_lock_retries(
+        db, target, f"drop index {name}", f"DROP INDEX IF EXISTS {qualified(target.schema, name)}"
+    )
+
+
+def rebuild_in_transaction(db: Database, target: UniqueTarget) -> bool:
+    """The downgrade_rebuild setting, decided for this table: whether the downgrade builds the
+    uniques it puts back inside its own transaction (no upsert fails; the table's queries wait
+    for the build) rather than concurrently (nothing waits; PostgreSQL fails some upserts that
+    race on the key meanwhile). `auto`: inside the transaction while the table's heap is at
+    most downgrade_rebuild_limit."""
+    choice = db.settings.downgrade_rebuild
+    if choice != "auto":
+        return choice == "in_transaction"
+    return bool(
+        db.scalar(
+            "SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass(:table))"
+            " <= pg_catalog.pg_size_bytes(:limit)",
+            {"table": target.qualified_table, "limit": db.settings.downgrade_rebuild_limit},
+        )
+    )
 
 
 def set_index_comment_sql(target: UniqueTarget, name: str, comment: str | None) -> str:

@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, session, surroundings
+from alembic_lossless_unique import (
+    checks,
+    dedupe,
+    foreign_keys,
+    indexes,
+    ledger,
+    session,
+    surroundings,
+)
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.convergence import read_plan
 from alembic_lossless_unique.database import Database
@@ -52,10 +60,24 @@ CONCURRENT_LOCK = (
 )
 
 
+# Rates for the estimates of how long the app waits, from the durable benchmark (BENCHMARKS.md:
+# PostgreSQL 15, 2 CPUs, fsync on): a unique build reads about 90 MB of heap a second, the
+# move archives about 160k rows a second. Hardware differs: the estimates are the order of
+# magnitude, not a promise.
+BUILD_BYTES_PER_SECOND = 90 * 1024 * 1024
+MOVE_ROWS_PER_SECOND = 160_000
+
+
+def about_seconds(seconds: float) -> str:
+    return "well under a second" if seconds < 0.5 else f"about {seconds:.0f} s"
+
+
 @dataclass
 class Step:
     action: str
     lock: str
+    # What the app's queries and ON CONFLICT upserts see while the step runs, and how long.
+    app_sees: str = ""
 
 
 @dataclass
@@ -82,6 +104,8 @@ class Report:
     resumes_interrupted_run: bool = False
     uniques: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+    downgrade_steps: list[Step] = field(default_factory=list)
+    replication: list[str] = field(default_factory=list)
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     triggers_skipped: bool = False
     surroundings: list[str] = field(default_factory=list)
@@ -98,9 +122,15 @@ def catalog_lock(settings: MigrationSettings) -> str:
     )
 
 
-def gather(db: Database, target: UniqueTarget) -> Report:
-    """The report for one target; `db` is inside a read-only transaction."""
+def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -> Report:
+    """The report for one target; `db` is inside a read-only transaction. `ddl_command` is the
+    command that prints what logical subscribers need (default: the library's)."""
     report = Report(table=target.display_table)
+    report.replication = surroundings.replication_announcements(
+        surroundings.carrying_publications(db, [target.private_schema]),
+        [target.private_schema],
+        ddl_command or surroundings.subscriber_ddl_command(target),
+    )
     report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
     if not db.relation_exists(target.qualified_table):
         return report
@@ -148,6 +178,7 @@ def gather(db: Database, target: UniqueTarget) -> Report:
         report.rows_to_archive, report.duplicate_groups = counts.rows, counts.groups
         report.foreign_keys = foreign_keys_into(db, target, losers)
     report.steps = planned_steps(db, target, plan, report)
+    report.downgrade_steps = planned_downgrade(db, target, steps_done, report)
     return report
 
 
@@ -212,47 +243,137 @@ def count_children(db: Database, target: UniqueTarget, fk, losers: str) -> int:
 def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report) -> list[Step]:
     settings = db.settings
     name = target.constraint_name
+    waits = lock_waits(settings)
+    no_upsert_fails = f"{waits}; no upsert fails"
     steps = []
     missing = [t for t in (target.ledger, target.archive) if not db.relation_exists(t)]
     if missing and not plan.converged:
-        steps.append(Step(f"create {' and '.join(missing)}", NO_TABLE_LOCK))
+        steps.append(Step(f"create {' and '.join(missing)}", NO_TABLE_LOCK, "nothing"))
     for step in plan.of("drop_invalid"):
-        steps.append(Step(f"drop INVALID index {step.index_name}", CONCURRENT_LOCK))
+        steps.append(
+            Step(f"drop INVALID index {step.index_name}", catalog_lock(settings), no_upsert_fails)
+        )
     main = plan.main
     if main is not None and main.action == "build":
         repointed = sum(fk.rows_to_repoint or 0 for fk in report.foreign_keys)
+        no_unique = "ON CONFLICT upserts of the key keep failing (42P10: no unique serves them yet)"
+        move = report.rows_to_archive + report.duplicate_groups
         steps += [
-            Step("install the duplicate guard (two triggers and a function)", GUARD_LOCK),
+            Step(
+                "install the duplicate guard (two triggers and a function)",
+                GUARD_LOCK,
+                f"{waits}; from then on an insert or key update that would duplicate a key fails"
+                " with 23505 (unique_violation), as it will once the constraint exists",
+            ),
             Step(
                 f"archive {report.rows_to_archive} duplicate rows from"
                 f" {report.duplicate_groups} groups into {target.archive} (the newest row of"
                 " each key stays)"
                 + (f", re-pointing {repointed} child rows to the kept rows" if repointed else ""),
                 ARCHIVE_LOCK,
+                f"writes to the {move} rows of those keys wait for the move"
+                f" ({about_seconds(move / MOVE_ROWS_PER_SECOND)}); other rows are unaffected;"
+                f" {no_unique}",
             ),
-            Step(f"build unique index {name} concurrently", CONCURRENT_LOCK),
-            Step("promote it to the constraint and remove the guard", catalog_lock(settings)),
+            Step(
+                f"build unique index {name} concurrently",
+                CONCURRENT_LOCK,
+                f"nothing waits (about"
+                f" {report.table_bytes / BUILD_BYTES_PER_SECOND * 2:.0f} s of build);"
+                f" {no_unique} until the index is valid, then they work",
+            ),
+            Step(
+                "promote it to the constraint and remove the guard",
+                catalog_lock(settings),
+                no_upsert_fails,
+            ),
         ]
     elif main is not None and main.action == "rename":
         steps.append(
-            Step(f"rename constraint {main.constraint_name} to {name}", catalog_lock(settings))
+            Step(
+                f"rename constraint {main.constraint_name} to {name}",
+                catalog_lock(settings),
+                no_upsert_fails,
+            )
         )
     elif main is not None and main.action == "promote":
         steps.append(
             Step(
                 f"promote index {main.index_name} to constraint {name} (no build)",
                 catalog_lock(settings),
+                no_upsert_fails,
             )
         )
     for step in plan.of("drop_redundant"):
-        if step.constraint_name:
-            steps.append(
-                Step(f"drop redundant constraint {step.constraint_name}", catalog_lock(settings))
-            )
-        else:
-            steps.append(Step(f"drop redundant index {step.index_name}", CONCURRENT_LOCK))
+        what = (
+            f"constraint {step.constraint_name}"
+            if step.constraint_name
+            else f"index {step.index_name}"
+        )
+        steps.append(Step(f"drop redundant {what}", catalog_lock(settings), no_upsert_fails))
     for step in plan.of("leave_alone"):
-        steps.append(Step(f"leave {step.description} alone: partial or expression unique", "none"))
+        steps.append(
+            Step(f"leave {step.description} alone: partial or expression unique", "none", "")
+        )
+    return steps
+
+
+def lock_waits(settings: MigrationSettings) -> str:
+    return (
+        f"queries on the table wait up to {settings.lock_timeout:g} s per attempt while the"
+        " lock is queued for"
+    )
+
+
+def planned_downgrade(
+    db: Database, target: UniqueTarget, steps_done: list[ledger.Step], report: Report
+) -> list[Step]:
+    """What `alembic downgrade` of this target would do, when an upgrade has run: the uniques
+    it rebuilds (downgrade_rebuild decides how, for this table) and its one transaction."""
+    if not steps_done:
+        return []
+    settings = db.settings
+    rebuilt = [s.detail for s in steps_done if s.action in ("dropped_redundant", "promoted")]
+    build = about_seconds(report.table_bytes / BUILD_BYTES_PER_SECOND)
+    inside = indexes.rebuild_in_transaction(db, target)
+    steps = []
+    if rebuilt and not inside:
+        steps.append(
+            Step(
+                "rebuild " + ", ".join(d["index_name"] for d in rebuilt) + " concurrently",
+                CONCURRENT_LOCK,
+                f"nothing waits; while it builds ({build} a unique), PostgreSQL 18 and older"
+                " fail some ON CONFLICT upserts that race on a key with 23505"
+                " (unique_violation) or 40P01 (deadlock): -x downgrade_rebuild=in_transaction"
+                " trades that for waiting",
+            )
+        )
+    restored = report.rows_already_archived
+    lock_for = [f"{restored} archived rows move back"] if restored else []
+    if rebuilt and inside:
+        lock_for.append(
+            "the build of " + ", ".join(d["index_name"] for d in rebuilt) + f" ({build} each)"
+        )
+    serves_after = any(s.detail.get("uniques") for s in steps_done if s.action == "found")
+    held = restored / MOVE_ROWS_PER_SECOND
+    if rebuilt and inside:
+        held += len(rebuilt) * report.table_bytes / BUILD_BYTES_PER_SECOND
+    after = (
+        "no upsert fails"
+        if serves_after
+        else "afterwards no unique serves ON CONFLICT upserts (42P10), as before the upgrade"
+    )
+    steps.append(
+        Step(
+            "in one transaction with the revision: drop the constraint (or rename it back),"
+            + (" build the uniques the upgrade dropped," if rebuilt and inside else "")
+            + f" restore {restored} archived rows, drop the archive and ledger",
+            f"ACCESS EXCLUSIVE, under lock_timeout {settings.lock_timeout:g} s with up to"
+            f" {settings.lock_retries} attempts",
+            f"the table's reads and writes wait while {' and '.join(lock_for) or 'it commits'}"
+            f" ({about_seconds(held)}); {after}",
+        )
+    )
     return steps
 
 
@@ -279,13 +400,25 @@ def text_lines(report: Report) -> list[str]:
             f" {'?' if fk.rows_to_repoint is None else fk.rows_to_repoint} child rows to re-point"
         )
     lines += [f"  around the table     {line}" for line in report.surroundings]
+    lines += [f"  replication          {line}" for line in report.replication]
     if report.steps:
         lines.append("  steps the upgrade would take:")
-        for number, step in enumerate(report.steps, 1):
-            lines.append(f"    {number}. {step.action}")
-            lines.append(f"       lock: {step.lock}")
+        lines += step_lines(report.steps)
     else:
         lines.append("  steps                none: nothing to do")
+    if report.downgrade_steps:
+        lines.append("  steps the downgrade would take:")
+        lines += step_lines(report.downgrade_steps)
+    return lines
+
+
+def step_lines(steps: list[Step]) -> list[str]:
+    lines = []
+    for number, step in enumerate(steps, 1):
+        lines.append(f"    {number}. {step.action}")
+        lines.append(f"       lock: {step.lock}")
+        if step.app_sees:
+            lines.append(f"       the app: {step.app_sees}")
     return lines
 
 
@@ -340,11 +473,8 @@ def _names(raw: str) -> list[str]:
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m alembic_lossless_unique.preflight",
-        description="Read-only report: what ensure_unique_constraint would find and do.",
-    )
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The operation's arguments, as the commands that take a target spell them."""
     parser.add_argument("--table", required=True)
     parser.add_argument("--columns", required=True, help="the key, comma-separated, in order")
     parser.add_argument("--constraint", help="its name (default: PostgreSQL's, TABLE_COLS_key)")
@@ -352,18 +482,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-newest-by", default="", help="comma-separated")
     parser.add_argument("--row-identity", default="id", help="comma-separated")
     parser.add_argument("--private-schema", default=DEFAULT_PRIVATE_SCHEMA)
+    parser.add_argument("--archive-table", default="", help="default: CONSTRAINT_archive")
+    parser.add_argument("--ledger-table", default="", help="default: CONSTRAINT_steps")
+
+
+def target_of(arguments: argparse.Namespace) -> UniqueTarget:
+    columns = _names(arguments.columns)
+    return target_from_arguments(
+        arguments.constraint or f"{arguments.table}_{'_'.join(columns)}_key",
+        arguments.table,
+        columns,
+        schema=arguments.schema,
+        keep_newest_by=_names(arguments.keep_newest_by),
+        row_identity=_names(arguments.row_identity),
+        private_schema=arguments.private_schema,
+        archive_table=arguments.archive_table,
+        ledger_table=arguments.ledger_table,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m alembic_lossless_unique.preflight",
+        description="Read-only report: what ensure_unique_constraint would find and do.",
+    )
+    add_target_arguments(parser)
 
     def make_report(arguments: argparse.Namespace, url) -> Report:
-        columns = _names(arguments.columns)
-        target = target_from_arguments(
-            arguments.constraint or f"{arguments.table}_{'_'.join(columns)}_key",
-            arguments.table,
-            columns,
-            schema=arguments.schema,
-            keep_newest_by=_names(arguments.keep_newest_by),
-            row_identity=_names(arguments.row_identity),
-            private_schema=arguments.private_schema,
-        )
+        target = target_of(arguments)
         return read_only(url, "alembic_lossless_unique preflight", lambda db: gather(db, target))
 
     def report_lines(report: Report) -> list[str]:

@@ -17,6 +17,7 @@ from alembic_lossless_unique.dedupe import (
     CHECK_FAILED,
     bookkeeping_columns,
     raise_trigger_interference_sql,
+    replica_identity_full_plpgsql,
     skip_user_triggers_sql,
 )
 from alembic_lossless_unique.guard import drop_statements
@@ -124,6 +125,9 @@ BEGIN
     IF pg_catalog.to_regclass({literal(target.archive)}) IS NULL THEN
         RETURN;
     END IF;
+    -- An archive made by an earlier release has no replica identity: deleting from it fails
+    -- while a publication carries it.
+    {replica_identity_full_plpgsql(target.archive)}
     {skip_user_triggers_sql()}
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.name), ', ' ORDER BY c.attnum),
            CASE WHEN pg_catalog.bool_or(c.attidentity = 'a') THEN ' OVERRIDING SYSTEM VALUE'

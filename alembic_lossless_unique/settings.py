@@ -40,7 +40,19 @@ def parse_memory(name: str, raw: str) -> str:
     return f"{int(match.group(1))}{match.group(2)}"
 
 
+# How the downgrade rebuilds a unique that sits beside the target constraint on the same key.
+DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
+
+
+def parse_downgrade_rebuild(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value not in DOWNGRADE_REBUILDS:
+        raise MigrationAbort(f"{name}={raw!r} must be one of {', '.join(DOWNGRADE_REBUILDS)}")
+    return value
+
+
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
+_PARSERS_BY_NAME = {"downgrade_rebuild": parse_downgrade_rebuild}
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,13 @@ class MigrationSettings:
     # hashes every keyed row; at 64MB a million rows hash in memory. Parallel workers each get
     # as much (times hash_mem_multiplier), so lower it on a server with little memory.
     dedupe_work_mem: str = "64MB"
+    # The downgrade rebuilds the uniques the upgrade dropped beside the constraint. Built
+    # concurrently, PostgreSQL (18 and older) fails some ON CONFLICT upserts of the key while
+    # the build runs (23505, 40P01); built inside the downgrade's transaction, no upsert fails,
+    # but the table's reads and writes wait for the build. `auto` builds inside the
+    # transaction when the table's heap is at most downgrade_rebuild_limit, else concurrently.
+    downgrade_rebuild: str = "auto"
+    downgrade_rebuild_limit: str = "256MB"
 
     @classmethod
     def from_sources(
@@ -78,7 +97,8 @@ class MigrationSettings:
             raw = x_arguments.get(name, environ.get(f"MIGRATION_{name.upper()}"))
             if raw is None:
                 continue
-            values[name] = _PARSERS.get(field.type, parse_count)(name, raw)
+            parse = _PARSERS_BY_NAME.get(name) or _PARSERS.get(field.type, parse_count)
+            values[name] = parse(name, raw)
         return cls(**values)
 
     @classmethod

@@ -2,6 +2,7 @@
 Realtime), columns that are generated or identity. Announced before the upgrade changes a row,
 in the run's log, in preflight and in the offline script: never hidden."""
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
@@ -124,3 +125,85 @@ def announcements(neighbours: list[Neighbour], triggers_skipped: bool) -> list[s
         else:
             lines.append(f"column {n.name} is {n.detail}")
     return lines
+
+
+# Publications that carry the package's private tables: a logical subscriber of one needs those
+# tables (with their columns) before the first change to them arrives, or its apply worker
+# stops on "logical replication target relation ... does not exist" and replicates nothing.
+
+
+def carrying_publications(db: Database, schemas: list[str]) -> list[tuple[str, str]]:
+    """(publication, how) for each publication that publishes, or will publish, the tables of
+    `schemas`: FOR ALL TABLES, FOR TABLES IN SCHEMA (PostgreSQL 15+), or FOR TABLE naming
+    one of their tables. Read-only."""
+    by_schema = int(db.scalar("SELECT pg_catalog.current_setting('server_version_num')")) >= 150000
+    rows = db.rows(
+        """
+SELECT p.pubname::text AS name, 'FOR ALL TABLES' AS how
+  FROM pg_catalog.pg_publication p WHERE p.puballtables
+UNION ALL
+SELECT pt.pubname::text, 'FOR TABLE ' || pg_catalog.string_agg(
+           pg_catalog.format('%I.%I', pt.schemaname, pt.tablename), ', ' ORDER BY pt.tablename)
+  FROM pg_catalog.pg_publication_tables pt
+ WHERE pt.schemaname = ANY (:schemas)
+   AND pt.pubname NOT IN (SELECT pubname FROM pg_catalog.pg_publication WHERE puballtables)
+ GROUP BY pt.pubname"""
+        + (
+            """
+UNION ALL
+SELECT p.pubname::text, 'FOR TABLES IN SCHEMA ' || pg_catalog.quote_ident(n.nspname)
+  FROM pg_catalog.pg_publication p
+  JOIN pg_catalog.pg_publication_namespace pn ON pn.pnpubid = p.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
+ WHERE n.nspname = ANY (:schemas)"""
+            if by_schema
+            else ""
+        )
+        + "\nORDER BY 1, 2",
+        {"schemas": list(schemas)},
+    )
+    found: dict[str, str] = {}
+    for row in rows:  # FOR TABLES IN SCHEMA lists the schema's tables too: say it once
+        if row.name not in found or not row.how.startswith("FOR TABLE "):
+            found[row.name] = row.how
+    return list(found.items())
+
+
+def replication_announcements(
+    publications: list[tuple[str, str]], schemas: list[str], ddl_command: str
+) -> list[str]:
+    """What the subscribers of those publications need, one line per publication."""
+    where = ", ".join(schemas)
+    return [
+        f"publication {name} ({how}) carries the tables this migration writes in {where} (version"
+        " table, ledger, archive) to its subscribers: a logical replica needs them, with their"
+        " columns, before this run writes them, or its apply worker stops replicating every"
+        f" table; print their DDL with `{ddl_command}` and run it on each subscriber first (a"
+        " CDC stream just sees new tables)"
+        for name, how in publications
+    ]
+
+
+def announce_replication(
+    db: Database, schemas: list[str], ddl_command: str, log: logging.Logger
+) -> list[str]:
+    """Log the replication announcements, each publication once per migrator connection (the
+    environment and the operation both ask, before each writes its tables); return them."""
+    publications = carrying_publications(db, schemas)
+    said = db.connection.info.setdefault(_ANNOUNCED, set())
+    for publication in publications:
+        if publication[0] not in said:
+            log.warning("%s", *replication_announcements([publication], schemas, ddl_command))
+            said.add(publication[0])
+    return replication_announcements(publications, schemas, ddl_command)
+
+
+_ANNOUNCED = "lossless_unique_replication_announced"
+
+
+def subscriber_ddl_command(target: UniqueTarget) -> str:
+    """The command that prints the subscriber's DDL for `target`."""
+    return (
+        "python -m alembic_lossless_unique.subscriber_ddl --table"
+        f" {target.table} --columns {','.join(target.columns)} (the operation's arguments)"
+    )

@@ -4,7 +4,7 @@ the one-time move of a version table left in `public` by the first releases."""
 
 import logging
 
-from alembic_lossless_unique import offline, private_schema
+from alembic_lossless_unique import offline, private_schema, surroundings
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
@@ -13,6 +13,7 @@ from app.names import (
     BASELINE_LEDGER,
     LEGACY_REVISIONS,
     PRIVATE_SCHEMA,
+    SUBSCRIBER_DDL_COMMAND,
     TABLE,
     TABLE_SCHEMA,
     UNIQUE_PAIR_LEDGER,
@@ -89,6 +90,8 @@ def prepare(db: Database) -> None:
     when one fails), then the version table moved from public if an earlier release left it
     there."""
     require_privileges(db)
+    # Before the version table or anything else in the private schema is written.
+    surroundings.announce_replication(db, [PRIVATE_SCHEMA], SUBSCRIBER_DDL_COMMAND, log)
     if not db.concurrent:
         return  # inside a caller's transaction: nothing is committed early
     if db.relation_exists("public.alembic_version"):

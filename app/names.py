@@ -22,6 +22,8 @@ ARCHIVE_TABLE = "meta_assets_cache_archive"
 ARCHIVE = f"{PRIVATE_SCHEMA}.{ARCHIVE_TABLE}"
 LEDGER_TABLE = "unique_pair_steps"
 UNIQUE_PAIR_LEDGER = f"{PRIVATE_SCHEMA}.{LEDGER_TABLE}"
+# Prints what a logical subscriber needs of the private schema before the upgrade.
+SUBSCRIBER_DDL_COMMAND = "python -m app.subscriber_ddl"
 
 # Revision ids that no other project's numbering collides with, and the branch they form.
 BRANCH_LABEL = "meta_assets_cache"

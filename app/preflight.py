@@ -19,6 +19,7 @@ from alembic_lossless_unique.database import Database
 from app.baseline import PRIVILEGE_PROBLEM
 from app.names import (
     SEED_INDEX_NAME,
+    SUBSCRIBER_DDL_COMMAND,
     TABLE,
     VERSION_TABLE,
 )
@@ -72,7 +73,7 @@ def gather(db: Database) -> Report:
         pair.table_exists = db.relation_exists(TARGET.qualified_table)
         pair.state, pair.state_description = "blocked", privileges
         return Report(facts.database, facts.role, facts.server_version, None, pair)
-    pair = preflight.gather(db, TARGET)
+    pair = preflight.gather(db, TARGET, SUBSCRIBER_DDL_COMMAND)
     report = Report(facts.database, facts.role, facts.server_version, revision(db), pair)
     if not pair.table_exists:
         pair.problems = [p for p in pair.problems if "does not exist" not in p]
@@ -113,6 +114,7 @@ def text_lines(report: Report) -> list[str]:
     ]
     if not pair.table_exists:
         lines.append(f"  starting state       empty: {pair.state_description}")
+        lines += [f"  replication          {line}" for line in pair.replication]
         lines += [f"  step                 {step.action}" for step in pair.steps]
     else:
         lines += preflight.text_lines(pair)

@@ -506,10 +506,12 @@ def test_a_downgrade_that_fails_in_its_transaction_changes_nothing(drifted):
     assert database_state(harness, *CHILD_TABLES) == at_baseline
 
 
-def test_indexes_rebuilt_for_a_failed_downgrade_are_dropped_again(harness):
-    """The seed fix's index is rebuilt concurrently before the downgrade's one transaction. When
-    that transaction fails (here a user trigger rejects a restored row), the rebuilt index is
-    dropped again: the schema is exactly as before the downgrade, the revision unchanged."""
+@pytest.mark.parametrize("rebuild", ["concurrently", "in_transaction"])
+def test_indexes_rebuilt_for_a_failed_downgrade_are_dropped_again(harness, rebuild):
+    """The seed fix's index is rebuilt concurrently before the downgrade's one transaction (or
+    inside it). When that transaction fails (here a user trigger rejects a restored row), the
+    rebuilt index is dropped again (or rolled back with it): the schema is exactly as before
+    the downgrade, the revision unchanged."""
     harness.build_state("seedindex")
     harness.upgrade(BASELINE)
     succeed(harness.cli("upgrade", "head"))
@@ -523,7 +525,7 @@ def test_indexes_rebuilt_for_a_failed_downgrade_are_dropped_again(harness):
     )
     before = database_state(harness, ARCHIVE)
 
-    line = one_failed_line(harness.cli("downgrade", "-1"))
+    line = one_failed_line(harness.cli("-x", f"downgrade_rebuild={rebuild}", "downgrade", "-1"))
 
     assert "inserts are closed today" in line
     assert database_state(harness, ARCHIVE) == before
