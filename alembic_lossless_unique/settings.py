@@ -40,7 +40,18 @@ def parse_memory(name: str, raw: str) -> str:
     return f"{int(match.group(1))}{match.group(2)}"
 
 
+OFFLINE_BUILDS = ("concurrent", "blocking")
+
+
+def parse_offline_build(name: str, raw: str) -> str:
+    if raw.strip() not in OFFLINE_BUILDS:
+        raise MigrationAbort(f"{name}={raw!r} must be one of: {', '.join(OFFLINE_BUILDS)}")
+    return raw.strip()
+
+
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
+# Settings whose parser is not the one of their type.
+_NAMED_PARSERS = {"offline_build": parse_offline_build}
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,10 @@ class MigrationSettings:
     # hashes every keyed row; at 64MB a million rows hash in memory. Parallel workers each get
     # as much (times hash_mem_multiplier), so lower it on a server with little memory.
     dedupe_work_mem: str = "64MB"
+    # How an `alembic --sql` script builds the unique index: CONCURRENTLY, between transactions
+    # (psql -f, supabase db push: each statement sent on its own), or blocking writes inside
+    # the revision's transaction (the Supabase SQL editor: the whole script as one query).
+    offline_build: str = "concurrent"
 
     @classmethod
     def from_sources(
@@ -78,7 +93,8 @@ class MigrationSettings:
             raw = x_arguments.get(name, environ.get(f"MIGRATION_{name.upper()}"))
             if raw is None:
                 continue
-            values[name] = _PARSERS.get(field.type, parse_count)(name, raw)
+            parse = _NAMED_PARSERS.get(name) or _PARSERS.get(field.type, parse_count)
+            values[name] = parse(name, raw)
         return cls(**values)
 
     @classmethod

@@ -8,6 +8,7 @@ from alembic_lossless_unique import offline, private_schema
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.rerunnable import skip_unless_due
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, qualified
 from app.names import (
     BASELINE_LEDGER,
@@ -156,10 +157,10 @@ BEGIN
 END
 """
     return f"""\
--- squawk-ignore-file prefer-robust-stmts, prefer-text-field
--- (Both for alembic's own `CREATE TABLE ...alembic_version (version_num VARCHAR(32) ...)`,
--- which alembic writes, as it defines it, only when the database has no version table yet. The
--- revisions' own SQL is linted without these two ignores: tests/test_lint.py.)
+-- squawk-ignore-file prefer-text-field
+-- (For alembic's own `CREATE TABLE IF NOT EXISTS ...alembic_version (version_num VARCHAR(32)
+-- ...)`, as alembic defines it. The revisions' own SQL is linted without this ignore:
+-- tests/test_lint.py.)
 BEGIN;
 
 {offline.SESSION};
@@ -264,16 +265,18 @@ def upgrade_sql() -> str:
     )
     body = f"\nBEGIN\n{creates}\nEND\n"
     return f"""\
-{offline.header("meta_assets_cache baseline, offline")}
+{offline.revision_header("meta_assets_cache baseline")}
 {offline.SESSION};
 
-{offline.private_schema_sql(PRIVATE_SCHEMA)};
-
-{CREATE_BASELINE_LEDGER};
-
-{private_schema.lock_down_sql(PRIVATE_SCHEMA)};
-
-DO {dollar_quoted(body, "baseline")}"""
+{
+        offline.when_due(
+            *offline.private_schema_statements(PRIVATE_SCHEMA),
+            CREATE_BASELINE_LEDGER,
+            private_schema.lock_down_sql(PRIVATE_SCHEMA),
+            f"DO {dollar_quoted(body, 'baseline')}",
+            tag="baseline_upgrade",
+        )
+    }"""
 
 
 def downgrade_sql() -> str:
@@ -288,6 +291,7 @@ def downgrade_sql() -> str:
 DECLARE
     created text[] := ARRAY[]::text[];
 BEGIN
+    {skip_unless_due()}
     IF pg_catalog.to_regclass({literal(UNIQUE_PAIR_LEDGER)}) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = {literal(INTERRUPTED)};
     END IF;
@@ -297,12 +301,11 @@ BEGIN
     END IF;
 {drops}
     DROP TABLE IF EXISTS {BASELINE_LEDGER};
+    EXECUTE {literal(DROP_PRIVATE_SCHEMA_IF_EMPTY)};
 END
 """
     return f"""\
-{offline.header("meta_assets_cache baseline, downgrade, offline")}
+{offline.revision_header("meta_assets_cache baseline, downgrade")}
 {offline.SESSION};
 
-DO {dollar_quoted(body, "baseline")};
-
-{DROP_PRIVATE_SCHEMA_IF_EMPTY}"""
+DO {dollar_quoted(body, "baseline")}"""
