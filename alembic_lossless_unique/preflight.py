@@ -181,7 +181,7 @@ def downgrade_problems(
 
 # The blocking form's write stall per GB of table (pg_total_relation_size), measured by
 # bench/offline_forms.py on a durable server (BENCHMARKS.md, "The offline script's two forms").
-BLOCKING_STALL_SECONDS_PER_GB = 7.0
+BLOCKING_STALL_SECONDS_PER_GB = 8.0
 # Above this, the blocking form's stall is one the app notices: say to prefer the other paths.
 NOTICEABLE_STALL_SECONDS = 1.0
 

@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.attribution import percentile, wait_ms  # noqa: E402
-from bench.benchmark import parse_size, size_label  # noqa: E402
+from bench.benchmark import parse_size  # noqa: E402
 from bench.db import connect, session  # noqa: E402
 from bench.runs import psql  # noqa: E402
 from bench.server_settings import REPORTED, effective_settings, server_settings  # noqa: E402
@@ -218,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fast", action="store_true", help="fsync off: quick, not for numbers")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench")
+    parser.add_argument(
+        "--report-only", action="store_true", help=f"rewrite {SECTION} from OUT/{RESULTS}"
+    )
     arguments = parser.parse_args(argv)
+    if arguments.report_only:
+        stored = json.loads((arguments.out / RESULTS).read_text())
+        runs = [Run(**run) for run in stored["runs"]]
+        (arguments.out / SECTION).write_text(section(stored["info"], runs) + "\n")
+        return 0
     concurrent = offline_script("upgrade", "head", "--sql")
     blocking = offline_script("-x", "offline_build=blocking", "upgrade", "head", "--sql")
     paths = [("concurrent", "psql -f", concurrent, through_psql)]
@@ -241,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(result)
     blocking_worst = [r.worst_wait_ms for r in runs if r.form == "blocking"]
     info = {
-        "rows_label": f"{arguments.rows:,}"
-        if arguments.rows < 1000
-        else size_label(arguments.rows),
+        "rows_label": f"{arguments.rows:,}",
         "mode": "fast" if arguments.fast else "durable",
         "settings": settings,
         "repeat": arguments.repeat,
