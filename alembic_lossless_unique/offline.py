@@ -43,7 +43,7 @@ from alembic_lossless_unique import (
 from alembic_lossless_unique.comparisons import Comparisons, escape_format, regclass
 from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.plan import plan_sql
-from alembic_lossless_unique.rerunnable import DUE, skip_unless_due
+from alembic_lossless_unique.rerunnable import DUE
 from alembic_lossless_unique.settings import OFFLINE_BUILDS, MigrationSettings
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, idents, literal, literal_array
 from alembic_lossless_unique.surroundings import surroundings_sql
@@ -160,12 +160,43 @@ def revision_header(title: str) -> str:
     return f"-- {title}\n"
 
 
-def when_due(*statements: str, tag: str = "when_due") -> str:
-    """One DO block that runs `statements` (whole SQL statements, DO blocks too) in order, only
-    where this revision is due."""
-    executes = "".join(f"    EXECUTE {literal(statement)};\n" for statement in statements)
-    body = f"\nBEGIN\n    {skip_unless_due()}\n{executes}END\n"
-    return f"DO {dollar_quoted(body, tag)}"
+# Set by a part of a revision for the statements after it in its transaction: what it found to
+# do here ('none', 'adopt' for a unique to adopt or drop, 'build' for an index to build).
+WORK_SETTING = "alembic_lossless_unique.offline_work"
+NONE, ADOPT, BUILD = "none", "adopt", "build"
+
+
+def work_is(*values: str) -> str:
+    """An SQL boolean: this revision is due, and the part before found one of `values` to do."""
+    found = f"pg_catalog.current_setting({literal(WORK_SETTING)}, true)"
+    return f"({DUE} AND {found} IN ({', '.join(literal(v) for v in values)}))"
+
+
+def set_work(value: str) -> str:
+    """plpgsql: say what this revision has to do here, to the statements after this one."""
+    return f"PERFORM pg_catalog.set_config({literal(WORK_SETTING)}, {value}, true);"
+
+
+def gated(statement: str, condition: str = DUE) -> str:
+    """`statement`, run only where `condition` holds (by default: this revision is due). A DO
+    block of this package's gets the check as the first statement of its body; any other
+    statement is run by a DO block that checks first. (A DO block's DECLARE section still runs:
+    this package's only read there.)"""
+    check = f"    IF NOT {condition} THEN RETURN; END IF;"
+    if statement.startswith("DO $"):
+        marker = statement[3 : statement.index("$", 4) + 1]
+        body = statement[len(marker) + 3 : -len(marker)]
+        lines = body.split("\n")
+        if "BEGIN" not in lines:
+            raise ValueError(f"a DO block without a BEGIN line of its own: {statement[:80]}")
+        at = lines.index("BEGIN") + 1
+        return f"DO {marker}" + "\n".join([*lines[:at], check, *lines[at:]]) + marker
+    body = f"\nBEGIN\n{check}\n    EXECUTE {literal(statement)};\nEND\n"
+    return f"DO {dollar_quoted(body, 'gated')}"
+
+
+def gated_statements(statements: list[str], condition: str = DUE) -> str:
+    return ";\n\n".join(gated(statement, condition) for statement in statements)
 
 
 def private_schema_sql(schema: str) -> str:
@@ -256,39 +287,58 @@ def _read_plan(target: UniqueTarget) -> str:
       FROM ({plan_sql(target, "built_before")}) AS p;"""
 
 
-def _start(target: UniqueTarget) -> str:
-    """plpgsql: the checks, then, unless the key is converged already, what the online path's
-    prepare creates (private schema, ledger, archive), the first ledger record, the
-    announcements. Returns from the block when there is nothing to do."""
-    found = f"""pg_catalog.jsonb_build_object('uniques', coalesce(
-            (SELECT pg_catalog.jsonb_agg(p.description ORDER BY p.position, p.index_name)
-               FROM ({plan_sql(target, "built_before")}) AS p
-              WHERE p.action NOT IN ('build', 'refuse')), '[]'::jsonb))"""
+def _start_sql(target: UniqueTarget) -> str:
+    """The checks, then whether the key has anything to do: the statements after this one
+    create what the online path's prepare creates only where it has."""
+    body = f"""{_DECLARE}
+BEGIN
+{_read_plan(target)}
+    IF converged AND NOT {guard.exists_sql(target)} THEN
+        RAISE NOTICE 'already converged: unique constraint % on % is in place; nothing to do',
+                     {literal(target.constraint_name)}, {literal(target.key_description)};
+        {set_work(literal(NONE))}
+    ELSE
+        {set_work(f"CASE main_action WHEN 'build' THEN {literal(BUILD)} ELSE {literal(ADOPT)} END")}
+    END IF;
+END
+"""
     prepare = [
         *private_schema_statements(target.private_schema),
         ledger.create_ledger_sql(target),
         dedupe.archive_sql(target),
         private_schema.lock_down_sql(target.private_schema),
+        _found_sql(target),
+        _announce(target),
     ]
-    executes = "".join(f"    EXECUTE {literal(statement)};\n" for statement in prepare)
-    return f"""
-    EXECUTE {literal(checks.upgrade_checks_sql(target, refuse=True))};
-{_read_plan(target)}
-    IF converged AND NOT {guard.exists_sql(target)} THEN
-        RAISE NOTICE 'already converged: unique constraint % on % is in place; nothing to do',
-                     {literal(target.constraint_name)}, {literal(target.key_description)};
-        RETURN;
-    END IF;
-{executes}    IF NOT EXISTS (SELECT 1 FROM {target.ledger}) THEN
+    return f"""\
+{gated(checks.upgrade_checks_sql(target, refuse=True))};
+
+{gated(f"DO {dollar_quoted(body, 'start')}")};
+
+{gated_statements(prepare, work_is(ADOPT, BUILD))}"""
+
+
+def _found_sql(target: UniqueTarget) -> str:
+    """The ledger's first record: the uniques found (what online records as `found`)."""
+    found = f"""pg_catalog.jsonb_build_object('uniques', coalesce(
+            (SELECT pg_catalog.jsonb_agg(p.description ORDER BY p.position, p.index_name)
+               FROM ({plan_sql(target, "built_before")}) AS p
+              WHERE p.action NOT IN ('build', 'refuse')), '[]'::jsonb))"""
+    body = f"""{_DECLARE}
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {target.ledger}) THEN
         {_record(target, "found", found)}
     ELSE
         RAISE NOTICE 'resuming an interrupted run';
     END IF;
-    EXECUTE {literal(_announce(target))};"""
+END
+"""
+    return f"DO {dollar_quoted(body, 'found')}"
 
 
 def _remove_guard(target: UniqueTarget) -> str:
-    """plpgsql: drop a guard that a stopped run left, and record that."""
+    """plpgsql: drop a guard that a stopped run left (or this run's, once promoted), and record
+    that."""
     drops = "".join(
         f"\n                EXECUTE {literal(s)};" for s in guard.drop_statements(target)
     )
@@ -298,15 +348,20 @@ def _remove_guard(target: UniqueTarget) -> str:
             END IF;"""
 
 
-def _converge(target: UniqueTarget, build: str) -> str:
-    """plpgsql: the plan's steps, in order; `build` is what this part does for 'build'."""
+def _converge_sql(target: UniqueTarget, build: str, tag: str) -> str:
+    """The plan's steps, in order, in one block; `build` is what it does for 'build'."""
     name = literal(target.constraint_name)
     table = target.qualified_table
     index_of = f"pg_catalog.format('%I.%I', {literal(target.schema)}, step.index_name)"
     dropped_invalid = "pg_catalog.jsonb_build_object('index_name', step.index_name)"
     renamed = "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)"
     comment_off = literal(indexes.set_index_comment_sql(target, target.constraint_name, None))
-    return f"""
+    body = f"""{_DECLARE}
+    operators text[];
+BEGIN
+    IF pg_catalog.to_regclass({literal(target.ledger)}) IS NOT NULL THEN
+        EXECUTE {literal("SELECT " + ledger.built_before_sql(target))} INTO built_before;
+    END IF;
     FOR step IN {plan_sql(target, "built_before")} LOOP
         CASE step.action
         WHEN 'refuse' THEN
@@ -348,45 +403,60 @@ def _converge(target: UniqueTarget, build: str) -> str:
         ELSE
             RAISE NOTICE 'left alone %: partial or expression unique', step.description;
         END CASE;
-    END LOOP;"""
+    END LOOP;
+END
+"""
+    return f"DO {dollar_quoted(body, tag)}"
 
 
-def _dedupe(target: UniqueTarget) -> str:
-    """plpgsql: list and move the duplicates (dedupe.py, as online), then record the build."""
+def _dedupe_statements(target: UniqueTarget) -> list[str]:
+    """List and move the duplicates (dedupe.py, as online), then record the build."""
     built = f"pg_catalog.jsonb_build_object('index_name', {literal(target.constraint_name)})"
-    return f"""
-            EXECUTE {literal(dedupe.list_sql(target, DEDUPE_WORK_MEM))};
-            EXECUTE {literal(dedupe.move_sql(target))};
-            SELECT detail INTO archived FROM {target.ledger} WHERE action = 'archived'
-             ORDER BY seq DESC LIMIT 1;
-            RAISE NOTICE 'archived % rows from % duplicate groups into %', archived->>'rows',
-                         archived->>'groups', {literal(target.archive)};
-            {_record(target, "built", built)}"""
+    body = f"""
+DECLARE
+    archived jsonb;
+BEGIN
+    SELECT detail INTO archived FROM {target.ledger} WHERE action = 'archived'
+     ORDER BY seq DESC LIMIT 1;
+    RAISE NOTICE 'archived % rows from % duplicate groups into %', archived->>'rows',
+                 archived->>'groups', {literal(target.archive)};
+    {_record(target, "built", built)}
+END
+"""
+    return [
+        dedupe.list_sql(target, DEDUPE_WORK_MEM),
+        dedupe.move_sql(target),
+        f"DO {dollar_quoted(body, 'archived')}",
+    ]
 
 
 def upgrade_sql(target: UniqueTarget) -> str:
-    """The blocking form: one transaction, one block."""
+    """The blocking form: one transaction."""
     name = literal(target.constraint_name)
+    lock = literal(f"LOCK TABLE {target.qualified_table} IN SHARE ROW EXCLUSIVE MODE")
     build = f"""
-            {BLOCKING_BUILD}: no duplicate can arrive between dedupe and build.
-            EXECUTE {literal(f"LOCK TABLE {target.qualified_table} IN SHARE ROW EXCLUSIVE MODE")};
-            {_remove_guard(target)}{_dedupe(target)}
-            -- Not CONCURRENTLY: a DO block runs inside a transaction.
-            EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};
-            EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};
-            RAISE NOTICE 'archived duplicates, built unique index % and promoted it', {name};"""
-    body = f"""{_DECLARE}
+            -- No duplicate can arrive between the dedupe below and the build.
+            EXECUTE {lock};
+            {_remove_guard(target)}"""
+    build_body = f"""
 BEGIN
-    {skip_unless_due()}
-{_start(target)}
-{_converge(target, build)}
+    -- Not CONCURRENTLY: this runs inside the revision's transaction.
+    EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};
+    EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};
+    RAISE NOTICE 'built unique index % and promoted it to the constraint', {name};
 END
 """
+    building = [*_dedupe_statements(target), f"DO {dollar_quoted(build_body, 'build')}"]
     return f"""\
 {revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
-DO {dollar_quoted(body, "upgrade")}"""
+{_start_sql(target)};
+
+{gated(_converge_sql(target, build, "converge"), work_is(ADOPT, BUILD))};
+
+{BLOCKING_BUILD}, where the table needs its index built: writes wait until COMMIT.
+{gated_statements(building, work_is(BUILD))}"""
 
 
 # The concurrent form, part by part.
@@ -430,21 +500,15 @@ def _lock_for_the_run() -> str:
 
 def concurrent_prepare_sql(target: UniqueTarget) -> str:
     """Part 1: checks, plan, adoption or drops, and the guard where an index will be built."""
-    body = f"""{_DECLARE}
-    operators text[];
-BEGIN
-    {skip_unless_due()}
-{_start(target)}
-{_converge(target, _guard_install(target))}
-END
-"""
     return f"""\
 {revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
 {_lock_for_the_run()};
 
-DO {dollar_quoted(body, "prepare")}"""
+{_start_sql(target)};
+
+{gated(_converge_sql(target, _guard_install(target), "converge"), work_is(ADOPT, BUILD))}"""
 
 
 def concurrent_archive_sql(target: UniqueTarget) -> str:
@@ -458,27 +522,27 @@ def concurrent_archive_sql(target: UniqueTarget) -> str:
         f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}"
         f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
     )
-    body = f"""{_DECLARE}
-    building boolean := false;
+    on_the_table = literal(ident(schema) + ", pg_catalog")
+    decide = f"""{_DECLARE}
 BEGIN
     IF {DUE} THEN
 {_read_plan(target)}
-        building := main_action = 'build';
     END IF;
-    IF building THEN{_dedupe(target)}
-        PERFORM pg_catalog.set_config('search_path', {literal(ident(schema) + ", pg_catalog")},
-                                      false);
+    IF main_action = 'build' THEN
+        {set_work(literal(BUILD))}
+        PERFORM pg_catalog.set_config('search_path', {on_the_table}, false);
     ELSIF pg_catalog.to_regclass({literal(target.qualified_table)}) IS NOT NULL
           AND {name_taken} THEN
         -- IF NOT EXISTS finds the name taken: nothing is built.
-        PERFORM pg_catalog.set_config('search_path', {literal(ident(schema) + ", pg_catalog")},
-                                      false);
+        {set_work(literal(NONE))}
+        PERFORM pg_catalog.set_config('search_path', {on_the_table}, false);
     ELSE
+        {set_work(literal(NONE))}
         EXECUTE {literal(stand_in)};
         PERFORM pg_catalog.set_config('search_path', 'pg_temp, pg_catalog', false);
     END IF;
     -- For the build, outside any transaction: it waits for old transactions as long as they
-    -- last, and takes no lock that blocks writes. The next part resets these.
+    -- last, and takes no lock that blocks writes. The last part resets these.
     PERFORM pg_catalog.set_config('lock_timeout', '0', false);
     PERFORM pg_catalog.set_config('statement_timeout', '0', false);
 END
@@ -486,7 +550,11 @@ END
     return f"""\
 {session_sql(lock_timeout="0")};
 
-DO {dollar_quoted(body, "archive_duplicates")}"""
+-- Where the index is to be built here, the search_path set below names this table; otherwise
+-- a temporary stand-in of the same name, on which the build below is a no-op.
+DO {dollar_quoted(decide, "decide")};
+
+{gated_statements(_dedupe_statements(target), work_is(BUILD))}"""
 
 
 def concurrent_build_sql(target: UniqueTarget) -> str:
@@ -511,14 +579,14 @@ def concurrent_finish_sql(target: UniqueTarget) -> str:
     build = f"""
             RAISE EXCEPTION USING ERRCODE = {literal(dedupe.CHECK_FAILED)},
                 MESSAGE = {literal(incomplete)};"""
-    body = f"""{_DECLARE}
+    decide = f"""{_DECLARE}
 BEGIN
-    {skip_unless_due()}
 {_read_plan(target)}
     IF converged AND NOT {guard.exists_sql(target)} THEN
-        RETURN;  -- the first part found nothing to build
+        {set_work(literal(NONE))}  -- the first part found nothing to build
+    ELSE
+        {set_work(literal(ADOPT))}
     END IF;
-{_converge(target, build)}
 END
 """
     restore_session = f"""
@@ -534,7 +602,9 @@ END
     return f"""\
 {SESSION};
 
-DO {dollar_quoted(body, "promote")};
+{gated(f"DO {dollar_quoted(decide, 'decide')}")};
+
+{gated(_converge_sql(target, build, "promote"), work_is(ADOPT))};
 
 DO {dollar_quoted(restore_session, "session")};
 
@@ -587,51 +657,52 @@ DECLARE
     step record;
     detail jsonb;
 BEGIN
-    {skip_unless_due()}
-    EXECUTE {literal(checks.downgrade_checks_sql(target, refuse=True))};
     IF pg_catalog.to_regclass({literal(target.ledger)}) IS NULL
        AND pg_catalog.to_regclass({literal(target.archive)}) IS NULL THEN
         RAISE NOTICE 'nothing to undo: % has no ledger, so its upgrade changed nothing',
                      {literal(target.key_description)};
+        {set_work(literal(NONE))}
         RETURN;
     END IF;
+    {set_work(literal(ADOPT))}
     EXECUTE {literal(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")};
-    IF pg_catalog.to_regclass({literal(target.ledger)}) IS NOT NULL THEN
-        -- The uniques the upgrade dropped as redundant, latest first.
-        FOR step IN EXECUTE {literal(every_step)}
-        LOOP
-            detail := step.detail;
-            IF step.action = 'dropped_redundant' THEN
-{_recreate(target, "detail")}
-            END IF;
-        END LOOP;
-        -- The target constraint: the latest of built, renamed or promoted, undone.
-        FOR step IN EXECUTE {literal(latest_constraint_step)}
-        LOOP
-            detail := step.detail;
-            IF step.action = 'built' THEN
-                EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
-            ELSIF step.action = 'renamed' THEN
-                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                                WHERE conrelid = {literal(table)}::pg_catalog.regclass
-                                  AND conname = detail->>'constraint_name') THEN
-                    EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
-                                              {name}, detail->>'constraint_name');
-                END IF;
-            ELSE
-                -- The constraint (and its index) go before the original returns: it may share
-                -- the name, and the lock is held to the end anyway.
-                EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
-{_recreate(target, "detail")}
-            END IF;
-        END LOOP;
+    IF pg_catalog.to_regclass({literal(target.ledger)}) IS NULL THEN
+        RETURN;
     END IF;
-    EXECUTE {literal(restore.restore_sql(target))};
-    EXECUTE {literal(restore.cleanup_sql(target))};
+    -- The uniques the upgrade dropped as redundant, latest first.
+    FOR step IN EXECUTE {literal(every_step)} LOOP
+        detail := step.detail;
+        IF step.action = 'dropped_redundant' THEN
+{_recreate(target, "detail")}
+        END IF;
+    END LOOP;
+    -- The target constraint: the latest of built, renamed or promoted, undone.
+    FOR step IN EXECUTE {literal(latest_constraint_step)} LOOP
+        detail := step.detail;
+        IF step.action = 'built' THEN
+            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
+        ELSIF step.action = 'renamed' THEN
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
+                              AND conname = detail->>'constraint_name') THEN
+                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                          {name}, detail->>'constraint_name');
+            END IF;
+        ELSE
+            -- The constraint (and its index) go before the original returns: it may share
+            -- the name, and the lock is held to the end anyway.
+            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
+{_recreate(target, "detail")}
+        END IF;
+    END LOOP;
 END
 """
     return f"""\
 {revision_header(f"undo unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
-DO {dollar_quoted(body, "downgrade")}"""
+{gated(checks.downgrade_checks_sql(target, refuse=True))};
+
+{gated(f"DO {dollar_quoted(body, 'undo')}")};
+
+{gated_statements([restore.restore_sql(target), restore.cleanup_sql(target)], work_is(ADOPT))}"""

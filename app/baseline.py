@@ -8,7 +8,6 @@ from alembic_lossless_unique import offline, private_schema
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.rerunnable import skip_unless_due
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, qualified
 from app.names import (
     BASELINE_LEDGER,
@@ -264,19 +263,17 @@ def upgrade_sql() -> str:
         for name, ddl in TABLES
     )
     body = f"\nBEGIN\n{creates}\nEND\n"
+    statements = [
+        *offline.private_schema_statements(PRIVATE_SCHEMA),
+        CREATE_BASELINE_LEDGER,
+        private_schema.lock_down_sql(PRIVATE_SCHEMA),
+        f"DO {dollar_quoted(body, 'baseline')}",
+    ]
     return f"""\
 {offline.revision_header("meta_assets_cache baseline")}
 {offline.SESSION};
 
-{
-        offline.when_due(
-            *offline.private_schema_statements(PRIVATE_SCHEMA),
-            CREATE_BASELINE_LEDGER,
-            private_schema.lock_down_sql(PRIVATE_SCHEMA),
-            f"DO {dollar_quoted(body, 'baseline')}",
-            tag="baseline_upgrade",
-        )
-    }"""
+{offline.gated_statements(statements)}"""
 
 
 def downgrade_sql() -> str:
@@ -291,7 +288,6 @@ def downgrade_sql() -> str:
 DECLARE
     created text[] := ARRAY[]::text[];
 BEGIN
-    {skip_unless_due()}
     IF pg_catalog.to_regclass({literal(UNIQUE_PAIR_LEDGER)}) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = {literal(REFUSED)}, MESSAGE = {literal(INTERRUPTED)};
     END IF;
@@ -301,11 +297,11 @@ BEGIN
     END IF;
 {drops}
     DROP TABLE IF EXISTS {BASELINE_LEDGER};
-    EXECUTE {literal(DROP_PRIVATE_SCHEMA_IF_EMPTY)};
 END
 """
+    statements = [f"DO {dollar_quoted(body, 'baseline')}", DROP_PRIVATE_SCHEMA_IF_EMPTY]
     return f"""\
 {offline.revision_header("meta_assets_cache baseline, downgrade")}
 {offline.SESSION};
 
-DO {dollar_quoted(body, "baseline")}"""
+{offline.gated_statements(statements)}"""

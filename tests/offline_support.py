@@ -142,13 +142,27 @@ GUARD_STEPS = ("guard_installed", "guard_removed")
 
 
 def schema_dump(harness: MigrationHarness) -> str:
-    """pg_dump -s of the app's and the migration's schemas (not the CLI's own)."""
+    """pg_dump -s of the app's and the migration's schemas, not the Supabase CLI's own."""
+    result = subprocess.run(
+        [
+            str(harness.server.bin_dir / "pg_dump"),
+            "--schema-only",
+            "--exclude-schema=supabase_migrations",
+            harness.server.url_string(harness.dbname).replace("+psycopg2", ""),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return "\n".join(
-        line for line in harness.schema_dump().split("\n\n") if "supabase_migrations" not in line
+        line
+        for line in result.stdout.splitlines()
+        # version banners and pg_dump's per-run random \\restrict key are not schema
+        if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict"))
     )
 
 
-def contents(harness: MigrationHarness, *, without_guard_steps: bool = False) -> dict:
+def contents(harness: MigrationHarness) -> dict:
     """Every row of every table in the compared schemas, in PostgreSQL's JSON form, without
     the columns that record when; the ledger in its order."""
     tables = harness.rows(
@@ -168,10 +182,7 @@ def contents(harness: MigrationHarness, *, without_guard_steps: bool = False) ->
                 masked=list(RUN_TIME_COLUMNS),
             )
         ]
-        if table.name.endswith(".unique_pair_steps"):
-            if without_guard_steps:
-                rows = [row for row in rows if not any(step in row for step in GUARD_STEPS)]
-        else:
+        if not table.name.endswith(".unique_pair_steps"):
             rows.sort()
         found[table.name] = rows
     return found
@@ -184,15 +195,33 @@ class Snapshot:
     version: str | None
 
 
-def snapshot(harness: MigrationHarness, *, without_guard_steps: bool = False) -> Snapshot:
-    return Snapshot(
-        schema_dump(harness),
-        contents(harness, without_guard_steps=without_guard_steps),
-        harness.version(),
-    )
+def snapshot(harness: MigrationHarness) -> Snapshot:
+    return Snapshot(schema_dump(harness), contents(harness), harness.version())
 
 
 def ledger_free(found: Snapshot) -> Snapshot:
     """The snapshot without the ledger: a stopped run's re-run has more history in it."""
     rows = {name: rows for name, rows in found.rows.items() if "unique_pair_steps" not in name}
+    return Snapshot(found.schema, rows, found.version)
+
+
+# What `alembic upgrade head` leaves, per starting state: computed once per run of the suite.
+_ONLINE_AT_HEAD: dict[str, Snapshot] = {}
+
+
+def online_at_head(harness: MigrationHarness, state: str) -> Snapshot:
+    """The snapshot `alembic upgrade head` leaves on `state`, made on a database of its own."""
+    if state not in _ONLINE_AT_HEAD:
+        with other_database(harness, "reference") as reference:
+            reference.build_state(state)
+            online(reference, "upgrade", "head")
+            _ONLINE_AT_HEAD[state] = snapshot(reference)
+    return _ONLINE_AT_HEAD[state]
+
+
+def without_guard_steps(found: Snapshot) -> Snapshot:
+    rows = {
+        name: [row for row in rows if not any(step in row for step in GUARD_STEPS)]
+        for name, rows in found.rows.items()
+    }
     return Snapshot(found.schema, rows, found.version)

@@ -20,9 +20,11 @@ from tests.offline_support import (
     offline_script,
     one_query,
     online,
+    online_at_head,
     other_database,
     run_psql,
     snapshot,
+    without_guard_steps,
 )
 from tests.support import BASELINE, HEAD
 
@@ -34,19 +36,6 @@ def scripts() -> dict[str, str]:
         "head blocking": offline_script(*BLOCKING, "upgrade", "head"),
         "down": offline_script("downgrade", f"{HEAD}:base"),
     }
-
-
-# What `alembic upgrade head` leaves, per starting state: computed once per run of the suite.
-_ONLINE_AT_HEAD: dict[str, object] = {}
-
-
-def online_at_head(harness, state: str):
-    if state not in _ONLINE_AT_HEAD:
-        with other_database(harness, "reference") as reference:
-            reference.build_state(state)
-            online(reference, "upgrade", "head")
-            _ONLINE_AT_HEAD[state] = ledger_free(snapshot(reference))
-    return _ONLINE_AT_HEAD[state]
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -64,14 +53,14 @@ def test_every_path_ends_where_online_ends_and_runs_again(state, harness, script
         assert at_head.version == HEAD
         assert snapshot(harness) == at_head
         # The blocking form does without the guard, and its ledger says so.
-        assert snapshot(editor, without_guard_steps=True) == snapshot(on, without_guard_steps=True)
+        assert without_guard_steps(snapshot(editor)) == without_guard_steps(snapshot(on))
 
         # Run again: nothing left to do, nothing changes, and the script says so.
         notices = apply_script(harness, scripts["head"])
         error, editor_notices = one_query(editor, scripts["head blocking"])
         assert error is None
         assert snapshot(harness) == at_head
-        assert snapshot(editor, without_guard_steps=True) == snapshot(on, without_guard_steps=True)
+        assert without_guard_steps(snapshot(editor)) == without_guard_steps(snapshot(on))
         for said in (notices, "".join(editor_notices)):
             assert said.count(SKIPPED) == 2, said
             assert f"skipped upgrade {BASELINE} -> {HEAD}: already applied" in said
@@ -139,7 +128,7 @@ def test_a_run_stopped_anywhere_completes_when_run_again(state, point, harness, 
 
     apply_script(harness, scripts["head"])
 
-    assert ledger_free(snapshot(harness)) == online_at_head(harness, state)
+    assert ledger_free(snapshot(harness)) == ledger_free(online_at_head(harness, state))
     archived = harness.rows(f"SELECT id FROM {ARCHIVE}") if state == "drifted" else []
     assert harness.table_rows().keys() | {str(row.id) for row in archived} == rows_before.keys()
 
@@ -155,8 +144,8 @@ def test_a_blocking_run_stopped_in_either_revision_completes_when_run_again(
 
     error, _ = one_query(harness, scripts["head blocking"])
     assert error is None
-    expected = online_at_head(harness, "drifted")
-    assert ledger_free(snapshot(harness, without_guard_steps=True)) == expected
+    expected = ledger_free(online_at_head(harness, "drifted"))
+    assert ledger_free(snapshot(harness)) == expected
 
 
 def test_a_downgrade_stopped_midway_completes_when_run_again(harness, scripts):
@@ -231,8 +220,8 @@ def test_the_concurrent_form_sent_as_one_query_changes_nothing_then_the_blocking
     assert snapshot(harness) == before
     error, _ = one_query(harness, scripts["head blocking"])
     assert error is None
-    expected = online_at_head(harness, "drifted")
-    assert ledger_free(snapshot(harness, without_guard_steps=True)) == expected
+    expected = ledger_free(online_at_head(harness, "drifted"))
+    assert ledger_free(snapshot(harness)) == expected
 
 
 def test_each_form_says_at_its_top_which_it_is(scripts):
