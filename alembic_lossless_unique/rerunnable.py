@@ -5,14 +5,20 @@ Alembic writes an offline script for a database it assumes to be at the script's
 step a BEGIN, `CREATE TABLE <version table>` when starting from base, the revision's SQL, the
 version row's change, and a COMMIT. Run a second time (a retried deploy, a second migration file
 with the same content), the CREATE TABLE and the root revision's INSERT fail, and every
-revision's SQL would run again. Here, without patching Alembic:
+revision's SQL would run again. Here, without patching Alembic, for this package's revisions
+and any other project's alike:
 
 - after every BEGIN of a step, a block sets the transaction-local setting `DUE_SETTING` to
   'on' or 'off': 'on' when the version table shows the step's revision not applied yet and the
   revisions it follows applied (an upgrade), or the revision applied (a downgrade). It says so
-  when a step is skipped. Every DO block of a revision begins with `skip_unless_due()`;
+  when a step is skipped;
 - the version table's CREATE TABLE gets IF NOT EXISTS;
-- each INSERT, UPDATE and DELETE of the version table runs only when the setting is 'on'.
+- every other statement of a step (the version row's INSERT, UPDATE or DELETE, and whatever a
+  revision writes through Alembic: op.create_table, op.execute...) is run by a DO block only
+  when the setting is 'on'; SQL of this package's own, which checks the setting in each of its
+  blocks, is written as it is. A statement a revision writes inside autocommit_block() cannot
+  run in a DO block: it is written as it is, and must be harmless when not due (this
+  package's concurrent build is: see offline.py).
 
 A revision that commits midway (MigrationContext.autocommit_block) gets the setting again at the
 BEGIN that follows, from the version table, which changes only at the step's end.
@@ -21,10 +27,10 @@ What this relies on in Alembic (alembic/runtime/migration.py and alembic/ddl/imp
 
 - `MigrationContext._migrations_fn(heads, context)` yields the steps, and `run_migrations` runs
   each one inside `begin_transaction(_per_migration=True)`, which in --sql mode calls
-  `impl.emit_begin()`; `autocommit_block()` calls `impl.emit_commit()` and `impl.emit_begin()`;
+  `impl.emit_begin()`; `autocommit_block()` calls `impl.emit_commit()`, then `impl.emit_begin()`;
 - every statement of a step, the version table's included (HeadMaintainer, and
   `_version.create()` on the mock connection), goes through `impl._exec(construct)`, which
-  writes it with `impl.static_output(text)`;
+  writes it with one `impl.static_output(text)`;
 - a `RevisionStep` has `is_upgrade`, `revision`, `from_revisions` and `short_log`;
   a revision's `nextrev` holds the revisions that follow it.
 
@@ -38,7 +44,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.sql.ddl import CreateTable
-from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import dollar_quoted, literal, literal_array, qualified
@@ -47,11 +52,6 @@ DUE_SETTING = "alembic_lossless_unique.due"
 
 # Where no hook set it (an env.py of its own), a revision runs as Alembic wrote it: always.
 DUE = f"pg_catalog.current_setting({literal(DUE_SETTING)}, true) IS DISTINCT FROM 'off'"
-
-
-def skip_unless_due() -> str:
-    """plpgsql, the first statement of every DO block of a revision."""
-    return f"IF NOT ({DUE}) THEN RETURN; END IF;"
 
 
 class AlembicChanged(MigrationAbort):
@@ -75,6 +75,9 @@ class Rerunnable:
         self.impl = migration_context.impl
         self.step: Any = None
         self.first_begin = False
+        # Between a COMMIT and the BEGIN that follows (MigrationContext.autocommit_block): a
+        # statement there may not run in a transaction, so not in a DO block either.
+        self.outside_transaction = False
         self.steps_run = 0
         self.steps_marked = 0
         self.version_table = qualified(
@@ -85,7 +88,7 @@ class Rerunnable:
         from alembic.runtime.migration import RevisionStep
 
         self.revision_step = RevisionStep
-        for name in ("emit_begin", "_exec", "static_output"):
+        for name in ("emit_begin", "emit_commit", "_exec", "static_output"):
             _require(callable(getattr(self.impl, name, None)), f"has DefaultImpl.{name}")
         _require(callable(getattr(self.context, "_migrations_fn", None)), "has _migrations_fn")
         _require(getattr(self.context, "_version", None) is not None, "has _version")
@@ -118,16 +121,21 @@ class Rerunnable:
         self.context._migrations_fn = steps
 
     def _wrap_begin(self) -> None:
-        emit_begin = self.impl.emit_begin
+        emit_begin, emit_commit = self.impl.emit_begin, self.impl.emit_commit
 
         def begin() -> None:
             emit_begin()
+            self.outside_transaction = False
             if self.step is not None:
                 self.impl.static_output(self.due_sql(self.step, announce=self.first_begin))
                 self.steps_marked += self.first_begin
                 self.first_begin = False
 
-        self.impl.emit_begin = begin
+        def commit() -> None:
+            emit_commit()
+            self.outside_transaction = True
+
+        self.impl.emit_begin, self.impl.emit_commit = begin, commit
 
     def _wrap_exec(self) -> None:
         execute = self.impl._exec
@@ -136,12 +144,14 @@ class Rerunnable:
         def run(construct: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(construct, CreateTable) and construct.element is version:
                 construct = CreateTable(construct.element, if_not_exists=True)
-            elif (
-                self.step is not None
-                and isinstance(construct, Insert | Update | Delete)
-                and construct.table is version
-            ):
-                self.impl.static_output(self._when_due(self._written(execute, construct)))
+            elif self.step is not None and not self.outside_transaction:
+                statement = self._written(execute, construct)
+                # SQL of this package's own checks DUE itself, statement by statement.
+                self.impl.static_output(
+                    statement + self.impl.command_terminator
+                    if DUE in statement
+                    else self._when_due(statement)
+                )
                 return None
             return execute(construct, *args, **kwargs)
 
@@ -156,7 +166,7 @@ class Rerunnable:
             execute(construct)
         finally:
             self.impl.static_output = static_output
-        _require(len(written) == 1, "writes a version table statement as one static_output")
+        _require(len(written) == 1, "writes each statement with one static_output")
         return written[0].strip().removesuffix(self.impl.command_terminator)
 
     def _when_due(self, statement: str) -> str:
@@ -167,7 +177,7 @@ BEGIN
     END IF;
 END
 """
-        return f"DO {dollar_quoted(body, 'version')};"
+        return f"DO {dollar_quoted(body, 'when_due')};"
 
     # Due or not, from the version table.
 
