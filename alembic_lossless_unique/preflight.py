@@ -196,8 +196,9 @@ def offline_lines(plan: Plan, report: Report) -> tuple[float | None, list[str]]:
         ]
     gigabytes = report.total_bytes / 1e9
     seconds = round(gigabytes * BLOCKING_STALL_SECONDS_PER_GB, 1)
+    how_long = f"about {seconds:g} s" if seconds >= 0.1 else "under 0.1 s"
     lines = [
-        f"blocking form (SQL editor): writes wait about {seconds:g} s while it archives the"
+        f"blocking form (SQL editor): writes wait {how_long} while it archives the"
         f" duplicates and builds the index ({report.total_bytes} bytes at"
         f" ~{BLOCKING_STALL_SECONDS_PER_GB:g} s per GB)",
         "concurrent form (psql -f, supabase db push) and `alembic upgrade head`: writes wait"

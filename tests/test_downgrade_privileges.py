@@ -141,7 +141,7 @@ def test_preflight_estimates_the_blocking_forms_write_stall(harness):
         report["total_bytes"] / 1e9 * preflight.BLOCKING_STALL_SECONDS_PER_GB, abs=0.05
     )
     text = preflight_text(harness)
-    assert "offline script       blocking form (SQL editor): writes wait about" in text
+    assert "offline script       blocking form (SQL editor): writes wait " in text
     assert "concurrent form (psql -f, supabase db push)" in text
 
 
