@@ -9,6 +9,7 @@ build) completes when the whole script is run again.
 """
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from devtools.starting_states import STATES
@@ -180,6 +181,15 @@ def test_a_failed_concurrent_build_and_a_kept_invalid_index_are_completed(harnes
         "SELECT workspace_id, phone_number_id FROM public.meta_assets_cache"
         " WHERE phone_number_id IS NOT NULL LIMIT 1"
     )[0]
+    # Between the archive step and the build, the guard rejects a duplicate as the constraint
+    # will.
+    with pytest.raises(IntegrityError, match="meta_assets_cache_workspace_id_phone_number_id_key"):
+        harness.execute(
+            "INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id)"
+            " VALUES (:workspace, :phone)",
+            workspace=kept,
+            phone=phone,
+        )
     harness.admin(
         "BEGIN; SET LOCAL session_replication_role = replica;"
         " INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id, updated_at)"
@@ -205,6 +215,22 @@ def test_a_failed_concurrent_build_and_a_kept_invalid_index_are_completed(harnes
         (CANONICAL_UNIQUE_NAME, True)
     ]
     assert harness.scalar(f"SELECT count(*) FROM {ARCHIVE} WHERE updated_at = '2020-01-01'") == 1
+
+
+def test_a_constraint_dropped_by_hand_after_the_upgrade_is_not_built_again(harness, scripts):
+    """Run again on a database at head, the script builds nothing, as `alembic upgrade head`
+    does nothing there: not even where someone has since dropped the constraint by hand (the
+    concurrent build then runs on a temporary stand-in)."""
+    harness.build_state("drifted")
+    apply_script(harness, scripts["head"])
+    harness.execute(f"ALTER TABLE public.meta_assets_cache DROP CONSTRAINT {CANONICAL_UNIQUE_NAME}")
+    before = snapshot(harness)
+
+    notices = apply_script(harness, scripts["head"])
+
+    assert snapshot(harness) == before
+    assert notices.count(SKIPPED) == 2
+    assert harness.pair_uniques() == []
 
 
 def test_the_concurrent_form_sent_as_one_query_changes_nothing_then_the_blocking_form_converges(
