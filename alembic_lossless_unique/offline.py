@@ -522,7 +522,8 @@ def concurrent_archive_sql(target: UniqueTarget) -> str:
         f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}"
         f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
     )
-    on_the_table = literal(ident(schema) + ", pg_catalog")
+    # pg_temp named last: a temporary table of the same name must not be found first.
+    on_the_table = literal(ident(schema) + ", pg_catalog, pg_temp")
     decide = f"""{_DECLARE}
 BEGIN
     IF {DUE} THEN
