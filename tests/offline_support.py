@@ -143,23 +143,7 @@ GUARD_STEPS = ("guard_installed", "guard_removed")
 
 def schema_dump(harness: MigrationHarness) -> str:
     """pg_dump -s of the app's and the migration's schemas, not the Supabase CLI's own."""
-    result = subprocess.run(
-        [
-            str(harness.server.bin_dir / "pg_dump"),
-            "--schema-only",
-            "--exclude-schema=supabase_migrations",
-            harness.server.url_string(harness.dbname).replace("+psycopg2", ""),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return "\n".join(
-        line
-        for line in result.stdout.splitlines()
-        # version banners and pg_dump's per-run random \\restrict key are not schema
-        if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict"))
-    )
+    return harness.schema_dump("--exclude-schema=supabase_migrations")
 
 
 def contents(harness: MigrationHarness) -> dict:

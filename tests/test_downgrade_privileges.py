@@ -17,22 +17,10 @@ from tests.offline_support import apply_script, offline_script, run_psql, schema
 from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, failed_lines
 
 
-def preflight_report(harness) -> dict:
+def preflight_output(harness, *arguments: str) -> str:
+    """`python -m app.preflight ARGUMENTS` on the harness's database: its output."""
     result = subprocess.run(
-        [sys.executable, "-m", "app.preflight", "--json"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "DATABASE_URL": harness.url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def preflight_text(harness) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "app.preflight"],
+        [sys.executable, "-m", "app.preflight", *arguments],
         cwd=PROJECT_ROOT,
         env={**os.environ, "DATABASE_URL": harness.url},
         capture_output=True,
@@ -41,6 +29,10 @@ def preflight_text(harness) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def preflight_report(harness) -> dict:
+    return json.loads(preflight_output(harness, "--json"))
 
 
 @pytest.fixture
@@ -140,7 +132,7 @@ def test_preflight_estimates_the_blocking_forms_write_stall(harness):
     assert report["offline_blocking_seconds"] == pytest.approx(
         report["total_bytes"] / 1e9 * preflight.BLOCKING_STALL_SECONDS_PER_GB, abs=0.05
     )
-    text = preflight_text(harness)
+    text = preflight_output(harness)
     assert "offline script       blocking form (SQL editor): writes wait " in text
     assert "concurrent form (psql -f, supabase db push)" in text
 
