@@ -82,7 +82,12 @@ def ensure() -> Path:
         text=True,
         timeout=600,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "npm_config_update_notifier": "false"},
+        # npm's own cache inside ours too: a user without a writable home installs it as well.
+        env={
+            **os.environ,
+            "npm_config_update_notifier": "false",
+            "npm_config_cache": str(install_dir().parent / "npm-cache"),
+        },
     )
     if result.returncode != 0:
         detail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
