@@ -125,12 +125,7 @@ def through_db_push(server: ThrowawayServer, database: str, script: str) -> None
             check=True,
             capture_output=True,
             stdin=subprocess.DEVNULL,
-            env={
-                **os.environ,
-                "HOME": project,
-                "SUPABASE_TELEMETRY_DISABLED": "1",
-                "DO_NOT_TRACK": "1",
-            },
+            env=supabase_cli.quiet_env(Path(project)),
         )
 
 

@@ -31,13 +31,29 @@ def cli_path() -> Path:
     return install_dir() / "node_modules" / ".bin" / "supabase"
 
 
+def quiet_env(home: Path) -> dict[str, str]:
+    """The CLI's environment: its state under `home` (it needs a writable one), no telemetry,
+    no update notice."""
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "SUPABASE_HOME": str(home / ".supabase"),
+        "SUPABASE_TELEMETRY_DISABLED": "1",
+        "DO_NOT_TRACK": "1",
+        "SUPABASE_NO_UPDATE_NOTIFIER": "1",
+    }
+
+
 def version_of(binary: Path) -> str:
+    home = install_dir() / "home"
+    home.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [str(binary), "--version"],
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env=quiet_env(home),
     )
     return result.stdout.strip() if result.returncode == 0 else ""
 

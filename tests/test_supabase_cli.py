@@ -84,13 +84,7 @@ class Project:
         return subprocess.run(
             [str(self.cli), "db", "push", "--db-url", url, "--yes"],
             cwd=self.root,
-            env={
-                "PATH": os.environ["PATH"],
-                "HOME": str(self.root),
-                "SUPABASE_TELEMETRY_DISABLED": "1",
-                "DO_NOT_TRACK": "1",
-                "SUPABASE_NO_UPDATE_NOTIFIER": "1",
-            },
+            env=supabase_cli.quiet_env(self.root),
             capture_output=True,
             text=True,
             timeout=180,
