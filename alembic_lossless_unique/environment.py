@@ -115,7 +115,7 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
     form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
-    form = MigrationSettings.from_config(context.config).offline_build
+    MigrationSettings.from_config(context.config)  # a bad -x fails before anything is written
     context.configure(
         url=target.render_as_string(hide_password=True) if target else "postgresql://",
         literal_binds=True,
@@ -132,7 +132,7 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
             context.run_migrations()
     hooks.finish()
     output = migration_context.impl.output_buffer
-    output.write(offline.script_header(form, script.getvalue()) + script.getvalue())
+    output.write(offline.script_header(script.getvalue()) + script.getvalue())
     output.flush()
 
 

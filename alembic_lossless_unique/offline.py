@@ -9,8 +9,8 @@ path creates and nothing more (a table already converged gets no ledger, no arch
 the same archive and ledger, so either path's downgrade undoes the other's upgrade.
 
 It can always be run again, whole: each revision's part runs only where the version table says
-it is due (rerunnable.py: every block here begins with its check), and each part picks up what a
-run that stopped midway left, as the online path does.
+it is due (rerunnable.py; each block here checks that first, see `gated`), and each part picks
+up what a run that stopped midway left, as the online path does.
 
 Two forms of the upgrade's index build (`-x offline_build`, settings.py):
 
@@ -93,9 +93,9 @@ def form_of(context: Any) -> str:
 # script out of the SQL editor.
 
 
-def script_header(form: str, body: str) -> str:
-    """Comments (and, for a script that builds concurrently, the refusal of a single query) to
-    write above `body`, the rest of the script."""
+def script_header(body: str) -> str:
+    """Comments saying which form `body` (the rest of the script) is, and for one that builds
+    concurrently, the refusal of a single query, to write above it."""
     run_again = (
         "-- Run it again at will: each revision runs only where the version table says it is\n"
         "-- due, and a run that stopped midway (a lock timeout, an error, a lost connection) is\n"
