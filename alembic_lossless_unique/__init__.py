@@ -30,6 +30,7 @@ Mechanics, one job per module:
 - ``session``: pooler refusal, a safe search_path, a clean exit
 - ``surroundings``: foreign keys, triggers, publications: announced, never hidden
 - ``convergence``: the story, online; ``offline``: the same decisions as a standalone script
+- ``rerunnable``: that script can always be run again (the one module that hooks Alembic)
 - ``environment``: the one call in env.py; ``preflight``: the read-only report
 - ``operations``: the two Alembic operations; ``database``, ``database_url``, ``settings``,
   ``sqltext``, ``errors``: sessions, the URL, the knobs, SQL text, one-line failures

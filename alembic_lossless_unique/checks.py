@@ -256,10 +256,15 @@ def _key_match(target: UniqueTarget, left: str, right: str) -> str:
     )
 
 
-def downgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
-    """What would stop the downgrade from putting back exactly what the upgrade found: archived
-    values of a column since dropped, a column whose type changed, a new NOT NULL column with no
-    default, archived identities or keys a live row now uses, parents the archived rows lost."""
+def downgrade_checks_sql(
+    target: UniqueTarget, *, refuse: bool, archive_expected: bool = False
+) -> str:
+    """What would stop the downgrade from putting back exactly what the upgrade found: a
+    privilege it lacks on any table it reads, writes or locks (named with the GRANT that gives
+    it), archived values of a column since dropped, a column whose type changed, a new NOT NULL
+    column with no default, archived identities or keys a live row now uses, parents the
+    archived rows lost. `archive_expected`: check the privileges as if the upgrade had made its
+    archive already (preflight, before the upgrade)."""
     display = literal(target.display_table)
     archive = literal(target.archive)
     archive_oid = f"pg_catalog.to_regclass({archive})"
@@ -267,10 +272,16 @@ def downgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
     archived oid;
     column_row record;
     index_row record;
+    readable boolean := true;
 BEGIN
 {_table_problems(target)}
     archived := {archive_oid};
-    IF relation IS NOT NULL AND archived IS NOT NULL THEN
+    IF relation IS NOT NULL AND (archived IS NOT NULL OR {
+        "true" if archive_expected else "false"
+    }) THEN
+{_restore_privilege_problems(target)}
+    END IF;
+    IF relation IS NOT NULL AND archived IS NOT NULL AND readable THEN
         -- Columns of the archived rows that the table no longer has.
         FOR column_row IN
             SELECT b.attname::text AS name, pg_catalog.format_type(b.atttypid, b.atttypmod) AS type
@@ -379,8 +390,9 @@ BEGIN
                     {archive});
             END IF;
         END LOOP;
-        -- Parents the archived rows reference.
+        -- Parents the archived rows reference (those the role may not read: named above).
         FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
+            CONTINUE WHEN NOT {_may_lock_parent("fk")};
             EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                       fk.parent_table, {foreign_key_parts_sql("fk")})
                INTO counted;
@@ -395,3 +407,106 @@ BEGIN
     END IF;
 {_FINISH}"""
     return f"DO {dollar_quoted(body, 'downgrade_checks')}"
+
+
+def _may_lock_parent(fk: str) -> str:
+    """An SQL boolean: the role may read and lock (FOR KEY SHARE) the parent rows of the
+    outbound foreign key `fk`: USAGE on its schema, SELECT on the referenced columns, UPDATE on
+    a column of it."""
+    parent = f"{fk}.parent_table::pg_catalog.regclass"
+    return f"""(pg_catalog.has_schema_privilege(
+                 (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = {parent}), 'USAGE')
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest({fk}.parent_columns) AS c
+                              WHERE NOT pg_catalog.has_column_privilege({parent}, c, 'SELECT'))
+             AND pg_catalog.has_any_column_privilege({parent}, 'UPDATE'))"""
+
+
+def _restore_privilege_problems(target: UniqueTarget) -> str:
+    """plpgsql, inside downgrade_checks_sql: every privilege the restore uses, as the role runs
+    it. The table: SELECT and INSERT for the rows coming back, and one of UPDATE, DELETE or
+    TRUNCATE for its LOCK TABLE; the operation's own tables; the parents of the table's foreign
+    keys, whose rows the restore locks FOR KEY SHARE; the child tables whose rows it points back.
+    Sets `readable` to false when the data checks below could not read what they check."""
+    display = literal(target.display_table)
+    wanted = (
+        (target.qualified_table, "SELECT"),
+        (target.qualified_table, "INSERT"),
+        (target.archive, "SELECT"),
+        (target.archive, "DELETE"),
+        (target.repointed, "SELECT"),
+        (target.ledger, "SELECT"),
+        (target.ledger, "INSERT"),
+    )
+    needed = ", ".join(
+        f"({literal(relation)}, {literal(privilege)}, {n})"
+        for n, (relation, privilege) in enumerate(wanted, 1)
+    )
+    repointed = literal(target.repointed)
+    children = (
+        f"SELECT DISTINCT constraint_name, child_table, ARRAY(SELECT pg_catalog.jsonb_object_keys("
+        f"old_reference) ORDER BY 1) AS columns FROM {target.repointed} ORDER BY 1, 2"
+    )
+    how = "GRANT %s ON %s TO %s, or run the downgrade as its owner"
+    return f"""
+        FOR details IN
+            SELECT wanted.relation,
+                   pg_catalog.string_agg(wanted.privilege, ', ' ORDER BY wanted.n) AS privileges
+              FROM (VALUES {needed}) AS wanted(relation, privilege, n)
+             WHERE pg_catalog.to_regclass(wanted.relation) IS NOT NULL
+               AND NOT pg_catalog.has_table_privilege(wanted.relation, wanted.privilege)
+             GROUP BY wanted.relation
+             ORDER BY pg_catalog.min(wanted.n)
+        LOOP
+            readable := readable AND details.privileges NOT LIKE '%SELECT%';
+            problems := problems || pg_catalog.format(
+                'role %s lacks %s on %s, which the downgrade needs to restore the archived'
+                ' rows: {how}', current_user, details.privileges, details.relation,
+                details.privileges, details.relation, current_user);
+        END LOOP;
+        IF NOT (pg_catalog.has_table_privilege(relation, 'UPDATE')
+                OR pg_catalog.has_table_privilege(relation, 'DELETE')
+                OR pg_catalog.has_table_privilege(relation, 'TRUNCATE')) THEN
+            problems := problems || pg_catalog.format(
+                'role %s may not lock %s (LOCK TABLE needs UPDATE, DELETE or TRUNCATE), which'
+                ' the downgrade does while it restores: {how}', current_user, {display},
+                'UPDATE', {display}, current_user);
+        END IF;
+        FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
+            CONTINUE WHEN {_may_lock_parent("fk")};
+            readable := false;
+            problems := problems || pg_catalog.format(
+                'foreign key %s of %s: role %s may not lock the rows of %s that the restored rows'
+                ' reference (SELECT ... FOR KEY SHARE needs SELECT and UPDATE): GRANT USAGE ON'
+                ' SCHEMA %s, and SELECT, UPDATE ON %s TO %s, or run the downgrade as its owner',
+                fk.constraint_name, {display}, current_user, fk.parent_table,
+                (SELECT n.nspname FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = fk.parent_table::pg_catalog.regclass),
+                fk.parent_table, current_user);
+        END LOOP;
+        IF pg_catalog.to_regclass({repointed}) IS NOT NULL
+           AND pg_catalog.has_table_privilege({repointed}, 'SELECT') THEN
+            FOR details IN EXECUTE {literal(children)} LOOP
+                IF pg_catalog.to_regclass(details.child_table) IS NULL THEN
+                    problems := problems || pg_catalog.format(
+                        'table %s, whose rows the upgrade re-pointed (foreign key %s), no longer'
+                        ' exists, so they cannot be pointed back: restore it, or delete its rows'
+                        ' from %s, then downgrade again', details.child_table,
+                        details.constraint_name, {repointed});
+                ELSIF NOT pg_catalog.has_schema_privilege(
+                          (SELECT relnamespace FROM pg_catalog.pg_class
+                            WHERE oid = details.child_table::pg_catalog.regclass), 'USAGE')
+                      OR NOT pg_catalog.has_table_privilege(details.child_table, 'SELECT')
+                      OR EXISTS (SELECT 1 FROM pg_catalog.unnest(details.columns) AS c
+                                  WHERE NOT pg_catalog.has_column_privilege(
+                                            details.child_table, c, 'UPDATE')) THEN
+                    problems := problems || pg_catalog.format(
+                        'foreign key %s of %s: role %s may not update %s (%s), which pointing its'
+                        ' re-pointed rows back needs: GRANT USAGE on its schema and SELECT,'
+                        ' UPDATE ON %s TO %s, or run the downgrade as its owner',
+                        details.constraint_name, details.child_table, current_user,
+                        details.child_table, pg_catalog.array_to_string(details.columns, ', '),
+                        details.child_table, current_user);
+                END IF;
+            END LOOP;
+        END IF;"""

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import private_schema, session
+from alembic_lossless_unique import offline, private_schema, rerunnable, session
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
@@ -112,7 +112,10 @@ def _has_handler(logger: logging.Logger) -> bool:
 
 
 def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
+    """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
+    form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
+    MigrationSettings.from_config(context.config)  # a bad -x fails before anything is written
     context.configure(
         url=target.render_as_string(hide_password=True) if target else "postgresql://",
         literal_binds=True,
@@ -120,10 +123,17 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
         transaction_per_migration=True,
         **configure,
     )
-    if preamble:
-        context.get_context().impl.static_output(preamble)
-    with context.begin_transaction():
-        context.run_migrations()
+    migration_context = context.get_context()
+    hooks = rerunnable.make_rerunnable(migration_context, context.script)
+    with rerunnable.captured_output(migration_context.impl) as script:
+        if preamble:
+            migration_context.impl.static_output(preamble)
+        with context.begin_transaction():
+            context.run_migrations()
+    hooks.finish()
+    output = migration_context.impl.output_buffer
+    output.write(offline.script_header(script.getvalue()) + script.getvalue())
+    output.flush()
 
 
 def run_online(

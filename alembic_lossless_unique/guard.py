@@ -22,39 +22,44 @@ from alembic_lossless_unique.comparisons import Comparisons, regclass
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.indexes import under_lock_retries
 from alembic_lossless_unique.locks import with_table_lock_retries
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, idents, literal
+from alembic_lossless_unique.sqltext import dollar_quoted, ident, idents, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
 
 
-def exists(db: Database, target: UniqueTarget) -> bool:
-    return bool(
-        db.scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger"
-            " WHERE tgrelid = pg_catalog.to_regclass(:table) AND tgname = ANY (:names))"
-            " OR pg_catalog.to_regclass(:claims) IS NOT NULL",
-            {
-                "table": target.qualified_table,
-                "names": list(target.guard_triggers),
-                "claims": target.guard_claims,
-            },
-        )
+def exists_sql(target: UniqueTarget) -> str:
+    """An SQL boolean: a guard (its triggers or its claims table) is on the table."""
+    return (
+        "(EXISTS (SELECT 1 FROM pg_catalog.pg_trigger"
+        f" WHERE tgrelid = pg_catalog.to_regclass({literal(target.qualified_table)})"
+        f" AND tgname = ANY ({literal_array(target.guard_triggers)}))"
+        f" OR pg_catalog.to_regclass({literal(target.guard_claims)}) IS NOT NULL)"
     )
+
+
+def exists(db: Database, target: UniqueTarget) -> bool:
+    return bool(db.scalar("SELECT " + exists_sql(target)))
+
+
+def install_statements(target: UniqueTarget, operators: dict[str, str]) -> list[str]:
+    """The guard, from nothing (a leftover one goes first); `operators` maps each key column to
+    its equality operator (comparisons.py). Shared by the online path and the offline script."""
+    return [
+        *drop_statements(target),
+        f"CREATE UNLOGGED TABLE {target.guard_claims} AS"
+        f" SELECT {idents(target.columns)} FROM {target.qualified_table} WITH NO DATA",
+        f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})",
+        function_sql(target, operators),
+        *trigger_statements(target),
+        # Whatever default privileges granted on them, to PUBLIC or anyone.
+        private_schema.lock_down_sql(target.private_schema),
+    ]
 
 
 def install(db: Database, target: UniqueTarget) -> None:
     operators = db.scalar(
         "SELECT " + Comparisons(target.columns).operators_sql(regclass(target.qualified_table))
     )
-    statements = [
-        *drop_statements(target),
-        f"CREATE UNLOGGED TABLE {target.guard_claims} AS"
-        f" SELECT {idents(target.columns)} FROM {target.qualified_table} WITH NO DATA",
-        f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})",
-        function_sql(target, dict(zip(target.columns, operators, strict=True))),
-        *trigger_statements(target),
-        # Whatever default privileges granted on them, to PUBLIC or anyone.
-        private_schema.lock_down_sql(target.private_schema),
-    ]
+    statements = install_statements(target, dict(zip(target.columns, operators, strict=True)))
 
     def create() -> None:
         for statement in statements:

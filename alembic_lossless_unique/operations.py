@@ -98,7 +98,7 @@ class UndoUniqueConstraintOp(UniqueConstraintOp):
 def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueConstraintOp) -> None:
     context = operations.get_context()
     if context.as_sql:  # no connection: the script decides in the database
-        operations.execute(offline.upgrade_sql(operation.target))
+        offline.write_upgrade(operations, operation.target)
         return
     with autocommit_database(context) as db:
         convergence.ensure_unique_constraint(db, operation.target)
@@ -108,7 +108,7 @@ def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueCons
 def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstraintOp) -> None:
     context = operations.get_context()
     if context.as_sql:
-        operations.execute(offline.downgrade_sql(operation.target))
+        offline.write_downgrade(operations, operation.target)
         return
     settings = MigrationSettings.from_context(context)
     convergence.run_undo(

@@ -29,6 +29,7 @@ from alembic_lossless_unique import (
     foreign_keys,
     indexes,
     ledger,
+    offline,
     session,
     surroundings,
 )
@@ -109,6 +110,10 @@ class Report:
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     triggers_skipped: bool = False
     surroundings: list[str] = field(default_factory=list)
+    # The offline script's blocking form (the SQL editor's): how long it would hold the table's
+    # writes while it builds; None when it builds nothing. See offline_lines.
+    offline_blocking_seconds: float | None = None
+    offline: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -149,16 +154,15 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
     report.null_key_rows = db.scalar(
         f"SELECT pg_catalog.count(*) FROM {target.qualified_table} WHERE {any_key_null}"
     )
-    if db.relation_exists(target.archive):
+    archived = db.relation_exists(target.archive)
+    if archived:
         report.rows_already_archived = db.scalar(
             f"SELECT pg_catalog.count(*) FROM {target.archive}"
         )
-        report.problems += [
-            f"the downgrade would refuse: {problem}"
-            for problem in problems_of(db, checks.downgrade_checks_sql(target, refuse=False))
-        ]
     steps_done = ledger.steps(db, target)
     plan = read_plan(db, target, steps_done)
+    if archived or not plan.converged:
+        report.problems += downgrade_problems(db, target, archived, report.problems)
     report.resumes_interrupted_run = bool(steps_done) and not plan.converged
     report.uniques = [
         step.description for step in plan.steps if step.index_name and step.action != "build"
@@ -179,7 +183,58 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
         report.foreign_keys = foreign_keys_into(db, target, losers)
     report.steps = planned_steps(db, target, plan, report)
     report.downgrade_steps = planned_downgrade(db, target, steps_done, report)
+    report.offline_blocking_seconds, report.offline = offline_lines(plan, report)
     return report
+
+
+def downgrade_problems(
+    db: Database, target: UniqueTarget, archived: bool, upgrade_problems: list[str]
+) -> list[str]:
+    """What would make the downgrade refuse: now, with the archive there; or once the upgrade
+    has made it (its privileges). Problems the upgrade shares are said once."""
+    found = problems_of(
+        db, checks.downgrade_checks_sql(target, refuse=False, archive_expected=not archived)
+    )
+    when = (
+        "the downgrade would refuse"
+        if archived
+        else "after this upgrade, the downgrade would refuse"
+    )
+    return [f"{when}: {problem}" for problem in found if problem not in upgrade_problems]
+
+
+# The blocking form's write stall per GB of table (pg_total_relation_size), measured by
+# bench/offline_forms.py on a durable server (BENCHMARKS.md, "The offline script's two forms").
+BLOCKING_STALL_SECONDS_PER_GB = 8.0
+# Above this, the blocking form's stall is one the app notices: say to prefer the other paths.
+NOTICEABLE_STALL_SECONDS = 1.0
+
+
+def offline_lines(plan: Plan, report: Report) -> tuple[float | None, list[str]]:
+    """What the offline script would do to the table's writes, in each form."""
+    main = plan.main
+    if main is None or main.action != "build":
+        return None, [
+            "either form builds nothing here: catalog locks only, for milliseconds, each at most"
+            f" lock_timeout ({offline.LOCK_TIMEOUT})"
+        ]
+    gigabytes = report.total_bytes / 1e9
+    seconds = round(gigabytes * BLOCKING_STALL_SECONDS_PER_GB, 1)
+    how_long = f"about {seconds:g} s" if seconds >= 0.1 else "under 0.1 s"
+    lines = [
+        f"blocking form (SQL editor): writes wait {how_long} while it archives the"
+        f" duplicates and builds the index ({report.total_bytes} bytes at"
+        f" ~{BLOCKING_STALL_SECONDS_PER_GB:g} s per GB)",
+        "concurrent form (psql -f, supabase db push) and `alembic upgrade head`: writes wait"
+        f" at most lock_timeout per strong-lock step (offline {offline.LOCK_TIMEOUT}, no"
+        " retries; online with retries)",
+    ]
+    if seconds >= NOTICEABLE_STALL_SECONDS:
+        lines.append(
+            "prefer `alembic upgrade head` (or the concurrent form through psql or db push):"
+            f" a {seconds:g} s write stall is one the app notices"
+        )
+    return seconds, lines
 
 
 def problems_of(db: Database, checks_sql: str) -> list[str]:
@@ -401,6 +456,7 @@ def text_lines(report: Report) -> list[str]:
         )
     lines += [f"  around the table     {line}" for line in report.surroundings]
     lines += [f"  replication          {line}" for line in report.replication]
+    lines += [f"  offline script       {line}" for line in report.offline]
     if report.steps:
         lines.append("  steps the upgrade would take:")
         lines += step_lines(report.steps)

@@ -42,17 +42,27 @@ def parse_memory(name: str, raw: str) -> str:
 
 # How the downgrade rebuilds a unique that sits beside the target constraint on the same key.
 DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
+# How an `alembic --sql` script builds the unique index.
+OFFLINE_BUILDS = ("concurrent", "blocking")
 
 
-def parse_downgrade_rebuild(name: str, raw: str) -> str:
-    value = raw.strip()
-    if value not in DOWNGRADE_REBUILDS:
-        raise MigrationAbort(f"{name}={raw!r} must be one of {', '.join(DOWNGRADE_REBUILDS)}")
-    return value
+def choice(*options: str):
+    """A parser for a setting that takes one of `options`."""
+
+    def parse(name: str, raw: str) -> str:
+        if raw.strip() not in options:
+            raise MigrationAbort(f"{name}={raw!r} must be one of: {', '.join(options)}")
+        return raw.strip()
+
+    return parse
 
 
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
-_PARSERS_BY_NAME = {"downgrade_rebuild": parse_downgrade_rebuild}
+# Settings whose parser is not the one of their type.
+_NAMED_PARSERS = {
+    "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
+    "offline_build": choice(*OFFLINE_BUILDS),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class MigrationSettings:
     # transaction when the table's heap is at most downgrade_rebuild_limit, else concurrently.
     downgrade_rebuild: str = "auto"
     downgrade_rebuild_limit: str = "256MB"
+    # How an `alembic --sql` script builds the unique index: CONCURRENTLY, between transactions
+    # (psql -f, supabase db push: each statement sent on its own), or blocking writes inside
+    # the revision's transaction (the Supabase SQL editor: the whole script as one query).
+    offline_build: str = "concurrent"
 
     @classmethod
     def from_sources(
@@ -97,7 +111,7 @@ class MigrationSettings:
             raw = x_arguments.get(name, environ.get(f"MIGRATION_{name.upper()}"))
             if raw is None:
                 continue
-            parse = _PARSERS_BY_NAME.get(name) or _PARSERS.get(field.type, parse_count)
+            parse = _NAMED_PARSERS.get(name) or _PARSERS.get(field.type, parse_count)
             values[name] = parse(name, raw)
         return cls(**values)
 

@@ -159,10 +159,10 @@ BEGIN
 END
 """
     return f"""\
--- squawk-ignore-file prefer-robust-stmts, prefer-text-field
--- (Both for alembic's own `CREATE TABLE ...alembic_version (version_num VARCHAR(32) ...)`,
--- which alembic writes, as it defines it, only when the database has no version table yet. The
--- revisions' own SQL is linted without these two ignores: tests/test_lint.py.)
+-- squawk-ignore-file prefer-text-field
+-- (For alembic's own `CREATE TABLE IF NOT EXISTS ...alembic_version (version_num VARCHAR(32)
+-- ...)`, as alembic defines it. The revisions' own SQL is linted without this ignore:
+-- tests/test_lint.py.)
 BEGIN;
 
 {offline.SESSION};
@@ -266,17 +266,17 @@ def upgrade_sql() -> str:
         for name, ddl in TABLES
     )
     body = f"\nBEGIN\n{creates}\nEND\n"
+    statements = [
+        *offline.private_schema_statements(PRIVATE_SCHEMA),
+        CREATE_BASELINE_LEDGER,
+        private_schema.lock_down_sql(PRIVATE_SCHEMA),
+        f"DO {dollar_quoted(body, 'baseline')}",
+    ]
     return f"""\
-{offline.header("meta_assets_cache baseline, offline")}
+{offline.revision_header("meta_assets_cache baseline")}
 {offline.SESSION};
 
-{offline.private_schema_sql(PRIVATE_SCHEMA)};
-
-{CREATE_BASELINE_LEDGER};
-
-{private_schema.lock_down_sql(PRIVATE_SCHEMA)};
-
-DO {dollar_quoted(body, "baseline")}"""
+{offline.gated_statements(statements)}"""
 
 
 def downgrade_sql() -> str:
@@ -302,10 +302,9 @@ BEGIN
     DROP TABLE IF EXISTS {BASELINE_LEDGER};
 END
 """
+    statements = [f"DO {dollar_quoted(body, 'baseline')}", DROP_PRIVATE_SCHEMA_IF_EMPTY]
     return f"""\
-{offline.header("meta_assets_cache baseline, downgrade, offline")}
+{offline.revision_header("meta_assets_cache baseline, downgrade")}
 {offline.SESSION};
 
-DO {dollar_quoted(body, "baseline")};
-
-{DROP_PRIVATE_SCHEMA_IF_EMPTY}"""
+{offline.gated_statements(statements)}"""

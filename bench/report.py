@@ -358,6 +358,7 @@ maintenance_work_mem; each section prints the settings it ran with.
 
 # What the saved runs found, written by hand from them: read after the introduction.
 FINDINGS = "findings.md"
+OFFLINE_FORMS = "offline_forms.md"
 
 
 def load_runs(out: Path) -> list[dict]:
@@ -392,4 +393,7 @@ def write_benchmarks_md(out: Path, destination: Path) -> None:
         if run["kind"] == "comparison" and plot.exists():
             relative = os.path.relpath(plot, destination.parent)
             parts += ["", f"![Insert wait over time, {heading}]({relative})"]
+    offline_forms = out / OFFLINE_FORMS
+    if offline_forms.exists():  # bench/offline_forms.py's section
+        parts += ["", offline_forms.read_text().strip()]
     destination.write_text("\n".join(parts) + "\n")

@@ -24,3 +24,9 @@ if [ -n "${BOOTSTRAP_PGBOUNCER:-}" ]; then
   bootstrap_arguments+=(--pgbouncer)
 fi
 python -m devtools.postgres_binaries "${bootstrap_arguments[@]}"
+
+# BOOTSTRAP_SUPABASE_CLI=1: the Supabase CLI too (npm, into .cache); without it its tests skip,
+# or fail under CI.
+if [ -n "${BOOTSTRAP_SUPABASE_CLI:-}" ]; then
+  python -m devtools.supabase_cli >/dev/null || true
+fi

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 PG_MAJORS="${PG_MAJORS:-15 17}"
 BOOTSTRAP_PG_MAJORS="$PG_MAJORS"
 BOOTSTRAP_PGBOUNCER=1
+BOOTSTRAP_SUPABASE_CLI=1
 source scripts/bootstrap.sh
 
 # Lint first, but a finding does not hide the tests' results: both count in the exit status.

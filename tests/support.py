@@ -231,11 +231,13 @@ class MigrationHarness:
             for row in self.rows(f"SELECT t.id, t::text AS body FROM {table} t")
         }
 
-    def schema_dump(self) -> str:
+    def schema_dump(self, *options: str) -> str:
+        """pg_dump --schema-only, with pg_dump's `options` (say --exclude-schema=...)."""
         result = subprocess.run(
             [
                 str(self.server.bin_dir / "pg_dump"),
                 "--schema-only",
+                *options,
                 self.server.url_string(self.dbname).replace("+psycopg2", ""),
             ],
             capture_output=True,

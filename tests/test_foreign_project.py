@@ -340,7 +340,8 @@ def test_the_migrator_lock_holds_off_a_second_migrator(shop, harness):
 
 def test_offline_upgrade_applies_with_psql(shop, harness):
     """`alembic upgrade head --sql`, written without a database and run with psql on an empty
-    one, reaches the head: the shop's tables with their unique constraint."""
+    one, reaches the head: the shop's tables with their unique constraint. Run again, its own
+    revisions' plain Alembic operations (op.create_table) are skipped as the library's are."""
     script = shop.alembic("upgrade", "head", "--sql", database=False)
     assert script.returncode == 0, script.stderr
 
@@ -351,6 +352,11 @@ def test_offline_upgrade_applies_with_psql(shop, harness):
     assert harness.scalar(
         "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_customer_id_number_key'"
     )
+    schema = harness.schema_dump()
+    again = run_psql(harness, script.stdout)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("skipped upgrade") == 2
+    assert harness.schema_dump() == schema
 
 
 # 5. pytest-alembic's standard tests, run in the shop by its own pytest.

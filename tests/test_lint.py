@@ -20,7 +20,7 @@ SCRIPTS = {
     "downgrade-0001-base.sql": ("downgrade", f"{BASELINE}:base"),
 }
 ALEMBIC_VERSION_TABLE = re.compile(
-    r"^CREATE TABLE meta_assets_migration\.alembic_version \(.*?\);\n", re.S | re.M
+    r"^CREATE TABLE IF NOT EXISTS meta_assets_migration\.alembic_version \(.*?\);\n", re.S | re.M
 )
 
 
