@@ -247,16 +247,28 @@ def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
 
 
 @contextmanager
-def kept_search_path(connection: Connection, app_schema: str) -> Iterator[None]:
-    """On a connection someone else made (pytest-alembic, an embedding program): the safe
-    search_path for the migration, then theirs again."""
-    previous = connection.execute(text("SHOW search_path")).scalar()
-    connection.execute(text(f"SET search_path = {safe_search_path(app_schema)}"))
+def kept_session(connection: Connection, app_schema: str, application_name: str) -> Iterator[None]:
+    """On a connection someone else made (Alembic's async template, pytest-alembic, an
+    embedding program): the safe search_path and the migrator's application_name for the
+    migration, then theirs again."""
+    wanted = {"search_path": safe_search_path(app_schema), "application_name": application_name}
+    previous = {
+        name: connection.execute(
+            text("SELECT pg_catalog.current_setting(:name)"), {"name": name}
+        ).scalar()
+        for name in wanted
+    }
+    _set(connection, wanted)
     try:
         yield
     finally:
         if not connection.closed and not connection.invalidated:
-            connection.execute(
-                text("SELECT pg_catalog.set_config('search_path', :path, false)"),
-                {"path": previous},
-            )
+            _set(connection, previous)
+
+
+def _set(connection: Connection, settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        connection.execute(
+            text("SELECT pg_catalog.set_config(:name, :value, false)"),
+            {"name": name, "value": value},
+        )

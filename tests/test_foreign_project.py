@@ -23,19 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import alembic_lossless_unique
 from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.operations import target_from_arguments
 from tests.offline_support import run_psql
-from tests.online_support import Session, libpq_dsn, wait_until
+from tests.online_support import (
+    Migrator,
+    Session,
+    build_phase,
+    holding,
+    libpq_dsn,
+    wait_until,
+)
 from tests.support import (
+    MIGRATOR,
     PROJECT_ROOT,
     AlembicResult,
     MigrationHarness,
     failed_lines,
     run_child,
 )
+from tests.test_bad_input import assert_failed_cleanly
+from tests.test_drivers import through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
 # What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
@@ -52,6 +63,9 @@ NOT_SOURCE = shutil.ignore_patterns(
 )
 # What the shop installs beside the wheel: its driver (as an extra) and its own test tools.
 SHOP_TOOLS = ("pytest>=8,<9.1", "pytest-alembic>=0.12")
+# The drivers it installs, as the library's extras: psycopg2 for its env.py, the async ones for
+# Alembic's async template (migrations/env_async.py).
+SHOP_DRIVERS = ("psycopg2", "asyncpg", "psycopg-async")
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ def installed_package(tmp_path_factory) -> InstalledPackage:
     [wheel] = (root / "dist").glob("*.whl")
     run([sys.executable, "-m", "venv", str(root / "venv")])
     python = root / "venv" / "bin" / "python"
-    run([str(python), *pip, "install", f"{wheel}[psycopg2]", *SHOP_TOOLS])
+    run([str(python), *pip, "install", f"{wheel}[{','.join(SHOP_DRIVERS)}]", *SHOP_TOOLS])
     return InstalledPackage(wheel=wheel, python=python)
 
 
@@ -90,6 +104,7 @@ class Shop:
     directory: Path
     python_path: Path
     harness: MigrationHarness
+    database_url: str = ""  # the harness's (psycopg2) unless set
 
     def environment(self, *, database: bool = True) -> dict[str, str]:
         """The test's environment without this repository on the path and without the test
@@ -101,7 +116,7 @@ class Shop:
             and not key.startswith("PYTEST_")
         }
         if database:
-            env["DATABASE_URL"] = self.harness.url
+            env["DATABASE_URL"] = self.database_url or self.harness.url
         return env
 
     def python(self, *args: str, database: bool = True) -> AlembicResult:
@@ -114,6 +129,19 @@ class Shop:
 
     def alembic(self, *args: str, database: bool = True) -> AlembicResult:
         return self.python("-m", "alembic", *args, database=database)
+
+    def start(self, *args: str) -> Migrator:
+        """`alembic ARGS` in the shop, in a child process that runs on while the test acts."""
+        process = subprocess.Popen(
+            [str(self.python_path), "-m", "alembic", *args],
+            cwd=self.directory,
+            env=self.environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        return Migrator(process)
 
     def succeed(self, *args: str) -> AlembicResult:
         result = self.alembic(*args)
@@ -545,3 +573,80 @@ def test_autogenerate_writes_the_safe_operation_and_it_runs_online(shop, harness
         **{i: lines_after[i] for i in written},
     }
     assert harness.schema_dump() == schema_before
+
+
+# 7. Alembic's async template (migrations/env_async.py), with asyncpg and psycopg's async mode.
+
+ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
+
+
+@pytest.fixture(params=ASYNC_DRIVERS)
+def async_shop(request, shop) -> Shop:
+    """The shop with Alembic's async template as its env.py, DATABASE_URL naming `driver`."""
+    migrations = shop.directory / "migrations"
+    shutil.copy(migrations / "env_async.py", migrations / "env.py")
+    shop.database_url = through(shop.harness.url, request.param)
+    return shop
+
+
+def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harness):
+    """run_migrations inside the template's run_sync: the concurrent build reports whom it
+    waits for (the watcher runs on its own event loop), the duplicates are archived, `alembic
+    check` is clean, and the downgrade gives back the orders, their lines and the schema."""
+    shop = async_shop
+    shop.succeed("upgrade", SHOP_BASE)
+    harness.execute(ORDERS)
+    harness.execute(ORDER_LINES)
+    orders_before, lines_before = orders(harness), order_lines(harness)
+    schema_before = harness.schema_dump()
+    snapshot = holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM orders",
+    )
+    blocker = snapshot.pid()
+    try:
+        running = shop.start("-x", "progress_interval=0.2", "upgrade", "head")
+        [build] = wait_until(
+            "the build to wait for the old snapshot",
+            lambda: build_phase(harness, "waiting for old snapshots", "alembic shop"),
+            migrator=running,
+        )
+        command = harness.scalar(
+            "SELECT command FROM pg_stat_progress_create_index WHERE pid = :pid", pid=build.pid
+        )
+        time.sleep(0.6)  # a few progress intervals: the report is periodic by design
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+    upgraded = running.wait()
+
+    assert upgraded.returncode == 0, upgraded.output
+    assert command == "CREATE INDEX CONCURRENTLY"
+    assert f"waiting for pid {blocker} (idle in transaction for " in upgraded.stderr
+    assert f"rows archived     3 (moved to {ORDERS_UNIQUE.archive})" in upgraded.stderr
+    assert set(orders(harness)) == {2, 5, 6, 7, 8}
+    assert "No new upgrade operations detected." in shop.succeed("check").output
+
+    shop.succeed("downgrade", "-1")
+    assert shop.versions() == {SHOP_BASE}
+    assert orders(harness) == orders_before
+    assert order_lines(harness) == lines_before
+    assert harness.schema_dump() == schema_before
+
+
+def test_async_template_refuses_a_transaction_pooler(async_shop, harness, pgbouncer_transaction):
+    """Through PgBouncer in transaction mode the template's connection is refused by
+    run_migrations in one line, before anything is created, with no password printed."""
+    shop = async_shop
+    pooled = pgbouncer_transaction.url_string(harness.dbname, MIGRATOR, harness.server.password)
+    shop.database_url = through(pooled, make_url(shop.database_url).get_driver_name())
+
+    result = shop.alembic("upgrade", "head")
+
+    assert_failed_cleanly(
+        result, "transaction-mode connection pooler", secrets=(harness.server.password,)
+    )
+    assert shop.versions() == set()
+    assert harness.scalar("SELECT to_regclass('public.orders') IS NULL")
+    assert harness.scalar("SELECT to_regnamespace('lossless_unique') IS NULL")
