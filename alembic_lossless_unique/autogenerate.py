@@ -169,8 +169,9 @@ def _schema(schema: str | None) -> dict[str, str]:
 
 
 def _refuse_options(op: ops.CreateUniqueConstraintOp) -> None:
-    """A deferrable unique, or one whose NULLs conflict (postgresql_nulls_not_distinct), is not
-    what ensure_unique_constraint makes: refused rather than written as something else."""
+    """A deferrable unique, one whose NULLs conflict (postgresql_nulls_not_distinct) or one with
+    INCLUDE columns is not what ensure_unique_constraint makes: refused rather than written as
+    something else."""
     if op.kw:
         raise CommandError(
             f"autogenerate: the unique constraint on {_display(op.schema, op.table_name)}"

@@ -11,9 +11,11 @@ asyncpg, or psycopg's async mode). Only these few things differ between them, an
 """
 
 import importlib.util
+import sys
 from typing import Any
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 # A URL that names no driver gets the first of these that is installed.
 DEFAULT_DRIVERS = ("psycopg2", "psycopg", "asyncpg")
@@ -143,6 +145,17 @@ def _awaited(awaitable: Any) -> Any:
     from sqlalchemy.util import await_only  # the greenlet bridge: only for async drivers
 
     return await_only(awaitable)
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection or statement raises: SQLAlchemy's wrapper, an OSError (a
+    refused connection), and, when asyncpg is in use, its own errors, which SQLAlchemy before
+    2.0.x (seen with 2.0.0) raises from connect unwrapped. Looked up, never imported."""
+    found: list[type[BaseException]] = [DBAPIError, OSError]
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        found += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(found)
 
 
 def original(error: BaseException) -> BaseException:

@@ -26,9 +26,8 @@ from typing import Any, TypeVar
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import private_schema, session
+from alembic_lossless_unique import drivers, private_schema, session
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
@@ -291,7 +290,7 @@ def on_migrator_connection(
         target = _url(context, url)
         session.refuse_transaction_pooler(target)  # before the migrator's session sets a thing
         return session.connected(target, application_name, work, app_schema=app_schema)
-    except (DBAPIError, OSError) as error:
+    except drivers.database_errors() as error:
         raise CommandError(f"database error: {one_line(error, target)}") from None
 
 

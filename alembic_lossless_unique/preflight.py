@@ -21,9 +21,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import checks, dedupe, foreign_keys, ledger, session, surroundings
+from alembic_lossless_unique import (
+    checks,
+    dedupe,
+    drivers,
+    foreign_keys,
+    ledger,
+    session,
+    surroundings,
+)
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.convergence import read_plan
 from alembic_lossless_unique.database import Database
@@ -326,7 +333,7 @@ def command(
     except (DatabaseUrlError, MigrationAbort) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    except (DBAPIError, OSError) as error:
+    except drivers.database_errors() as error:
         print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
         return 1
     if arguments.json:

@@ -138,13 +138,13 @@ def test_an_unnamed_unique_gets_the_name_postgresql_would_give_it():
         ),
         (
             ops.CreateUniqueConstraintOp(
-                "uq", "orders", ["customer_id"], postgresql_nulls_not_distinct=True
+                "uq", "orders", ["customer_id"], deferrable=True, initially="DEFERRED"
             ),
             models(),
-            "sets postgresql_nulls_not_distinct",
+            "sets deferrable, initially,",
         ),
     ],
-    ids=["no-primary-key", "deferrable", "nulls-not-distinct"],
+    ids=["no-primary-key", "deferrable", "initially-deferred"],
 )
 def test_what_the_operation_cannot_make_is_refused_in_one_line(constraint, metadata, expected):
     with pytest.raises(CommandError, match=expected):
