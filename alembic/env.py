@@ -1,11 +1,12 @@
 """Alembic environment: the migrator's session from alembic_lossless_unique (DATABASE_URL in,
 pooler refusal, a safe search_path, one migrator at a time, one-line errors out), the version
-table in the private schema, and autogenerate limited to the tables this package owns."""
+table in the private schema, and autogenerate limited to the tables this package owns, writing
+op.ensure_unique_constraint where it would write create_unique_constraint."""
 
 from alembic import context
 from sqlalchemy import MetaData
 
-from alembic_lossless_unique import run_migrations
+from alembic_lossless_unique import run_migrations, safe_unique_constraints
 from app import baseline
 from app.names import OWNED_TABLES, PRIVATE_SCHEMA
 
@@ -52,4 +53,5 @@ run_migrations(
     include_object=include_object,
     compare_type=True,
     compare_server_default=True,
+    process_revision_directives=safe_unique_constraints,
 )

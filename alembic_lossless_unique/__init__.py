@@ -39,7 +39,17 @@ Mechanics, one job per module:
 __version__ = "1.1.0"
 
 from alembic_lossless_unique import operations as _operations  # noqa: F401 (registers the ops)
+from alembic_lossless_unique.autogenerate import (
+    safe_unique_constraints,
+    safe_unique_constraints_with,
+)
 from alembic_lossless_unique.environment import run_migrations
 from alembic_lossless_unique.target import UniqueTarget
 
-__all__ = ["UniqueTarget", "__version__", "run_migrations"]
+__all__ = [
+    "UniqueTarget",
+    "__version__",
+    "run_migrations",
+    "safe_unique_constraints",
+    "safe_unique_constraints_with",
+]

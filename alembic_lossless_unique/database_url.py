@@ -19,7 +19,7 @@ from alembic_lossless_unique import drivers
 EXAMPLE = "postgresql://USER:PASSWORD@HOST:5432/DB"
 
 # Everything up to "://"; a password can only come after it, so the scheme is safe to quote.
-SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9_+.-]*)://")
 NOT_A_URL = f"DATABASE_URL is not a valid URL: expected {EXAMPLE}"
 PERCENT_ENCODE = (
     "percent-encode any @ / ? # : or % in the user name or password"

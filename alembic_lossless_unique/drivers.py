@@ -5,13 +5,17 @@ asyncpg, or psycopg's async mode). Only these few things differ between them, an
 
 - which driver a URL without one gets (the first installed, in SQLAlchemy's order of preference);
 - how a connection is named and given a connect timeout (libpq keywords, or asyncpg's own);
-- where an error keeps its SQLSTATE and the server's primary message.
+- where an error keeps its SQLSTATE and the server's primary message;
+- how a statement runs on a bare driver connection, outside SQLAlchemy, leaving nothing
+  prepared on the server (the session settings, the pooler probe).
 """
 
 import importlib.util
+import sys
 from typing import Any
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 # A URL that names no driver gets the first of these that is installed.
 DEFAULT_DRIVERS = ("psycopg2", "psycopg", "asyncpg")
@@ -26,6 +30,9 @@ ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
 # What to pip install for each.
 _PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "asyncpg": "asyncpg"}
 CONNECT_TIMEOUT_SECONDS = 10
+# Through a transaction-mode pooler a statement prepared in one round trip can be sent to
+# another server connection in the next, which has no such statement.
+PREPARED_STATEMENT_GONE = "26000"
 
 
 class DriverMissing(Exception):
@@ -92,6 +99,63 @@ def engine_arguments(
     if "sslmode" in query:  # asyncpg takes libpq's mode names as `ssl`
         connect_args["ssl"] = str(query.pop("sslmode"))
     return url.set(query=query), connect_args
+
+
+def bare_connect_arguments(url: URL) -> dict[str, Any]:
+    """What a bare connection (the pooler probe's) is made with besides engine_arguments: for
+    asyncpg no statement cache, so that its queries are unnamed statements, which leave nothing
+    behind on a server connection a pooler hands to the next client."""
+    return {"statement_cache_size": 0} if url.get_driver_name() == "asyncpg" else {}
+
+
+def run_bare(driver: str, dbapi_connection: Any, statement: str) -> None:
+    """`statement` as it is, outside any transaction of the driver's own (a BEGIN or SET is the
+    server's to see): asyncpg's simple query protocol, which prepares nothing (SQLAlchemy's
+    adapter would prepare a named statement, and a prepared statement holds one command); the
+    libpq drivers' cursor under autocommit."""
+    if driver == "asyncpg":
+        _awaited(dbapi_connection.driver_connection.execute(statement))
+        return
+    autocommit = dbapi_connection.autocommit
+    if not autocommit:
+        dbapi_connection.autocommit = True
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+    finally:
+        if not autocommit:
+            dbapi_connection.autocommit = False
+
+
+def fetch_bare(dbapi_connection: Any, query: str) -> Any:
+    """The first column of the first row of `query`, on a bare connection in autocommit (made
+    with bare_connect_arguments: for asyncpg, an unnamed statement)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(query)
+        return cursor.fetchone()[0]
+    finally:
+        cursor.close()
+
+
+def _awaited(awaitable: Any) -> Any:
+    from sqlalchemy.util import await_only  # the greenlet bridge: only for async drivers
+
+    return await_only(awaitable)
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection or statement raises: SQLAlchemy's wrapper, an OSError (a
+    refused connection), and, when asyncpg is in use, its own errors, which SQLAlchemy before
+    2.0.x (seen with 2.0.0) raises from connect unwrapped. Looked up, never imported."""
+    found: list[type[BaseException]] = [DBAPIError, OSError]
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        found += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(found)
 
 
 def original(error: BaseException) -> BaseException:

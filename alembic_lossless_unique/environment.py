@@ -26,9 +26,8 @@ from typing import Any, TypeVar
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique import offline, private_schema, rerunnable, session
+from alembic_lossless_unique import drivers, offline, private_schema, rerunnable, session
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
@@ -293,24 +292,27 @@ def on_migrator_connection(
                 return work(connection)
         if injected is not None and not isinstance(injected, Connection):
             with injected.connect() as connection:
-                return on_callers_connection(connection, app_schema, work)
+                target = connection.engine.url
+                return on_callers_connection(connection, app_schema, application_name, work)
         if injected is not None:
-            return on_callers_connection(injected, app_schema, work)
+            target = injected.engine.url
+            return on_callers_connection(injected, app_schema, application_name, work)
         target = _url(context, url)
         session.refuse_transaction_pooler(target)  # before the migrator's session sets a thing
         return session.connected(target, application_name, work, app_schema=app_schema)
-    except (DBAPIError, OSError) as error:
+    except drivers.database_errors() as error:
         raise CommandError(f"database error: {one_line(error, target)}") from None
 
 
 def on_callers_connection(
-    connection: Connection, app_schema: str, work: Callable[[Connection], R]
+    connection: Connection, app_schema: str, application_name: str, work: Callable[[Connection], R]
 ) -> R:
     """A connection the caller made and keeps: whether it is inside a transaction is noted
-    (nothing may then be committed early), and its search_path is given back afterwards."""
+    (nothing may then be committed early), and its search_path and application_name are given
+    back afterwards."""
     session.refuse_transaction_pooler(
         connection.engine.url, in_run_sync=connection.dialect.is_async
     )
     connection.info[CALLERS_TRANSACTION] = connection.in_transaction()
-    with session.kept_search_path(connection, app_schema):
+    with session.kept_session(connection, app_schema, application_name):
         return work(connection)

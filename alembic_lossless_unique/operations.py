@@ -14,7 +14,7 @@ decisions are made by the database while the script runs.
 
 from collections.abc import Sequence
 
-from alembic.operations import MigrateOperation, Operations
+from alembic.operations import MigrateOperation, Operations, ops
 
 from alembic_lossless_unique import convergence, offline
 from alembic_lossless_unique.database import Database, autocommit_database
@@ -53,10 +53,21 @@ def target_from_arguments(
 class UniqueConstraintOp(MigrateOperation):
     """What both operations take: the arguments of target_from_arguments."""
 
+    # What `alembic check` calls the change, as it calls create/drop_unique_constraint's.
+    diff_kind = ""
+
     def __init__(self, constraint_name: str, table_name: str, columns: Sequence[str], **kw):
         self.arguments = (constraint_name, table_name, tuple(columns))
         self.options = kw
         self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
+
+    def to_diff_tuple(self) -> tuple:
+        """The change as `alembic check` lists it when autogenerate proposes this operation."""
+        constraint_name, table_name, columns = self.arguments
+        constraint = ops.CreateUniqueConstraintOp(
+            constraint_name, table_name, columns, schema=self.options.get("schema")
+        ).to_constraint()
+        return (self.diff_kind, constraint)
 
 
 @Operations.register_operation("ensure_unique_constraint")
@@ -65,6 +76,8 @@ class EnsureUniqueConstraintOp(UniqueConstraintOp):
     uniques and duplicate rows the table holds: duplicates are archived (the row kept of each
     key is the greatest by `keep_newest_by`, then `row_identity`), child rows re-pointed, the
     index built concurrently. Rows with a NULL in a key column are never touched."""
+
+    diff_kind = "add_constraint"
 
     @classmethod
     def ensure_unique_constraint(
@@ -82,6 +95,8 @@ class UndoUniqueConstraintOp(UniqueConstraintOp):
     """Undo `ensure_unique_constraint` exactly: the uniques it found come back, every archived
     row returns unchanged, re-pointed child rows point back, all in one transaction with the
     revision change. Takes the same arguments as the call it undoes."""
+
+    diff_kind = "remove_constraint"
 
     @classmethod
     def undo_unique_constraint(

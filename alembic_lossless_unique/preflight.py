@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique import (
     checks,
     dedupe,
+    drivers,
     foreign_keys,
     indexes,
     ledger,
@@ -515,7 +515,7 @@ def command(
     except (DatabaseUrlError, MigrationAbort) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    except (DBAPIError, OSError) as error:
+    except drivers.database_errors() as error:
         print(f"FAILED: database error: {one_line(error, url)}", file=sys.stderr)
         return 1
     if arguments.json:

@@ -114,12 +114,14 @@ def secure(
         "SET statement_timeout = 0",
     )
 
+    driver = engine.url.get_driver_name()
+
     def set_safe_search_path(dbapi_connection, *_) -> None:
-        _run(dbapi_connection, *settings)
+        _run(driver, dbapi_connection, *settings)
 
     def discard_session_state(dbapi_connection, *_) -> None:
         if not _closed(dbapi_connection):
-            _run(dbapi_connection, "DISCARD ALL")
+            _run(driver, dbapi_connection, "DISCARD ALL")
 
     event.listen(engine, "connect", set_safe_search_path, insert=True)
     # A pooled connection is set again on every checkout: DISCARD ALL undid it on the return.
@@ -166,20 +168,10 @@ def _closed(dbapi_connection) -> bool:
     return bool(closed() if callable(closed) else closed)
 
 
-def _run(dbapi_connection, *statements: str) -> None:
-    """Statements on the driver's connection, one at a time (asyncpg prepares each one, and a
-    prepared statement holds one command), outside any transaction."""
-    autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True
-    try:
-        cursor = dbapi_connection.cursor()
-        try:
-            for statement in statements:
-                cursor.execute(statement)
-        finally:
-            cursor.close()
-    finally:
-        dbapi_connection.autocommit = autocommit
+def _run(driver: str, dbapi_connection, *statements: str) -> None:
+    """Statements on the driver's connection, one at a time, outside any transaction."""
+    for statement in statements:
+        drivers.run_bare(driver, dbapi_connection, statement)
 
 
 def refuse_transaction_pooler(url: URL, *, in_run_sync: bool = False) -> None:
@@ -208,27 +200,43 @@ def transaction_pooled(url: URL, *, in_run_sync: bool = False, rounds: int = 3) 
 
         return asyncio.run(greenlet_spawn(transaction_pooled, url, in_run_sync=True))
     engine = plain_engine(url, POOLER_CHECK)
+    connect_args = {
+        **drivers.engine_arguments(url, POOLER_CHECK)[1],
+        **drivers.bare_connect_arguments(url),
+    }
     try:
-        return _probe(engine, drivers.engine_arguments(url, POOLER_CHECK)[1], rounds)
-    except engine.dialect.loaded_dbapi.Error as error:  # as SQLAlchemy's own would be raised
+        return _probe(engine, connect_args, rounds)
+    except engine.dialect.loaded_dbapi.Error as error:
+        if drivers.sqlstate(error) == drivers.PREPARED_STATEMENT_GONE:
+            return True  # the pooler sent the statement's next round trip to another backend
+        # as SQLAlchemy's own would be raised
         raise DBAPIError.instance(None, None, error, engine.dialect.loaded_dbapi.Error) from None
     finally:
         engine.dispose()
 
 
 def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
+    driver = engine.url.get_driver_name()
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     cparams.update(connect_args)
+
+    def backend(dbapi_connection) -> int:
+        return drivers.fetch_bare(dbapi_connection, "SELECT pg_catalog.pg_backend_pid()")
+
     first = engine.dialect.connect(*cargs, **cparams)
     try:
         second = engine.dialect.connect(*cargs, **cparams)
         try:
-            first.autocommit = True
+            for connection in (first, second):
+                connection.autocommit = True
             for _ in range(rounds):
-                before = _backend(first)
-                seen_by_second = _backend(second)  # opens a transaction: pins a backend
-                after = _backend(first)
-                second.rollback()
+                before = backend(first)
+                drivers.run_bare(driver, second, "BEGIN")  # pins a backend until the ROLLBACK
+                try:
+                    seen_by_second = backend(second)
+                    after = backend(first)
+                finally:
+                    drivers.run_bare(driver, second, "ROLLBACK")
                 if seen_by_second == before or after != before:
                     return True
             return False
@@ -238,26 +246,29 @@ def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
         first.close()
 
 
-def _backend(dbapi_connection) -> int:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("SELECT pg_catalog.pg_backend_pid()")
-        return cursor.fetchone()[0]
-    finally:
-        cursor.close()
-
-
 @contextmanager
-def kept_search_path(connection: Connection, app_schema: str) -> Iterator[None]:
-    """On a connection someone else made (pytest-alembic, an embedding program): the safe
-    search_path for the migration, then theirs again."""
-    previous = connection.execute(text("SHOW search_path")).scalar()
-    connection.execute(text(f"SET search_path = {safe_search_path(app_schema)}"))
+def kept_session(connection: Connection, app_schema: str, application_name: str) -> Iterator[None]:
+    """On a connection someone else made (Alembic's async template, pytest-alembic, an
+    embedding program): the safe search_path and the migrator's application_name for the
+    migration, then theirs again."""
+    wanted = {"search_path": safe_search_path(app_schema), "application_name": application_name}
+    previous = {
+        name: connection.execute(
+            text("SELECT pg_catalog.current_setting(:name)"), {"name": name}
+        ).scalar()
+        for name in wanted
+    }
+    _set(connection, wanted)
     try:
         yield
     finally:
         if not connection.closed and not connection.invalidated:
-            connection.execute(
-                text("SELECT pg_catalog.set_config('search_path', :path, false)"),
-                {"path": previous},
-            )
+            _set(connection, previous)
+
+
+def _set(connection: Connection, settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        connection.execute(
+            text("SELECT pg_catalog.set_config(:name, :value, false)"),
+            {"name": name, "value": value},
+        )

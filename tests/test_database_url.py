@@ -46,6 +46,7 @@ def fragments(secret: str, size: int = 3) -> set[str]:
         ("postgres://app:pw@h/d", ("app", "pw", "h", None, "d", {})),
         ("postgresql+asyncpg://app:pw@h/d", ("app", "pw", "h", None, "d", {})),
         ("POSTGRES+psycopg://app:pw@h/d", ("app", "pw", "h", None, "d", {})),
+        ("postgresql+psycopg_async://app:pw@h/d", ("app", "pw", "h", None, "d", {})),
         ("  postgresql://app:pw@h/d\n", ("app", "pw", "h", None, "d", {})),
         (
             "host=h port=5433 dbname=d user=app password='it\\'s a secret'",
@@ -79,6 +80,7 @@ def fragments(secret: str, size: int = 3) -> set[str]:
         "postgres-scheme",
         "other-driver",
         "scheme-case",
+        "async-driver",
         "whitespace",
         "keyword-value",
         "two-hosts",

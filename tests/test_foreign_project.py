@@ -15,25 +15,38 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import alembic_lossless_unique
 from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.operations import target_from_arguments
 from tests.offline_support import run_psql
-from tests.online_support import Session, libpq_dsn
+from tests.online_support import (
+    Migrator,
+    Session,
+    build_phase,
+    holding,
+    libpq_dsn,
+    wait_until,
+)
 from tests.support import (
+    MIGRATOR,
     PROJECT_ROOT,
     AlembicResult,
     MigrationHarness,
     failed_lines,
     run_child,
 )
+from tests.test_bad_input import assert_failed_cleanly
+from tests.test_drivers import through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
 # What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
@@ -50,6 +63,9 @@ NOT_SOURCE = shutil.ignore_patterns(
 )
 # What the shop installs beside the wheel: its driver (as an extra) and its own test tools.
 SHOP_TOOLS = ("pytest>=8,<9.1", "pytest-alembic>=0.12")
+# The drivers it installs, as the library's extras: psycopg2 for its env.py, the async ones for
+# Alembic's async template (migrations/env_async.py).
+SHOP_DRIVERS = ("psycopg2", "asyncpg", "psycopg-async")
 
 
 @dataclass(frozen=True)
@@ -79,7 +95,7 @@ def installed_package(tmp_path_factory) -> InstalledPackage:
     [wheel] = (root / "dist").glob("*.whl")
     run([sys.executable, "-m", "venv", str(root / "venv")])
     python = root / "venv" / "bin" / "python"
-    run([str(python), *pip, "install", f"{wheel}[psycopg2]", *SHOP_TOOLS])
+    run([str(python), *pip, "install", f"{wheel}[{','.join(SHOP_DRIVERS)}]", *SHOP_TOOLS])
     return InstalledPackage(wheel=wheel, python=python)
 
 
@@ -88,6 +104,7 @@ class Shop:
     directory: Path
     python_path: Path
     harness: MigrationHarness
+    database_url: str = ""  # the harness's (psycopg2) unless set
 
     def environment(self, *, database: bool = True) -> dict[str, str]:
         """The test's environment without this repository on the path and without the test
@@ -99,7 +116,7 @@ class Shop:
             and not key.startswith("PYTEST_")
         }
         if database:
-            env["DATABASE_URL"] = self.harness.url
+            env["DATABASE_URL"] = self.database_url or self.harness.url
         return env
 
     def python(self, *args: str, database: bool = True) -> AlembicResult:
@@ -112,6 +129,19 @@ class Shop:
 
     def alembic(self, *args: str, database: bool = True) -> AlembicResult:
         return self.python("-m", "alembic", *args, database=database)
+
+    def start(self, *args: str) -> Migrator:
+        """`alembic ARGS` in the shop, in a child process that runs on while the test acts."""
+        process = subprocess.Popen(
+            [str(self.python_path), "-m", "alembic", *args],
+            cwd=self.directory,
+            env=self.environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        return Migrator(process)
 
     def succeed(self, *args: str) -> AlembicResult:
         result = self.alembic(*args)
@@ -381,3 +411,248 @@ SHOP_PYTEST_ALEMBIC_TESTS = (
     "test_up_down_consistency",
     "test_downgrade_leaves_no_trace",
 )
+
+
+# 6. Autogenerate writes the safe operation (the shop's env.py opts in with one argument).
+
+# A unique constraint added to a model of an existing table, and a new table with its own.
+ORDER_LINE_UNIQUE = """    __tablename__ = "order_lines"
+    __table_args__ = (
+        UniqueConstraint("order_id", "product", name="order_lines_order_id_product_key"),
+    )
+"""
+NEW_TABLE = """
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    code: Mapped[str] = mapped_column(Text, unique=True)
+"""
+UNIQUE_ORDERS = """
+INSERT INTO orders (customer_id, number) VALUES (1, 'B-1'), (1, 'B-2'), (2, 'B-1')
+"""
+DUPLICATE_LINES = """
+INSERT INTO order_lines (order_id, product, quantity)
+SELECT o.id, p.product, p.quantity FROM orders o, (VALUES
+    ('tea', 1), ('tea', 2), ('tea', 3),  -- the same product three times on every order
+    ('cups', 1), ('cups', 4),
+    ('tray', 1)
+) AS p (product, quantity)
+"""
+ENSURE_ORDER_LINES = """\
+    # Duplicates of (order_id, product): the row kept is the greatest by keep_newest_by, then by
+    # row_identity (here: the greatest id); the others move to an archive in private_schema, and
+    # undo_unique_constraint brings them back.
+    op.ensure_unique_constraint(
+        'order_lines_order_id_product_key',
+        'order_lines',
+        ['order_id', 'product'],
+        keep_newest_by=[],
+        row_identity=['id'],
+        private_schema='lossless_unique',
+    )
+"""
+UNDO_ORDER_LINES = """\
+    op.undo_unique_constraint(
+        'order_lines_order_id_product_key',
+        'order_lines',
+        ['order_id', 'product'],
+        keep_newest_by=[],
+        row_identity=['id'],
+        private_schema='lossless_unique',
+    )
+"""
+
+
+def add_to_models(shop: Shop) -> None:
+    models = shop.directory / "app" / "models.py"
+    source = models.read_text()
+    assert '    __tablename__ = "order_lines"\n' in source
+    models.write_text(
+        source.replace('    __tablename__ = "order_lines"\n', ORDER_LINE_UNIQUE) + NEW_TABLE
+    )
+
+
+def body_of(source: str, function: str) -> str:
+    """The text of `def function():` in a revision file, up to the next top-level line."""
+    start = source.index(f"def {function}()")
+    rest = source[start:].split("\n", 1)[1]
+    lines = []
+    for line in rest.splitlines():
+        if line and not line.startswith(" "):
+            break
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def lines_of_each_product(harness: MigrationHarness) -> dict[int, str]:
+    return {
+        row[0]: row[1]
+        for row in harness.rows("SELECT l.id, l::text FROM order_lines l ORDER BY l.id")
+    }
+
+
+def test_autogenerate_writes_the_safe_operation_and_it_runs_online(shop, harness):
+    """A UniqueConstraint added to the model of an existing table: `alembic revision
+    --autogenerate` writes ensure_unique_constraint (spelling out the row kept) in upgrade() and
+    undo_unique_constraint in downgrade(), imports the library, and keeps the plain form for a
+    table created in the same revision. `alembic check` lists the pending constraint; the
+    revision then runs on a table with duplicates while a writer inserts, every write passes,
+    the greatest id of each duplicate group stays, `alembic check` is clean, and the downgrade
+    gives back every row and the schema exactly."""
+    shop.succeed("upgrade", "head")
+    harness.execute(UNIQUE_ORDERS)
+    harness.execute(DUPLICATE_LINES)
+    add_to_models(shop)
+    pending = shop.alembic("check")
+    assert pending.returncode != 0
+    assert "('add_constraint', UniqueConstraint(" in pending.output
+    assert "('add_table', Table('coupons'" in pending.output
+
+    shop.succeed("revision", "--autogenerate", "--rev-id", "0003", "-m", "one line per product")
+
+    [revision] = (shop.directory / "migrations" / "versions").glob("0003_*.py")
+    source = revision.read_text()
+    print(f"--- {revision.name}, as autogenerate wrote it\n{source}")
+    assert "\nimport alembic_lossless_unique\n" in source
+    assert "create_unique_constraint" not in source
+    upgrade, downgrade = body_of(source, "upgrade"), body_of(source, "downgrade")
+    assert ENSURE_ORDER_LINES in upgrade
+    assert "op.create_table('coupons'" in upgrade and "sa.UniqueConstraint('code')" in upgrade
+    assert UNDO_ORDER_LINES in downgrade
+    assert "op.drop_table('coupons')" in downgrade
+    assert "drop_constraint" not in downgrade
+
+    lines_before, schema_before = lines_of_each_product(harness), harness.schema_dump()
+    kept = {
+        row[0] for row in harness.rows("SELECT max(id) FROM order_lines GROUP BY order_id, product")
+    }
+    written, errors, stop = [], [], threading.Event()
+
+    def write() -> None:
+        app = Session(libpq_dsn(harness.url), options="-c statement_timeout=8s")
+        try:
+            while not stop.is_set():
+                try:
+                    written.extend(
+                        row[0]
+                        for row in app.run(
+                            "INSERT INTO order_lines (order_id, product, quantity)"
+                            " SELECT min(id), 'writer ' || clock_timestamp(), 1 FROM orders"
+                            " RETURNING id"
+                        )
+                    )
+                except Exception as error:  # any failed write fails the test
+                    errors.append(f"{type(error).__name__}: {error}")
+                time.sleep(0.005)
+        finally:
+            app.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        wait_until("the writer to start", lambda: written)
+        before_upgrade = len(written)
+        upgraded = shop.alembic("upgrade", "head")
+        during = len(written) - before_upgrade
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+
+    assert upgraded.returncode == 0, upgraded.output
+    assert errors == []
+    assert during > 0, "the writer wrote nothing while the upgrade ran"
+    assert shop.versions() == {"0003"}
+    lines_after = lines_of_each_product(harness)
+    assert set(lines_after) == kept | set(written)
+    assert all(lines_after[i] == lines_before[i] for i in kept)
+    archive = "lossless_unique.order_lines_order_id_product_key_archive"
+    assert {row[0] for row in harness.rows(f"SELECT id FROM {archive}")} == set(lines_before) - kept
+    checked = shop.succeed("check")
+    assert "No new upgrade operations detected." in checked.output
+
+    shop.succeed("downgrade", "-1")
+    assert shop.versions() == {SHOP_HEAD}
+    assert lines_of_each_product(harness) == {
+        **lines_before,
+        **{i: lines_after[i] for i in written},
+    }
+    assert harness.schema_dump() == schema_before
+
+
+# 7. Alembic's async template (migrations/env_async.py), with asyncpg and psycopg's async mode.
+
+ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
+
+
+@pytest.fixture(params=ASYNC_DRIVERS)
+def async_shop(request, shop) -> Shop:
+    """The shop with Alembic's async template as its env.py, DATABASE_URL naming `driver`."""
+    migrations = shop.directory / "migrations"
+    shutil.copy(migrations / "env_async.py", migrations / "env.py")
+    shop.database_url = through(shop.harness.url, request.param)
+    return shop
+
+
+def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harness):
+    """run_migrations inside the template's run_sync: the concurrent build reports whom it
+    waits for (the watcher runs on its own event loop), the duplicates are archived, `alembic
+    check` is clean, and the downgrade gives back the orders, their lines and the schema."""
+    shop = async_shop
+    shop.succeed("upgrade", SHOP_BASE)
+    harness.execute(ORDERS)
+    harness.execute(ORDER_LINES)
+    orders_before, lines_before = orders(harness), order_lines(harness)
+    schema_before = harness.schema_dump()
+    snapshot = holding(
+        harness,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM orders",
+    )
+    blocker = snapshot.pid()
+    try:
+        running = shop.start("-x", "progress_interval=0.2", "upgrade", "head")
+        [build] = wait_until(
+            "the build to wait for the old snapshot",
+            lambda: build_phase(harness, "waiting for old snapshots", "alembic shop"),
+            migrator=running,
+        )
+        command = harness.scalar(
+            "SELECT command FROM pg_stat_progress_create_index WHERE pid = :pid", pid=build.pid
+        )
+        time.sleep(0.6)  # a few progress intervals: the report is periodic by design
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+    upgraded = running.wait()
+
+    assert upgraded.returncode == 0, upgraded.output
+    assert command == "CREATE INDEX CONCURRENTLY"
+    assert f"waiting for pid {blocker} (idle in transaction for " in upgraded.stderr
+    assert f"rows archived     3 (moved to {ORDERS_UNIQUE.archive})" in upgraded.stderr
+    assert set(orders(harness)) == {2, 5, 6, 7, 8}
+    assert "No new upgrade operations detected." in shop.succeed("check").output
+
+    shop.succeed("downgrade", "-1")
+    assert shop.versions() == {SHOP_BASE}
+    assert orders(harness) == orders_before
+    assert order_lines(harness) == lines_before
+    assert harness.schema_dump() == schema_before
+
+
+def test_async_template_refuses_a_transaction_pooler(async_shop, harness, pgbouncer_transaction):
+    """Through PgBouncer in transaction mode the template's connection is refused by
+    run_migrations in one line, before anything is created, with no password printed."""
+    shop = async_shop
+    pooled = pgbouncer_transaction.url_string(harness.dbname, MIGRATOR, harness.server.password)
+    shop.database_url = through(pooled, make_url(shop.database_url).get_driver_name())
+
+    result = shop.alembic("upgrade", "head")
+
+    assert_failed_cleanly(
+        result, "transaction-mode connection pooler", secrets=(harness.server.password,)
+    )
+    assert shop.versions() == set()
+    assert harness.scalar("SELECT to_regclass('public.orders') IS NULL")
+    assert harness.scalar("SELECT to_regnamespace('lossless_unique') IS NULL")
