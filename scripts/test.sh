@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: ruff, then the whole test suite against a real, throwaway PostgreSQL
-# of each major in PG_MAJORS (default "15 17": Supabase runs both). Extra arguments go to pytest.
+# of each major in PG_MAJORS (default "15 17": Supabase runs both), then the version matrix (a
+# focused subset on the oldest and the newest Python, SQLAlchemy and Alembic; see below). Extra
+# arguments go to pytest, and then the matrix is left out.
 #
 # The majors run side by side, each with its own server; the first one's output streams live and
 # the others' follows it. The suite mostly waits on PostgreSQL (locks, timeouts, child processes),
@@ -31,52 +33,80 @@ PYTEST_INTERRUPTIBLE='import signal, sys, pytest
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(pytest.main(sys.argv[1:]))'
 
-run_pytest() { # major, then pytest's arguments
-  local major="$1"
-  shift
+run_pytest() { # python, label, major, then pytest's arguments
+  local python="$1" label="$2" major="$3"
+  shift 3
   # Each run has its own pytest temp root, so runs side by side keep out of each other's way.
-  mkdir -p "$scratch/tmp-$major"
-  PG_MAJOR="$major" PYTEST_DEBUG_TEMPROOT="$scratch/tmp-$major" \
-    python -c "$PYTEST_INTERRUPTIBLE" "$@"
+  mkdir -p "$scratch/tmp-$label-$major"
+  PATH="$(dirname "$python"):$PATH" PG_MAJOR="$major" \
+    PYTEST_DEBUG_TEMPROOT="$scratch/tmp-$label-$major" \
+    "$python" -c "$PYTEST_INTERRUPTIBLE" "$@"
 }
 
 read -r -a majors <<<"$PG_MAJORS"
-declare -A pid_of status_of
+declare -A status_of
+summary=()
 
-alongside=""
-if [ "${PARALLEL_MAJORS:-1}" = 1 ] && [ "${#majors[@]}" -gt 1 ]; then
-  alongside=" (${majors[*]:1} alongside, shown after)"
-  for major in "${majors[@]:1}"; do
-    run_pytest "$major" "$@" >"$scratch/$major.log" 2>&1 &
-    pid_of[$major]=$!
+run_majors() { # python, label (as the summary names it), then pytest's arguments
+  local python="$1" label="$2" major alongside=""
+  shift 2
+  declare -A pid_of=()
+  if [ "${PARALLEL_MAJORS:-1}" = 1 ] && [ "${#majors[@]}" -gt 1 ]; then
+    alongside=" (${majors[*]:1} alongside, shown after)"
+    for major in "${majors[@]:1}"; do
+      run_pytest "$python" "$label" "$major" "$@" >"$scratch/$label-$major.log" 2>&1 &
+      pid_of[$major]=$!
+    done
+  fi
+  for major in "${majors[@]}"; do
+    if [ -z "${pid_of[$major]:-}" ]; then
+      echo "== $label, PostgreSQL $major$alongside =="
+      alongside=""
+      if run_pytest "$python" "$label" "$major" "$@"; then status=0; else status=$?; fi
+    else
+      if wait "${pid_of[$major]}"; then status=0; else status=$?; fi
+      echo "== $label, PostgreSQL $major =="
+      cat "$scratch/$label-$major.log"
+    fi
+    status_of["$label, PostgreSQL $major"]=$status
+    summary+=("$label, PostgreSQL $major")
+    echo
+  done
+}
+
+run_majors "$(command -v python)" "the suite" "$@"
+
+# The version matrix: the oldest and the newest Python, SQLAlchemy and Alembic the library
+# supports (scripts/matrix/*.txt), each in a virtual environment of its own, on the tests that
+# exercise what differs between releases (scripts/matrix/subset.txt). MATRIX=0 leaves it out.
+matrix_status=0
+if [ "${MATRIX:-1}" = 1 ] && [ "$#" = 0 ]; then
+  source scripts/matrix_env.sh
+  read -r -a subset <<<"$(grep -v '^#' scripts/matrix/subset.txt | tr '\n' ' ')"
+  for entry in lowest newest; do
+    python="$(matrix_python "$entry")"
+    if [ -z "$python" ]; then
+      version="$(sed -n 's/^# python: //p' "scripts/matrix/$entry.txt")"
+      echo "test.sh: no Python $version on this machine: the $entry matrix entry is left out"
+      if [ "${CI:-}" = true ]; then matrix_status=1; fi
+      continue
+    fi
+    run_majors "$python" "$entry ($("$python" -c 'import platform, sqlalchemy, alembic; print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, Alembic {alembic.__version__}")'))" -q "${subset[@]}"
   done
 fi
 
-for major in "${majors[@]}"; do
-  if [ -z "${pid_of[$major]:-}" ]; then
-    echo "== PostgreSQL $major$alongside =="
-    alongside=""
-    if run_pytest "$major" "$@"; then status_of[$major]=0; else status_of[$major]=$?; fi
-  else
-    if wait "${pid_of[$major]}"; then status_of[$major]=0; else status_of[$major]=$?; fi
-    echo "== PostgreSQL $major =="
-    cat "$scratch/$major.log"
-  fi
-  echo
-done
-
-failed=0
+failed=$matrix_status
 if [ "$lint_status" != 0 ]; then
   echo "test.sh: ruff FAILED (its findings are above the tests)"
   failed=1
 fi
-for major in "${majors[@]}"; do
-  if [ "${status_of[$major]}" = 0 ]; then
-    echo "test.sh: PostgreSQL $major passed"
+for run in "${summary[@]}"; do
+  if [ "${status_of[$run]}" = 0 ]; then
+    echo "test.sh: $run passed"
   else
-    echo "test.sh: PostgreSQL $major FAILED (pytest exit ${status_of[$major]})"
+    echo "test.sh: $run FAILED (pytest exit ${status_of[$run]})"
     failed=1
   fi
 done
-echo "test.sh: pytest on ${#majors[@]} major(s) took $((SECONDS - started)) s"
+echo "test.sh: pytest took $((SECONDS - started)) s"
 exit "$failed"
