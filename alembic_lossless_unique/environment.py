@@ -27,7 +27,14 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from alembic_lossless_unique import drivers, offline, private_schema, rerunnable, session
+from alembic_lossless_unique import (
+    drivers,
+    offline,
+    private_schema,
+    rerunnable,
+    session,
+    surroundings,
+)
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
@@ -168,11 +175,18 @@ def run_on(
         if prepare is not None:
             prepare(db)
         if "version_table_schema" in configure:
-            ensure_version_table(
+            schema = configure["version_table_schema"]
+            table = configure.get("version_table", "alembic_version")
+            # Before the version table is written: a publication carrying its schema would
+            # stop a subscriber that lacks the table at the first version row.
+            surroundings.announce_replication(
                 db,
-                configure["version_table_schema"],
-                configure.get("version_table", "alembic_version"),
+                [schema],
+                "python -m alembic_lossless_unique.subscriber_ddl (the operation's arguments,"
+                f" and --version-table {schema}.{table})",
+                log,
             )
+            ensure_version_table(db, schema, table)
         else:  # named, so that the search_path plays no part in finding it
             configure["version_table_schema"] = app_schema
     configure["include_name"] = _without_version_table(

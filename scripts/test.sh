@@ -84,7 +84,11 @@ if [ "${MATRIX:-1}" = 1 ] && [ "$#" = 0 ]; then
   source scripts/matrix_env.sh
   read -r -a subset <<<"$(grep -v '^#' scripts/matrix/subset.txt | tr '\n' ' ')"
   for entry in lowest newest; do
-    python="$(matrix_python "$entry")"
+    if ! python="$(matrix_python "$entry")"; then
+      echo "test.sh: the $entry matrix entry's environment could not be made (see above)"
+      matrix_status=1
+      continue
+    fi
     if [ -z "$python" ]; then
       version="$(sed -n 's/^# python: //p' "scripts/matrix/$entry.txt")"
       echo "test.sh: no Python $version on this machine: the $entry matrix entry is left out"

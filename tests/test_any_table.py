@@ -542,3 +542,19 @@ def test_a_key_of_an_extension_type_is_compared_as_its_unique_index_compares_it(
         )
         == 1
     )
+
+
+def test_a_publication_carrying_the_version_tables_schema_is_named_before_it_is_written(
+    project, harness
+):
+    """A publication FOR ALL TABLES would carry the project's own version table
+    (inventory_private.alembic_version) to its subscribers: the run names it before the version
+    table is created, not first in the revision, when its first row is already written."""
+    harness.admin("CREATE PUBLICATION carrier FOR ALL TABLES")
+
+    result = project.succeed("upgrade", "head")
+
+    assert result.output.count("publication carrier (") == 1
+    assert result.output.index("publication carrier (") < result.output.index("Running upgrade")
+    assert "--version-table inventory_private.alembic_version" in result.output
+    assert harness.scalar("SELECT to_regclass(:table) IS NOT NULL", table=VERSION_TABLE)

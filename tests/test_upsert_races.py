@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 RACERS = Mix(upsert=16, upsert_group=4, existing_key_share=0.2)
 # Longer than the migrator takes to reach the step the reader holds up.
-READER_SECONDS = 4.0
+READER_SECONDS = 2.0
 
 
 def succeed(result) -> None:
@@ -66,7 +66,10 @@ def test_no_upsert_fails_while_the_redundant_index_goes_behind_a_long_reader(har
     harness.build_state("both")
     harness.upgrade(BASELINE)
 
-    with traffic(harness, RACERS, seed=3) as running, long_reader(harness, READER_SECONDS):
+    with (
+        traffic(harness, RACERS, seed=3) as running,
+        long_reader(harness, READER_SECONDS, until_waited_for="DROP INDEX%"),
+    ):
         result = harness.cli("-x", "lock_retry_max_wait=1s", "upgrade", "head")
 
     succeed(result)
@@ -83,7 +86,10 @@ def test_no_upsert_fails_while_the_downgrade_rebuilds_in_its_transaction_behind_
     harness.upgrade(BASELINE)
     succeed(harness.cli("upgrade", "head"))
 
-    with traffic(harness, RACERS, seed=4) as running, long_reader(harness, READER_SECONDS):
+    with (
+        traffic(harness, RACERS, seed=4) as running,
+        long_reader(harness, READER_SECONDS, until_waited_for="LOCK TABLE%"),
+    ):
         result = harness.cli(
             "-x", "downgrade_rebuild=in_transaction", "-x", "lock_retry_max_wait=1s",
             "downgrade", "-1",
@@ -102,7 +108,10 @@ def test_a_concurrent_rebuild_fails_racing_upserts_as_postgresql_does(harness):
     harness.upgrade(BASELINE)
     succeed(harness.cli("upgrade", "head"))
 
-    with traffic(harness, RACERS, seed=5) as running, long_reader(harness, READER_SECONDS):
+    with (
+        traffic(harness, RACERS, seed=5) as running,
+        long_reader(harness, READER_SECONDS, until_waited_for="CREATE UNIQUE INDEX CONCURRENTLY%"),
+    ):
         result = harness.cli("-x", "downgrade_rebuild=concurrently", "downgrade", "-1")
 
     succeed(result)

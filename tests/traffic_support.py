@@ -6,11 +6,12 @@ errors the app may see in a step, given whether a unique served its upserts befo
 """
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from devtools.app_traffic import Mix, Outcome, Traffic, keyed_rows
-from tests.online_support import Session, libpq_dsn
+from tests.online_support import Session, libpq_dsn, migrator_waiting_on_lock, wait_until
 
 NO_UNIQUE_FOR_ON_CONFLICT = "42P10"
 UNIQUE_VIOLATION = "23505"
@@ -36,20 +37,39 @@ def traffic(harness, mix: Mix, seed: int, label: str = "t") -> Iterator[Traffic]
 
 
 @contextmanager
-def long_reader(harness, seconds: float) -> Iterator[None]:
-    """A transaction that reads the table and stays open `seconds` (a pg_dump, a report): it
-    holds an ACCESS SHARE lock and an old snapshot, which a concurrent index build or drop waits
-    for, and a strong lock queues behind."""
+def long_reader(harness, seconds: float, *, until_waited_for: str) -> Iterator[None]:
+    """A transaction that reads the table and stays open (a pg_dump, a report): it holds an
+    ACCESS SHARE lock and an old snapshot, which a concurrent index build or drop waits for, and
+    a strong lock queues behind. It stays open until the migrator has been seen waiting for it
+    in a statement like `until_waited_for`, then `seconds` longer: the test then knows the step
+    it is about really met the reader, however slowly the migrator started."""
     reader = Session(libpq_dsn(harness.url), autocommit=False)
     reader.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     reader.run("SELECT count(*) FROM public.meta_assets_cache")
-    done = threading.Timer(seconds, reader.rollback)
-    done.start()
+
+    failures: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            wait_until(
+                f"the migrator to wait for the reader ({until_waited_for})",
+                lambda: migrator_waiting_on_lock(harness, until_waited_for),
+            )
+            time.sleep(seconds)
+        except BaseException as failure:  # the test's, once it joins
+            failures.append(failure)
+        finally:
+            reader.rollback()
+
+    holder = threading.Thread(target=hold, name="long reader")
+    holder.start()
     try:
         yield
     finally:
-        done.join()
+        holder.join()
         reader.close()
+    if failures:
+        raise failures[0]
 
 
 def unexpected_errors(
