@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg2
 from sqlalchemy import text
 
-from app.names import PRIVATE_SCHEMA
-from tests.online_support import libpq_dsn
+from app.names import PRIVATE_SCHEMA, VERSION_TABLE
+from tests.online_support import Session, libpq_dsn
 from tests.support import MIGRATOR, MigrationHarness
 
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -462,3 +462,102 @@ def squatter_saw(harness: MigrationHarness) -> tuple[list, int]:
         f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {PRIVATE_SCHEMA}.squatter_hits"
     )
     return [tuple(row) for row in loot], calls
+
+
+def version_as_admin(harness) -> str | None:
+    if not harness.admin_scalar("SELECT to_regclass(:t) IS NOT NULL", t=VERSION_TABLE):
+        return None
+    return harness.admin_scalar(f"SELECT string_agg(version_num, ',') FROM {VERSION_TABLE}")
+
+
+def prove_the_attack_works(harness, path: str, attacker: str) -> None:
+    """A plain session of the migrating role, with nothing of this package's, does run the
+    attacker's code: the planted objects are a real threat, not a test that cannot fail."""
+    plain = Session(libpq_dsn(harness.url), autocommit=False)
+    try:
+        assert plain.run("SHOW search_path") == [(path,)]
+        assert plain.run(
+            "SELECT to_regclass('alembic_version') = 'evil.alembic_version'::regclass"
+        ) == [(True,)]
+        plain.run("INSERT INTO alembic_version VALUES ('what alembic would write')")
+        if "pg_catalog" in path:  # otherwise pg_catalog is searched first, implicitly
+            plain.run("SELECT now(), current_setting('search_path')")
+            plain.run("SELECT 'a'::text = 'b'::text")
+        ran = plain.run("SELECT DISTINCT who::text, what FROM evil.side_effects ORDER BY 2")
+        escalated = plain.run(
+            f"SELECT has_table_privilege('{attacker}', 'public.meta_assets_cache', 'SELECT')"
+        )
+    finally:
+        plain.rollback()
+        plain.close()
+    assert ("app_migrator", "alembic_version INSERT") in ran, ran
+    if "pg_catalog" in path:
+        assert {("app_migrator", "now()"), ("app_migrator", "= (text, text)")} <= set(ran), ran
+    assert escalated == [(True,)]
+
+
+def database_state(harness) -> tuple:
+    exists = harness.admin_scalar("SELECT to_regclass('public.meta_assets_cache') IS NOT NULL")
+    return harness.schema_dump(), harness.table_rows() if exists else {}
+
+
+# Behind a pooler: what the pooled server connections' sessions carry.
+
+DEFAULT_SESSION = {
+    "search_path": '"$user", public',
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+    "application_name": "test session",  # what the client asked for, and nothing else
+}
+SESSION_STATE = (
+    "SELECT current_setting('search_path'), current_setting('statement_timeout'),"
+    " current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'),"
+    " current_setting('application_name'), pg_backend_pid(),"
+    " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())"
+)
+
+
+def pooled_sessions_state(url: str, clients: int) -> tuple[list[dict], set[int]]:
+    """`clients` clients of the pooler at once, each inside a transaction so that each holds a
+    server connection of its own: what each server connection's session looks like, and their
+    backends' pids."""
+    sessions = [Session(libpq_dsn(url), autocommit=False) for _ in range(clients)]
+    try:
+        states = [each.run(SESSION_STATE)[0] for each in sessions]
+    finally:
+        for each in sessions:
+            each.rollback()
+            each.close()
+    found = [
+        {
+            **dict(zip(DEFAULT_SESSION, state[:5], strict=True)),
+            "advisory locks held": state[6],
+        }
+        for state in states
+    ]
+    return found, {state[5] for state in states}
+
+
+def advisory_locks(harness) -> list:
+    return admin_rows(
+        harness,
+        "SELECT l.pid, l.classid, l.objid, a.application_name FROM pg_locks l"
+        " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'",
+    )
+
+
+def server_connections_of(harness, role: str, application_name: str = "%") -> set[int]:
+    """The server backends of `role` in this database (whose application_name is LIKE
+    `application_name`)."""
+    return {
+        row[0]
+        for row in admin_rows(
+            harness,
+            "SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = :database"
+            " AND application_name LIKE :application_name",
+            role=role,
+            database=harness.dbname,
+            application_name=application_name,
+        )
+    }

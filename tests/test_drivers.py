@@ -26,12 +26,20 @@ from app.names import CANONICAL_UNIQUE_NAME
 from devtools.pgbouncer import DEFAULT_POOL_SIZE
 from devtools.throwaway_postgres import free_port
 from tests.hardened_support import (
+    DEFAULT_SESSION,
+    Roles,
+    advisory_locks,
+    database_state,
     evil_schema,
     hits,
     migrator_search_path,
     plant_attacker,
+    pooled_sessions_state,
     private_schema_exists,
+    prove_the_attack_works,
+    server_connections_of,
     side_effects,
+    version_as_admin,
     version_tables,
 )
 from tests.online_support import (
@@ -48,16 +56,6 @@ from tests.online_support import (
 )
 from tests.support import BASELINE, HEAD, MIGRATOR, failed_lines
 from tests.test_bad_input import assert_failed_cleanly
-from tests.test_hardened import (
-    DEFAULT_SESSION,
-    Roles,
-    advisory_locks,
-    database_state,
-    pooled_sessions_state,
-    prove_the_attack_works,
-    server_connections_of,
-    version_as_admin,
-)
 from tests.test_preflight import preflight
 
 # psycopg2 is the rest of the suite's.
@@ -178,13 +176,15 @@ def test_drifted_upgrade_is_online_and_the_downgrade_exact(harness, driver):
     assert harness.schema_dump() == schema_before
 
 
+@pytest.mark.parametrize("driver", ("psycopg2", *DRIVERS))
 def test_transaction_pooler_is_refused_and_leaves_nothing_behind(
     harness, driver, pgbouncer_transaction
 ):
-    """Through PgBouncer in transaction mode, `upgrade head` and preflight refuse in one line,
-    nothing in the database changed, and the pooled server connections the probe used carry
-    PostgreSQL's defaults, no advisory lock and no prepared statement (asyncpg prepares every
-    statement it sends through SQLAlchemy)."""
+    """Through PgBouncer in transaction mode (Supabase's port 6543), `upgrade head` and
+    preflight refuse in one line pointing to the direct connection or the session pooler, port
+    5432; nothing in the database changed; and the pooled server connections the probe used,
+    handed to other clients, carry PostgreSQL's defaults, no advisory lock and no prepared
+    statement (asyncpg prepares every statement it sends through SQLAlchemy)."""
     harness.build_state("drifted")
     before = database_state(harness)
     pooled = pgbouncer_transaction.url_string(harness.dbname, MIGRATOR, harness.server.password)
@@ -199,6 +199,7 @@ def test_transaction_pooler_is_refused_and_leaves_nothing_behind(
         result,
         "transaction-mode connection pooler",
         "direct connection or the session pooler",
+        "5432",
         secrets=(harness.server.password,),
     )
     assert (report.returncode, report.stdout) == (1, "")

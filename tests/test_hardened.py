@@ -24,25 +24,31 @@ import pytest
 from alembic_lossless_unique.locks import WAITING_SUFFIX
 from app.names import ARCHIVE, PRIVATE_SCHEMA
 from app.unique_pair import TARGET
-from devtools.pgbouncer import DEFAULT_POOL_SIZE, PgBouncerUnavailable, pgbouncer, pgbouncer_binary
+from devtools.pgbouncer import PgBouncerUnavailable, pgbouncer, pgbouncer_binary
 from tests.hardened_support import (
+    DEFAULT_SESSION,
     INSUFFICIENT_PRIVILEGE,
     SQUATTERS_CODE_RAN,
     Roles,
-    admin_rows,
+    advisory_locks,
     attempts_against_private_objects,
+    database_state,
     evil_schema,
     hits,
     migrator_search_path,
     outcomes_as,
     plant_attacker,
     plant_squatter,
+    pooled_sessions_state,
     private_functions,
     private_relations,
     private_schema_exists,
     privileges_held,
+    prove_the_attack_works,
+    server_connections_of,
     side_effects,
     squatter_saw,
+    version_as_admin,
     version_tables,
 )
 from tests.offline_support import apply_script, offline_script, run_psql
@@ -77,39 +83,7 @@ def succeed(result) -> None:
     assert failed_lines(result) == []
 
 
-def version_as_admin(harness) -> str | None:
-    if not harness.admin_scalar("SELECT to_regclass(:t) IS NOT NULL", t=VERSION_TABLE):
-        return None
-    return harness.admin_scalar(f"SELECT string_agg(version_num, ',') FROM {VERSION_TABLE}")
-
-
 # 1. Nothing on the migrating role's own search_path runs as the migrator.
-
-
-def prove_the_attack_works(harness, path: str, attacker: str) -> None:
-    """A plain session of the migrating role, with nothing of this package's, does run the
-    attacker's code: the planted objects are a real threat, not a test that cannot fail."""
-    plain = Session(libpq_dsn(harness.url), autocommit=False)
-    try:
-        assert plain.run("SHOW search_path") == [(path,)]
-        assert plain.run(
-            "SELECT to_regclass('alembic_version') = 'evil.alembic_version'::regclass"
-        ) == [(True,)]
-        plain.run("INSERT INTO alembic_version VALUES ('what alembic would write')")
-        if "pg_catalog" in path:  # otherwise pg_catalog is searched first, implicitly
-            plain.run("SELECT now(), current_setting('search_path')")
-            plain.run("SELECT 'a'::text = 'b'::text")
-        ran = plain.run("SELECT DISTINCT who::text, what FROM evil.side_effects ORDER BY 2")
-        escalated = plain.run(
-            f"SELECT has_table_privilege('{attacker}', 'public.meta_assets_cache', 'SELECT')"
-        )
-    finally:
-        plain.rollback()
-        plain.close()
-    assert ("app_migrator", "alembic_version INSERT") in ran, ran
-    if "pg_catalog" in path:
-        assert {("app_migrator", "now()"), ("app_migrator", "= (text, text)")} <= set(ran), ran
-    assert escalated == [(True,)]
 
 
 @pytest.mark.parametrize("path", ["evil, public", "evil, pg_catalog, public"])
@@ -169,11 +143,6 @@ def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles
 @pytest.fixture(scope="module")
 def offline_upgrade_script() -> str:
     return offline_script("upgrade", "head")
-
-
-def database_state(harness) -> tuple:
-    exists = harness.admin_scalar("SELECT to_regclass('public.meta_assets_cache') IS NOT NULL")
-    return harness.schema_dump(), harness.table_rows() if exists else {}
 
 
 def the_problem(result) -> str:
@@ -521,97 +490,7 @@ def test_a_role_that_does_not_own_the_table_is_refused_before_anything_is_create
 
 # 6. Behind a transaction-mode pooler: refused before anything changes, nothing left behind.
 
-DEFAULT_SESSION = {
-    "search_path": '"$user", public',
-    "statement_timeout": "0",
-    "lock_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-    "application_name": "test session",  # what the client asked for, and nothing else
-}
-SESSION_STATE = (
-    "SELECT current_setting('search_path'), current_setting('statement_timeout'),"
-    " current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'),"
-    " current_setting('application_name'), pg_backend_pid(),"
-    " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())"
-)
-
-
-def pooled_sessions_state(url: str, clients: int) -> tuple[list[dict], set[int]]:
-    """`clients` clients of the pooler at once, each inside a transaction so that each holds a
-    server connection of its own: what each server connection's session looks like, and their
-    backends' pids."""
-    sessions = [Session(libpq_dsn(url), autocommit=False) for _ in range(clients)]
-    try:
-        states = [each.run(SESSION_STATE)[0] for each in sessions]
-    finally:
-        for each in sessions:
-            each.rollback()
-            each.close()
-    found = [
-        {
-            **dict(zip(DEFAULT_SESSION, state[:5], strict=True)),
-            "advisory locks held": state[6],
-        }
-        for state in states
-    ]
-    return found, {state[5] for state in states}
-
-
-def advisory_locks(harness) -> list:
-    return admin_rows(
-        harness,
-        "SELECT l.pid, l.classid, l.objid, a.application_name FROM pg_locks l"
-        " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'",
-    )
-
-
-def server_connections_of(harness, role: str, application_name: str = "%") -> set[int]:
-    """The server backends of `role` in this database (whose application_name is LIKE
-    `application_name`)."""
-    return {
-        row[0]
-        for row in admin_rows(
-            harness,
-            "SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = :database"
-            " AND application_name LIKE :application_name",
-            role=role,
-            database=harness.dbname,
-            application_name=application_name,
-        )
-    }
-
-
-def test_transaction_pooler_is_refused_and_leaves_nothing_behind(harness, pgbouncer_transaction):
-    """DATABASE_URL through PgBouncer in transaction mode (Supabase's port 6543): upgrade and
-    preflight refuse in one line pointing to the direct connection or the session pooler, port
-    5432; nothing in the database changed; and the pooled server connections the probe used,
-    handed to other clients, carry PostgreSQL's defaults and no advisory lock."""
-    harness.build_state("drifted")
-    before = database_state(harness)
-    url = pgbouncer_transaction.url_string(harness.dbname, MIGRATOR, harness.server.password)
-    direct = server_connections_of(harness, MIGRATOR)  # the harness's own
-
-    result = harness.cli("upgrade", "head", env={"DATABASE_URL": url})
-    used_by_the_probe = server_connections_of(harness, MIGRATOR) - direct
-    report = preflight("--json", url=url)
-
-    assert_failed_cleanly(
-        result,
-        "transaction-mode connection pooler",
-        "direct connection or the session pooler",
-        "5432",
-        secrets=(harness.server.password,),
-    )
-    assert report.returncode == 1
-    assert report.stdout == ""
-    assert report.stderr.strip() == failed_lines(result)[0], report.stderr
-    assert database_state(harness) == before
-    assert not private_schema_exists(harness)
-    assert version_tables(harness) == []
-    assert advisory_locks(harness) == []
-    states, backends = pooled_sessions_state(url, DEFAULT_POOL_SIZE)
-    assert used_by_the_probe and used_by_the_probe <= backends  # the very connections it used
-    assert states == [{**DEFAULT_SESSION, "advisory locks held": 0}] * DEFAULT_POOL_SIZE
+# The transaction-mode pooler's refusal, with every driver: tests/test_drivers.py.
 
 
 # 7. Behind a session-mode pooler: two migrators converge, and leave the connections clean.
