@@ -284,22 +284,22 @@ def _next(client: Client) -> int:
     return client.counter
 
 
-def _update(client: Client) -> None:
-    if not client.rows:
-        client.stop.wait(0.01)
-        return
-    row = client.rng.choice(client.rows)
-    value = f"{client.name}/{_next(client)}"
-    client.run(UPDATE, (value, row.id), row_id=row.id, value=value)
+def _changing(statement: str):
+    """A client step that sets one of the client's rows' column to a value of its own."""
+
+    def change(client: Client) -> None:
+        if not client.rows:
+            client.stop.wait(0.01)
+            return
+        row = client.rng.choice(client.rows)
+        value = f"{client.name}/{_next(client)}"
+        client.run(statement, (value, row.id), row_id=row.id, value=value)
+
+    return change
 
 
-def _rekey(client: Client) -> None:
-    if not client.rows:
-        client.stop.wait(0.01)
-        return
-    row = client.rng.choice(client.rows)
-    value = f"{client.name}/{_next(client)}"
-    client.run(REKEY, (value, row.id), row_id=row.id, value=value)
+_update = _changing(UPDATE)
+_rekey = _changing(REKEY)
 
 
 def _delete(client: Client) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from app.names import BASELINE_REVISION, UNIQUE_PAIR_REVISION
 from devtools.starting_states import build_state
@@ -88,6 +89,19 @@ def run_alembic_cli(
 
 
 MIGRATOR = "app_migrator"
+# The drivers besides psycopg2 (the suite's own) that the driver tests run each step through.
+OTHER_DRIVERS = ("psycopg", "asyncpg", "psycopg_async")
+
+
+def through(url: str, driver: str, **changes) -> str:
+    """`url` with `driver` named in its scheme, as a user writes DATABASE_URL for it."""
+    return (
+        make_url(url)
+        .set(drivername=f"postgresql+{driver}", **changes)
+        .render_as_string(hide_password=False)
+    )
+
+
 API_ROLES = ("anon", "authenticated", "service_role")
 VERSION_TABLE = "meta_assets_migration.alembic_version"
 BASELINE, HEAD = BASELINE_REVISION, UNIQUE_PAIR_REVISION

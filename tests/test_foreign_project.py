@@ -44,9 +44,9 @@ from tests.support import (
     MigrationHarness,
     failed_lines,
     run_child,
+    through,
 )
 from tests.test_bad_input import assert_failed_cleanly
-from tests.test_drivers import through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
 # What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
@@ -440,29 +440,28 @@ SELECT o.id, p.product, p.quantity FROM orders o, (VALUES
     ('tray', 1)
 ) AS p (product, quantity)
 """
+
+
+def order_lines_call(operation: str) -> str:
+    """The call autogenerate writes for the order lines' unique constraint."""
+    return f"""\
+    op.{operation}(
+        'order_lines_order_id_product_key',
+        'order_lines',
+        ['order_id', 'product'],
+        keep_newest_by=[],
+        row_identity=['id'],
+        private_schema='lossless_unique',
+    )
+"""
+
+
 ENSURE_ORDER_LINES = """\
     # Duplicates of (order_id, product): the row kept is the greatest by keep_newest_by, then by
     # row_identity (here: the greatest id); the others move to an archive in private_schema, and
     # undo_unique_constraint brings them back.
-    op.ensure_unique_constraint(
-        'order_lines_order_id_product_key',
-        'order_lines',
-        ['order_id', 'product'],
-        keep_newest_by=[],
-        row_identity=['id'],
-        private_schema='lossless_unique',
-    )
-"""
-UNDO_ORDER_LINES = """\
-    op.undo_unique_constraint(
-        'order_lines_order_id_product_key',
-        'order_lines',
-        ['order_id', 'product'],
-        keep_newest_by=[],
-        row_identity=['id'],
-        private_schema='lossless_unique',
-    )
-"""
+""" + order_lines_call("ensure_unique_constraint")
+UNDO_ORDER_LINES = order_lines_call("undo_unique_constraint")
 
 
 def add_to_models(shop: Shop) -> None:

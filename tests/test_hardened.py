@@ -66,7 +66,15 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, HEAD, MIGRATOR, VERSION_TABLE, failed_lines
+from tests.support import (
+    BASELINE,
+    HEAD,
+    MIGRATOR,
+    OTHER_DRIVERS,
+    VERSION_TABLE,
+    failed_lines,
+    through,
+)
 from tests.test_bad_input import assert_failed_cleanly
 from tests.test_preflight import preflight
 
@@ -86,12 +94,22 @@ def succeed(result) -> None:
 # 1. Nothing on the migrating role's own search_path runs as the migrator.
 
 
-@pytest.mark.parametrize("path", ["evil, public", "evil, pg_catalog, public"])
-def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles, path):
+@pytest.mark.parametrize(
+    ("path", "driver"),
+    [
+        ("evil, public", "psycopg2"),
+        ("evil, pg_catalog, public", "psycopg2"),
+        *(("evil, pg_catalog, public", driver) for driver in OTHER_DRIVERS),
+    ],
+)
+def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles, path, driver):
     """With the role's search_path starting at a schema the attacker owns, upgrade (every step
     of a drifted table: guard, dedupe, build, promote), check, preflight and downgrade all
-    succeed, and none of the attacker's functions, views, operator or triggers ever ran: not
-    even in a transaction that rolled back (a sequence counts every call)."""
+    succeed through `driver`, and none of the attacker's functions, views, operator or triggers
+    ever ran: not in a transaction that rolled back (a sequence counts every call), not in the
+    queries the driver and SQLAlchemy send when they connect."""
+    url = through(harness.url, driver)
+    as_user = {"DATABASE_URL": url}
     harness.build_state("drifted")
     rows_before = harness.table_rows()
     survivors = {row[0] for row in harness.rows(SURVIVORS)}
@@ -107,13 +125,13 @@ def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles
         def nothing_of_the_attackers_ran(step: str) -> None:
             assert (side_effects(harness), hits(harness) - calls_before) == ([], 0), step
 
-        succeed(harness.cli("upgrade", "head"))
+        succeed(harness.cli("upgrade", "head", env=as_user))
         nothing_of_the_attackers_ran("upgrade")
         assert version_as_admin(harness) == HEAD
-        succeed(harness.cli("check"))
+        succeed(harness.cli("check", env=as_user))
         nothing_of_the_attackers_ran("check")
         for arguments in (["--json"], []):
-            report = preflight(*arguments, url=harness.url)
+            report = preflight(*arguments, url=url)
             assert report.returncode == 0, report.stderr
             nothing_of_the_attackers_ran(f"preflight {arguments}")
             if arguments:
@@ -123,7 +141,7 @@ def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles
     assert harness.count(ARCHIVE) > 0
 
     with migrator_search_path(harness, path):
-        succeed(harness.cli("downgrade", "-1"))
+        succeed(harness.cli("downgrade", "-1", env=as_user))
         nothing_of_the_attackers_ran("downgrade")
         assert version_as_admin(harness) == BASELINE
 

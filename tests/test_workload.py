@@ -77,13 +77,9 @@ def run_workload(harness, state: str, seed: int) -> None:
     serves = SERVES_AT_BASELINE[state]
 
     up_mix, down_mix = Mix.random(rng), Mix.random(rng)
-    before = contents(harness)
-    with traffic(harness, up_mix, rng.randrange(10**9), label="up") as up:
-        upgraded = harness.cli("upgrade", "head")
-    succeed(upgraded)
-    outcomes = up.outcomes
-    problems = unexpected_errors(outcomes, serves_before=serves, serves_after=True)
-    problems += conservation_problems(before, contents(harness), outcomes)
+    upgraded, outcomes, problems = step_under_traffic(
+        harness, up_mix, rng, "upgrade", "head", serves_before=serves, serves_after=True
+    )
     problems += newest_kept_problems(harness, outcomes)
     if state != "empty" and "built" in ledger_actions(harness):
         # One build: nothing the app wrote made the move leave a duplicate behind.
@@ -93,17 +89,26 @@ def run_workload(harness, state: str, seed: int) -> None:
         (CANONICAL_UNIQUE_NAME, CANONICAL_UNIQUE_NAME)
     ]
 
-    before = contents(harness)
-    with traffic(harness, down_mix, rng.randrange(10**9), label="down") as down:
-        downgraded = harness.cli("downgrade", "-1")
-    succeed(downgraded)
-    outcomes = down.outcomes
-    problems = unexpected_errors(outcomes, serves_before=True, serves_after=serves)
-    problems += conservation_problems(before, contents(harness), outcomes)
+    _, _, problems = step_under_traffic(
+        harness, down_mix, rng, "downgrade", "-1", serves_before=True, serves_after=serves
+    )
     assert not problems, f"downgrade under {down_mix.describe()}:\n" + "\n".join(problems[:20])
     assert harness.version() == BASELINE
     assert harness.count(ARCHIVE) == harness.count(UNIQUE_PAIR_LEDGER) == 0
     assert harness.schema_dump() == schema_at_baseline
+
+
+def step_under_traffic(harness, mix, rng, *command: str, serves_before: bool, serves_after: bool):
+    """Run an alembic command while `mix` writes; return its result, what the clients saw, and
+    every error or lost or invented row that the command's step does not explain."""
+    before = contents(harness)
+    with traffic(harness, mix, rng.randrange(10**9), label=command[0]) as running:
+        result = harness.cli(*command)
+    succeed(result)
+    outcomes = running.outcomes
+    problems = unexpected_errors(outcomes, serves_before=serves_before, serves_after=serves_after)
+    problems += conservation_problems(before, contents(harness), outcomes)
+    return result, outcomes, problems
 
 
 # The case the randomized workload meets by chance, forced: the app changes listed rows while
