@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psycopg2
 from alembic import command
 
-from tests.support import PROJECT_ROOT, MigrationHarness, alembic_config
+from tests.support import HEAD, PROJECT_ROOT, MigrationHarness, alembic_config
 
 
 def offline_script(*args: str) -> str:
@@ -83,6 +83,15 @@ def pair_unique_details(harness: MigrationHarness) -> list[tuple]:
 
 BLOCKING = ("-x", "offline_build=blocking")
 SKIPPED = "skipped"
+
+
+def the_offline_scripts() -> dict[str, str]:
+    """The three scripts a user applies by hand: upgrade in each form, and the downgrade."""
+    return {
+        "concurrent": offline_script("upgrade", "head"),
+        "blocking": offline_script(*BLOCKING, "upgrade", "head"),
+        "downgrade": offline_script("downgrade", f"{HEAD}:base"),
+    }
 
 
 def one_query(harness: MigrationHarness, script: str) -> tuple[str | None, list[str]]:

@@ -14,17 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from devtools.starting_states import STATES
 from tests.offline_support import (
-    BLOCKING,
     SKIPPED,
     apply_script,
     ledger_free,
-    offline_script,
     one_query,
     online,
     online_at_head,
     other_database,
     run_psql,
     snapshot,
+    the_offline_scripts,
     without_guard_steps,
 )
 from tests.support import BASELINE, HEAD
@@ -32,11 +31,7 @@ from tests.support import BASELINE, HEAD
 
 @pytest.fixture(scope="module")
 def scripts() -> dict[str, str]:
-    return {
-        "head": offline_script("upgrade", "head"),
-        "head blocking": offline_script(*BLOCKING, "upgrade", "head"),
-        "down": offline_script("downgrade", f"{HEAD}:base"),
-    }
+    return the_offline_scripts()
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -46,8 +41,8 @@ def test_every_path_ends_where_online_ends_and_runs_again(state, harness, script
             database.build_state(state)
 
         online(on, "upgrade", "head")
-        apply_script(harness, scripts["head"])
-        error, _ = one_query(editor, scripts["head blocking"])
+        apply_script(harness, scripts["concurrent"])
+        error, _ = one_query(editor, scripts["blocking"])
         assert error is None
 
         at_head = snapshot(on)
@@ -57,8 +52,8 @@ def test_every_path_ends_where_online_ends_and_runs_again(state, harness, script
         assert without_guard_steps(snapshot(editor)) == without_guard_steps(snapshot(on))
 
         # Run again: nothing left to do, nothing changes, and the script says so.
-        notices = apply_script(harness, scripts["head"])
-        error, editor_notices = one_query(editor, scripts["head blocking"])
+        notices = apply_script(harness, scripts["concurrent"])
+        error, editor_notices = one_query(editor, scripts["blocking"])
         assert error is None
         assert snapshot(harness) == at_head
         assert without_guard_steps(snapshot(editor)) == without_guard_steps(snapshot(on))
@@ -70,9 +65,9 @@ def test_every_path_ends_where_online_ends_and_runs_again(state, harness, script
         online(on, "downgrade", "base")
         at_base = snapshot(on)
         for database, run in ((harness, by_psql), (editor, by_one_query)):
-            run(database, scripts["down"])
+            run(database, scripts["downgrade"])
             assert snapshot(database) == at_base
-            run(database, scripts["down"])
+            run(database, scripts["downgrade"])
             assert snapshot(database) == at_base
 
 
@@ -124,10 +119,10 @@ def test_a_run_stopped_anywhere_completes_when_run_again(state, point, harness, 
     harness.build_state(state)
     rows_before = harness.table_rows()
 
-    result = run_psql(harness, cut(scripts["head"], point))
+    result = run_psql(harness, cut(scripts["concurrent"], point))
     assert result.returncode == 0, result.stderr
 
-    apply_script(harness, scripts["head"])
+    apply_script(harness, scripts["concurrent"])
 
     assert ledger_free(snapshot(harness)) == ledger_free(online_at_head(harness, state))
     archived = harness.rows(f"SELECT id FROM {ARCHIVE}") if state == "drifted" else []
@@ -140,10 +135,10 @@ def test_a_blocking_run_stopped_in_either_revision_completes_when_run_again(
 ):
     harness.build_state("drifted")
 
-    error, _ = one_query(harness, cut(scripts["head blocking"], point))
+    error, _ = one_query(harness, cut(scripts["blocking"], point))
     assert error is None
 
-    error, _ = one_query(harness, scripts["head blocking"])
+    error, _ = one_query(harness, scripts["blocking"])
     assert error is None
     expected = ledger_free(online_at_head(harness, "drifted"))
     assert ledger_free(snapshot(harness)) == expected
@@ -151,7 +146,7 @@ def test_a_blocking_run_stopped_in_either_revision_completes_when_run_again(
 
 def test_a_downgrade_stopped_midway_completes_when_run_again(harness, scripts):
     harness.build_state("drifted")
-    apply_script(harness, scripts["head"])
+    apply_script(harness, scripts["concurrent"])
     with other_database(harness, "online") as on:
         on.build_state("drifted")
         online(on, "upgrade", "head")
@@ -159,11 +154,11 @@ def test_a_downgrade_stopped_midway_completes_when_run_again(harness, scripts):
         at_base = snapshot(on)
 
     # The unique pair's downgrade commits, the baseline's is left open.
-    result = run_psql(harness, cut(scripts["down"], "before COMMIT 3"))
+    result = run_psql(harness, cut(scripts["downgrade"], "before COMMIT 3"))
     assert result.returncode == 0, result.stderr
     assert harness.version() == BASELINE
 
-    apply_script(harness, scripts["down"])
+    apply_script(harness, scripts["downgrade"])
     assert snapshot(harness) == at_base
 
 
@@ -172,7 +167,7 @@ def test_a_failed_concurrent_build_and_a_kept_invalid_index_are_completed(harnes
     and leaves an INVALID index; the promotion refuses an INVALID index that IF NOT EXISTS kept
     and changes nothing; the whole script run again drops it and builds the index."""
     harness.build_state("drifted")
-    script = scripts["head"]
+    script = scripts["concurrent"]
     build = script.index("-- Not schema-qualified on purpose")
     until_build, from_build = script[:build], script[build:]
     result = run_psql(harness, until_build)
@@ -222,11 +217,11 @@ def test_a_constraint_dropped_by_hand_after_the_upgrade_is_not_built_again(harne
     does nothing there: not even where someone has since dropped the constraint by hand (the
     concurrent build then runs on a temporary stand-in)."""
     harness.build_state("drifted")
-    apply_script(harness, scripts["head"])
+    apply_script(harness, scripts["concurrent"])
     harness.execute(f"ALTER TABLE public.meta_assets_cache DROP CONSTRAINT {CANONICAL_UNIQUE_NAME}")
     before = snapshot(harness)
 
-    notices = apply_script(harness, scripts["head"])
+    notices = apply_script(harness, scripts["concurrent"])
 
     assert snapshot(harness) == before
     assert notices.count(SKIPPED) == 2
@@ -239,20 +234,21 @@ def test_the_concurrent_form_sent_as_one_query_changes_nothing_then_the_blocking
     harness.build_state("drifted")
     before = snapshot(harness)
 
-    error, _ = one_query(harness, scripts["head"])
+    error, _ = one_query(harness, scripts["concurrent"])
 
     assert error is not None and "sent as one query" in error
     assert "offline_build=blocking" in error
     assert snapshot(harness) == before
-    error, _ = one_query(harness, scripts["head blocking"])
+    error, _ = one_query(harness, scripts["blocking"])
     assert error is None
     expected = ledger_free(online_at_head(harness, "drifted"))
     assert ledger_free(snapshot(harness)) == expected
 
 
 def test_each_form_says_at_its_top_which_it_is(scripts):
-    assert scripts["head"].startswith("-- CONCURRENT form")
-    assert scripts["head"].index("DO $one_statement_at_a_time$") < scripts["head"].index("BEGIN;")
-    assert scripts["head blocking"].startswith("-- BLOCKING form")
-    assert "CREATE UNIQUE INDEX CONCURRENTLY" not in scripts["head blocking"]
-    assert "offline_build=blocking" in scripts["head"].split("DO $")[0]
+    concurrent, blocking = scripts["concurrent"], scripts["blocking"]
+    assert concurrent.startswith("-- CONCURRENT form")
+    assert concurrent.index("DO $one_statement_at_a_time$") < concurrent.index("BEGIN;")
+    assert blocking.startswith("-- BLOCKING form")
+    assert "CREATE UNIQUE INDEX CONCURRENTLY" not in blocking
+    assert "offline_build=blocking" in concurrent.split("DO $")[0]

@@ -10,19 +10,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from alembic_lossless_unique.rerunnable import DUE, AlembicChanged, make_rerunnable
-from tests.offline_support import BLOCKING, offline_script
-from tests.support import BASELINE, HEAD, alembic_config
-
-VERSION_TABLE = "meta_assets_migration.alembic_version"
+from tests.offline_support import the_offline_scripts
+from tests.support import BASELINE, HEAD, VERSION_TABLE, alembic_config
 
 
 @pytest.fixture(scope="module")
 def scripts() -> dict[str, str]:
-    return {
-        "concurrent": offline_script("upgrade", "head"),
-        "blocking": offline_script(*BLOCKING, "upgrade", "head"),
-        "downgrade": offline_script("downgrade", f"{HEAD}:base"),
-    }
+    return the_offline_scripts()
 
 
 @pytest.mark.parametrize("name", ["concurrent", "blocking", "downgrade"])
