@@ -66,7 +66,21 @@ CONCURRENT_LOCK = (
 # move archives about 160k rows a second. Hardware differs: the estimates are the order of
 # magnitude, not a promise.
 BUILD_BYTES_PER_SECOND = 90 * 1024 * 1024
+# A concurrent build scans the heap twice (build, then validate), so it takes about twice as long.
+CONCURRENT_BUILD_PASSES = 2
 MOVE_ROWS_PER_SECOND = 160_000
+# The offline script's blocking form stalls writes about this long per GB of table
+# (pg_total_relation_size), measured by bench/offline_forms.py (BENCHMARKS.md, "The offline
+# script's two forms").
+BLOCKING_STALL_SECONDS_PER_GB = 8.0
+# Above this, the blocking form's stall is one the app notices: say to prefer the other paths.
+NOTICEABLE_STALL_SECONDS = 1.0
+
+
+def build_seconds(table_bytes: int, *, concurrently: bool) -> float:
+    """About how long a unique build on a table of `table_bytes` of heap takes."""
+    passes = CONCURRENT_BUILD_PASSES if concurrently else 1
+    return table_bytes / BUILD_BYTES_PER_SECOND * passes
 
 
 def about_seconds(seconds: float) -> str:
@@ -203,13 +217,6 @@ def downgrade_problems(
     return [f"{when}: {problem}" for problem in found if problem not in upgrade_problems]
 
 
-# The blocking form's write stall per GB of table (pg_total_relation_size), measured by
-# bench/offline_forms.py on a durable server (BENCHMARKS.md, "The offline script's two forms").
-BLOCKING_STALL_SECONDS_PER_GB = 8.0
-# Above this, the blocking form's stall is one the app notices: say to prefer the other paths.
-NOTICEABLE_STALL_SECONDS = 1.0
-
-
 def offline_lines(plan: Plan, report: Report) -> tuple[float | None, list[str]]:
     """What the offline script would do to the table's writes, in each form."""
     main = plan.main
@@ -313,6 +320,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
         repointed = sum(fk.rows_to_repoint or 0 for fk in report.foreign_keys)
         no_unique = "ON CONFLICT upserts of the key keep failing (42P10: no unique serves them yet)"
         move = report.rows_to_archive + report.duplicate_groups
+        concurrent_build = about_seconds(build_seconds(report.table_bytes, concurrently=True))
         steps += [
             Step(
                 "install the duplicate guard (two triggers and a function)",
@@ -333,8 +341,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
             Step(
                 f"build unique index {name} concurrently",
                 CONCURRENT_LOCK,
-                f"nothing waits (about"
-                f" {report.table_bytes / BUILD_BYTES_PER_SECOND * 2:.0f} s of build);"
+                f"nothing waits ({concurrent_build} of build);"
                 f" {no_unique} until the index is valid, then they work",
             ),
             Step(
@@ -389,7 +396,8 @@ def planned_downgrade(
         return []
     settings = db.settings
     rebuilt = [s.detail for s in steps_done if s.action in ("dropped_redundant", "promoted")]
-    build = about_seconds(report.table_bytes / BUILD_BYTES_PER_SECOND)
+    concurrent_build = about_seconds(build_seconds(report.table_bytes, concurrently=True))
+    one_build = build_seconds(report.table_bytes, concurrently=False)
     inside = indexes.rebuild_in_transaction(db, target)
     steps = []
     if rebuilt and not inside:
@@ -397,8 +405,8 @@ def planned_downgrade(
             Step(
                 "rebuild " + ", ".join(d["index_name"] for d in rebuilt) + " concurrently",
                 CONCURRENT_LOCK,
-                f"nothing waits; while it builds ({build} a unique), PostgreSQL 18 and older"
-                " fail some ON CONFLICT upserts that race on a key with 23505"
+                f"nothing waits; while it builds ({concurrent_build} a unique), PostgreSQL 18"
+                " and older fail some ON CONFLICT upserts that race on a key with 23505"
                 " (unique_violation) or 40P01 (deadlock): -x downgrade_rebuild=in_transaction"
                 " trades that for waiting",
             )
@@ -407,12 +415,14 @@ def planned_downgrade(
     lock_for = [f"{restored} archived rows move back"] if restored else []
     if rebuilt and inside:
         lock_for.append(
-            "the build of " + ", ".join(d["index_name"] for d in rebuilt) + f" ({build} each)"
+            "the build of "
+            + ", ".join(d["index_name"] for d in rebuilt)
+            + f" ({about_seconds(one_build)} each)"
         )
     serves_after = any(s.detail.get("uniques") for s in steps_done if s.action == "found")
     held = restored / MOVE_ROWS_PER_SECOND
     if rebuilt and inside:
-        held += len(rebuilt) * report.table_bytes / BUILD_BYTES_PER_SECOND
+        held += len(rebuilt) * one_build
     after = (
         "no upsert fails"
         if serves_after
