@@ -130,9 +130,13 @@ def run_bare(driver: str, dbapi_connection: Any, statement: str) -> None:
             dbapi_connection.autocommit = False
 
 
-def fetch_bare(dbapi_connection: Any, query: str) -> Any:
-    """The first column of the first row of `query`, on a bare connection in autocommit (made
-    with bare_connect_arguments: for asyncpg, an unnamed statement)."""
+def fetch_bare(driver: str, dbapi_connection: Any, query: str) -> Any:
+    """The first column of the first row of `query`, on a bare connection in autocommit.
+    asyncpg: its own fetchval on a connection made with bare_connect_arguments, an unnamed
+    statement (SQLAlchemy's adapter prepares a named one, and asyncpg before 0.30 names it even
+    with the statement cache off)."""
+    if driver == "asyncpg":
+        return _awaited(dbapi_connection.driver_connection.fetchval(query))
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(query)

@@ -221,7 +221,7 @@ def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
     cparams.update(connect_args)
 
     def backend(dbapi_connection) -> int:
-        return drivers.fetch_bare(dbapi_connection, "SELECT pg_catalog.pg_backend_pid()")
+        return drivers.fetch_bare(driver, dbapi_connection, "SELECT pg_catalog.pg_backend_pid()")
 
     first = engine.dialect.connect(*cargs, **cparams)
     try:
