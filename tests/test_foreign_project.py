@@ -59,7 +59,15 @@ ORDERS_UNIQUE = target_from_arguments(
 SHOP_HEAD, SHOP_BASE = "0002", "0001"
 # Not copied into the wheel's build: caches, environments, and what an earlier build left.
 NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", ".cache", ".ruff_cache", ".pytest_cache", "__pycache__", "*.egg-info", "build"
+    ".git",
+    ".venv",
+    ".venv-*",
+    ".cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "__pycache__",
+    "*.egg-info",
+    "build",
 )
 # What the shop installs beside the wheel: its driver (as an extra) and its own test tools.
 SHOP_TOOLS = ("pytest>=8,<9.1", "pytest-alembic>=0.12")
