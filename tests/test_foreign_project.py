@@ -2,12 +2,13 @@
 environment.
 
 The shop (tests/projects/shop, copied into a temporary directory) is a separate Alembic
-project: its own env.py (Alembic's usual template plus the one run_migrations call), its own
+project: its own env.py (Alembic's usual template plus the one run_migrations call, opted in to
+safe autogenerate), Alembic's async template beside it (migrations/env_async.py), its own
 top-level `app/` package and its own revisions 0001 (orders and their lines) and 0002
-(op.ensure_unique_constraint on orders). The wheel is built from this repository once per
-session and installed, with psycopg2 as its driver extra and the shop's test tools, into a new
-virtual environment; every command runs with that environment's Python, in the shop's
-directory, as its developers would run it.
+(op.ensure_unique_constraint on orders); one test autogenerates a 0003. The wheel is built from
+this repository once per session and installed, with its psycopg2, asyncpg and psycopg-async
+extras and the shop's test tools, into a new virtual environment; every command runs with that
+environment's Python, in the shop's directory, as its developers would run it.
 """
 
 import json
