@@ -97,9 +97,11 @@ def succeed(result) -> None:
 @pytest.mark.parametrize(
     ("path", "driver"),
     [
-        ("evil, public", "psycopg2"),
-        ("evil, pg_catalog, public", "psycopg2"),
-        *(("evil, pg_catalog, public", driver) for driver in OTHER_DRIVERS),
+        pytest.param("evil, public", "psycopg2", id="before-pg_catalog-psycopg2"),
+        *(
+            pytest.param("evil, pg_catalog, public", driver, id=driver)
+            for driver in ("psycopg2", *OTHER_DRIVERS)
+        ),
     ],
 )
 def test_code_on_the_roles_search_path_never_runs_as_the_migrator(harness, roles, path, driver):
