@@ -44,7 +44,7 @@ from alembic_lossless_unique.operations import (
     UniqueConstraintOp,
 )
 from alembic_lossless_unique.sqltext import MAX_IDENTIFIER_BYTES
-from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA
+from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA, default_constraint_name
 
 IMPORT = "import alembic_lossless_unique"
 # Rendered comments fit a 100-column line at the revision's indentation.
@@ -185,7 +185,7 @@ def _constraint_name(op: ops.CreateUniqueConstraintOp) -> str:
     columns, `key`): the operation needs a name to converge on and to undo."""
     if op.constraint_name:
         return op.constraint_name
-    name = f"{op.table_name}_{'_'.join(op.columns)}_key"
+    name = default_constraint_name(op.table_name, op.columns)
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
         raise CommandError(
             f"autogenerate: the unique constraint on {_display(op.schema, op.table_name)}"

@@ -182,8 +182,7 @@ def run_on(
             surroundings.announce_replication(
                 db,
                 [schema],
-                "python -m alembic_lossless_unique.subscriber_ddl (the operation's arguments,"
-                f" and --version-table {schema}.{table})",
+                surroundings.version_table_ddl_command(schema, table),
                 log,
             )
             ensure_version_table(db, schema, table)

@@ -32,20 +32,22 @@ def unique_index_definition(target: UniqueTarget, name: str) -> str:
     )
 
 
-def concurrently(definition: str) -> str:
-    """pg_get_indexdef() text -> the same index, built without blocking writes."""
+def _with_option(definition: str, option: str) -> str:
+    """pg_get_indexdef() text with `option` written after CREATE [UNIQUE] INDEX."""
     for prefix in ("CREATE UNIQUE INDEX ", "CREATE INDEX "):
         if definition.startswith(prefix):
-            return prefix + "CONCURRENTLY " + definition[len(prefix) :]
+            return f"{prefix}{option} {definition[len(prefix) :]}"
     raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
+
+
+def concurrently(definition: str) -> str:
+    """pg_get_indexdef() text -> the same index, built without blocking writes."""
+    return _with_option(definition, "CONCURRENTLY")
 
 
 def if_not_exists(definition: str) -> str:
     """pg_get_indexdef() text -> the same index, built unless one of that name exists."""
-    for prefix in ("CREATE UNIQUE INDEX ", "CREATE INDEX "):
-        if definition.startswith(prefix):
-            return prefix + "IF NOT EXISTS " + definition[len(prefix) :]
-    raise MigrationAbort(f"cannot rebuild an index from an unexpected definition: {definition}")
+    return _with_option(definition, "IF NOT EXISTS")
 
 
 def renamed(definition: str, old: str, new: str) -> str:

@@ -45,7 +45,14 @@ from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.plan import plan_sql
 from alembic_lossless_unique.rerunnable import DUE
 from alembic_lossless_unique.settings import OFFLINE_BUILDS, MigrationSettings
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, idents, literal, literal_array
+from alembic_lossless_unique.sqltext import (
+    dollar_quoted,
+    executed_when,
+    ident,
+    idents,
+    literal,
+    literal_array,
+)
 from alembic_lossless_unique.surroundings import surroundings_sql
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -191,8 +198,7 @@ def gated(statement: str, condition: str = DUE) -> str:
             raise ValueError(f"a DO block without a BEGIN line of its own: {statement[:80]}")
         at = lines.index("BEGIN") + 1
         return f"DO {marker}" + "\n".join([*lines[:at], check, *lines[at:]]) + marker
-    body = f"\nBEGIN\n{check}\n    EXECUTE {literal(statement)};\nEND\n"
-    return f"DO {dollar_quoted(body, 'gated')}"
+    return executed_when(condition, statement)
 
 
 def gated_statements(statements: list[str], condition: str = DUE) -> str:
@@ -274,12 +280,17 @@ DECLARE
     step record;"""
 
 
-def _read_plan(target: UniqueTarget) -> str:
-    """plpgsql: `built_before`, then `converged` and `main_action` from the plan."""
+def _read_built_before(target: UniqueTarget) -> str:
+    """plpgsql: `built_before` from the ledger, where there is one yet (the plan's input)."""
     return f"""
     IF pg_catalog.to_regclass({literal(target.ledger)}) IS NOT NULL THEN
         EXECUTE {literal("SELECT " + ledger.built_before_sql(target))} INTO built_before;
-    END IF;
+    END IF;"""
+
+
+def _read_plan(target: UniqueTarget) -> str:
+    """plpgsql: `built_before`, then `converged` and `main_action` from the plan."""
+    return f"""{_read_built_before(target)}
     SELECT coalesce(pg_catalog.bool_and(p.action IN ('keep', 'leave_alone')), false),
            (pg_catalog.array_agg(p.action ORDER BY p.position)
                 FILTER (WHERE p.action IN ('keep', 'rename', 'promote', 'build')))[1]
@@ -358,10 +369,7 @@ def _converge_sql(target: UniqueTarget, build: str, tag: str) -> str:
     comment_off = literal(indexes.set_index_comment_sql(target, target.constraint_name, None))
     body = f"""{_DECLARE}
     operators text[];
-BEGIN
-    IF pg_catalog.to_regclass({literal(target.ledger)}) IS NOT NULL THEN
-        EXECUTE {literal("SELECT " + ledger.built_before_sql(target))} INTO built_before;
-    END IF;
+BEGIN{_read_built_before(target)}
     FOR step IN {plan_sql(target, "built_before")} LOOP
         CASE step.action
         WHEN 'refuse' THEN

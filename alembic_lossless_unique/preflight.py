@@ -42,7 +42,11 @@ from alembic_lossless_unique.operations import target_from_arguments
 from alembic_lossless_unique.plan import Plan
 from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.sqltext import ident
-from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
+from alembic_lossless_unique.target import (
+    DEFAULT_PRIVATE_SCHEMA,
+    UniqueTarget,
+    default_constraint_name,
+)
 
 R = TypeVar("R")
 
@@ -398,7 +402,7 @@ def planned_downgrade(
     rebuilt = [s.detail for s in steps_done if s.action in ("dropped_redundant", "promoted")]
     concurrent_build = about_seconds(build_seconds(report.table_bytes, concurrently=True))
     one_build = build_seconds(report.table_bytes, concurrently=False)
-    inside = indexes.rebuild_in_transaction(db, target)
+    inside = bool(rebuilt) and indexes.rebuild_in_transaction(db, target)
     steps = []
     if rebuilt and not inside:
         steps.append(
@@ -413,16 +417,15 @@ def planned_downgrade(
         )
     restored = report.rows_already_archived
     lock_for = [f"{restored} archived rows move back"] if restored else []
-    if rebuilt and inside:
+    held = restored / MOVE_ROWS_PER_SECOND
+    if inside:
         lock_for.append(
             "the build of "
             + ", ".join(d["index_name"] for d in rebuilt)
             + f" ({about_seconds(one_build)} each)"
         )
-    serves_after = any(s.detail.get("uniques") for s in steps_done if s.action == "found")
-    held = restored / MOVE_ROWS_PER_SECOND
-    if rebuilt and inside:
         held += len(rebuilt) * one_build
+    serves_after = any(s.detail.get("uniques") for s in steps_done if s.action == "found")
     after = (
         "no upsert fails"
         if serves_after
@@ -431,7 +434,7 @@ def planned_downgrade(
     steps.append(
         Step(
             "in one transaction with the revision: drop the constraint (or rename it back),"
-            + (" build the uniques the upgrade dropped," if rebuilt and inside else "")
+            + (" build the uniques the upgrade dropped," if inside else "")
             + f" restore {restored} archived rows, drop the archive and ledger",
             f"ACCESS EXCLUSIVE, under lock_timeout {settings.lock_timeout:g} s with up to"
             f" {settings.lock_retries} attempts",
@@ -555,7 +558,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 def target_of(arguments: argparse.Namespace) -> UniqueTarget:
     columns = _names(arguments.columns)
     return target_from_arguments(
-        arguments.constraint or f"{arguments.table}_{'_'.join(columns)}_key",
+        arguments.constraint or default_constraint_name(arguments.table, columns),
         arguments.table,
         columns,
         schema=arguments.schema,

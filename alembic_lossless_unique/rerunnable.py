@@ -46,7 +46,13 @@ from typing import Any
 from sqlalchemy.sql.ddl import CreateTable
 
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.sqltext import dollar_quoted, literal, literal_array, qualified
+from alembic_lossless_unique.sqltext import (
+    dollar_quoted,
+    executed_when,
+    literal,
+    literal_array,
+    qualified,
+)
 
 DUE_SETTING = "alembic_lossless_unique.due"
 
@@ -147,11 +153,9 @@ class Rerunnable:
             elif self.step is not None and not self.outside_transaction:
                 statement = self._written(execute, construct)
                 # SQL of this package's own checks DUE itself, statement by statement.
-                self.impl.static_output(
-                    statement + self.impl.command_terminator
-                    if DUE in statement
-                    else self._when_due(statement)
-                )
+                if DUE not in statement:
+                    statement = executed_when(DUE, statement)
+                self.impl.static_output(statement + self.impl.command_terminator)
                 return None
             return execute(construct, *args, **kwargs)
 
@@ -168,16 +172,6 @@ class Rerunnable:
             self.impl.static_output = static_output
         _require(len(written) == 1, "writes each statement with one static_output")
         return written[0].strip().removesuffix(self.impl.command_terminator)
-
-    def _when_due(self, statement: str) -> str:
-        body = f"""
-BEGIN
-    IF {DUE} THEN
-        EXECUTE {literal(statement)};
-    END IF;
-END
-"""
-        return f"DO {dollar_quoted(body, 'when_due')};"
 
     # Due or not, from the version table.
 

@@ -54,6 +54,17 @@ def dollar_quoted(body: str, tag: str) -> str:
     return f"{marker}{body}{marker}"
 
 
+def executed_when(condition: str, statement: str) -> str:
+    """A DO block that runs `statement` only where the SQL boolean `condition` holds."""
+    body = f"""
+BEGIN
+    IF NOT {condition} THEN RETURN; END IF;
+    EXECUTE {literal(statement)};
+END
+"""
+    return f"DO {dollar_quoted(body, 'gated')}"
+
+
 def qualified_relation_sql(oid: str) -> str:
     """SQL for `schema.name` of a relation oid, always qualified (regclass's text output drops
     the schema of whatever the search_path makes visible)."""

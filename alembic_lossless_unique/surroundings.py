@@ -186,24 +186,30 @@ def replication_announcements(
 
 def announce_replication(
     db: Database, schemas: list[str], ddl_command: str, log: logging.Logger
-) -> list[str]:
+) -> None:
     """Log the replication announcements, each publication once per migrator connection (the
-    environment and the operation both ask, before each writes its tables); return them."""
-    publications = carrying_publications(db, schemas)
+    environment and the operation both ask, before each writes its tables)."""
     said = db.connection.info.setdefault(_ANNOUNCED, set())
-    for publication in publications:
+    for publication in carrying_publications(db, schemas):
         if publication[0] not in said:
             log.warning("%s", *replication_announcements([publication], schemas, ddl_command))
             said.add(publication[0])
-    return replication_announcements(publications, schemas, ddl_command)
 
 
 _ANNOUNCED = "lossless_unique_replication_announced"
 
 
+SUBSCRIBER_DDL = "python -m alembic_lossless_unique.subscriber_ddl"
+
+
 def subscriber_ddl_command(target: UniqueTarget) -> str:
     """The command that prints the subscriber's DDL for `target`."""
     return (
-        "python -m alembic_lossless_unique.subscriber_ddl --table"
-        f" {target.table} --columns {','.join(target.columns)} (the operation's arguments)"
+        f"{SUBSCRIBER_DDL} --table {target.table} --columns {','.join(target.columns)}"
+        " (the operation's arguments)"
     )
+
+
+def version_table_ddl_command(schema: str, table: str) -> str:
+    """The command that prints the subscriber's DDL where the version table is `schema.table`."""
+    return f"{SUBSCRIBER_DDL} (the operation's arguments, and --version-table {schema}.{table})"

@@ -2,12 +2,19 @@
 duplicate group stays, and where the operation keeps what it moves aside. Every other name
 (archive, ledger, guard, work table) is derived here, in one place."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import MAX_IDENTIFIER_BYTES, derived_name, qualified
 
 DEFAULT_PRIVATE_SCHEMA = "lossless_unique"
+
+
+def default_constraint_name(table: str, columns: Sequence[str]) -> str:
+    """The name PostgreSQL gives a unique constraint declared without one: TABLE_COLUMNS_key
+    (which it would shorten past MAX_IDENTIFIER_BYTES)."""
+    return f"{table}_{'_'.join(columns)}_key"
 
 
 @dataclass(frozen=True)
