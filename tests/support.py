@@ -60,6 +60,12 @@ def failed_lines(result: AlembicResult) -> list[str]:
     return [line for line in result.output.splitlines() if line.startswith("FAILED:")]
 
 
+def succeed(result: AlembicResult) -> None:
+    """The command exited 0 and printed no FAILED: line."""
+    assert result.returncode == 0, result.output
+    assert failed_lines(result) == []
+
+
 def run_child(
     command: list[str], *, cwd: Path, env: dict[str, str], timeout: float
 ) -> AlembicResult:

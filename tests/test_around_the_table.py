@@ -26,7 +26,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, failed_lines
+from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, failed_lines, succeed
 
 TABLE = "public.meta_assets_cache"
 REPOINTED = "meta_assets_migration.meta_assets_cache_archive_repointed"
@@ -46,10 +46,6 @@ def fingerprint(harness, *tables: str) -> dict[str, str]:
 def database_state(harness, *tables: str) -> tuple:
     """The whole schema, every involved table's rows, and the revision."""
     return harness.schema_dump(), fingerprint(harness, TABLE, *tables), harness.version()
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
 
 
 def one_failed_line(result) -> str:

@@ -46,7 +46,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, MIGRATOR, OTHER_DRIVERS, failed_lines, through
+from tests.support import BASELINE, MIGRATOR, OTHER_DRIVERS, failed_lines, succeed, through
 from tests.test_bad_input import SECRET, assert_failed_cleanly
 from tests.test_preflight import preflight
 
@@ -54,11 +54,6 @@ from tests.test_preflight import preflight
 @pytest.fixture(params=OTHER_DRIVERS)
 def driver(request) -> str:
     return request.param
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
-    assert failed_lines(result) == []
 
 
 def build_command(harness) -> list[str]:

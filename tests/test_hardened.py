@@ -73,6 +73,7 @@ from tests.support import (
     OTHER_DRIVERS,
     VERSION_TABLE,
     failed_lines,
+    succeed,
     through,
 )
 from tests.test_bad_input import assert_failed_cleanly
@@ -84,11 +85,6 @@ def roles(harness):
     created = Roles(harness)
     yield created
     created.drop_all()
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
-    assert failed_lines(result) == []
 
 
 # 1. Nothing on the migrating role's own search_path runs as the migrator.

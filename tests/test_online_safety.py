@@ -29,7 +29,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, failed_lines
+from tests.support import BASELINE, failed_lines, succeed
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,6 @@ def old_snapshot(harness) -> Session:
 
 def migrator(harness, *args: str, env: dict[str, str] | None = None):
     return start_alembic(*args, env={"DATABASE_URL": harness.url, **(env or {})})
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
 
 
 # 1. Writers are never stalled.

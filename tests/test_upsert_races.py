@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from devtools.app_traffic import Mix, errors_by_sqlstate
-from tests.support import BASELINE, PROJECT_ROOT
+from tests.support import BASELINE, PROJECT_ROOT, succeed
 from tests.traffic_support import (
     UNIQUE_VIOLATION,
     long_reader,
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.slow
 RACERS = Mix(upsert=16, upsert_group=4, existing_key_share=0.2)
 # Longer than the migrator takes to reach the step the reader holds up.
 READER_SECONDS = 2.0
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
 
 
 def assert_every_upsert_served(running) -> None:

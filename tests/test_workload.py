@@ -28,7 +28,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import BASELINE, HEAD
+from tests.support import BASELINE, HEAD, succeed
 from tests.traffic_support import traffic, unexpected_errors
 from tests.workload_support import (
     conservation_problems,
@@ -48,10 +48,6 @@ SERVES_AT_BASELINE = {
     "both": True,
 }
 KEYS = int(os.environ.get("WORKLOAD_KEYS", "300"))
-
-
-def succeed(result) -> None:
-    assert result.returncode == 0, result.output
 
 
 @pytest.mark.parametrize("state", STATES)
