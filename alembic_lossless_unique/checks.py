@@ -243,6 +243,15 @@ def _foreign_key_problems(target: UniqueTarget) -> str:
             END LOOP;"""
 
 
+def _not_null(columns: str) -> str:
+    """A plpgsql text expression: `x.a IS NOT NULL AND ...` for the columns in the text[]
+    expression `columns` (NULLs never collide on a unique)."""
+    return (
+        "(SELECT pg_catalog.string_agg(pg_catalog.format('x.%I IS NOT NULL', c), ' AND ')"
+        f" FROM pg_catalog.unnest({columns}) AS c)"
+    )
+
+
 def _key_not_null(target: UniqueTarget, alias: str) -> str:
     """A plpgsql text expression: `alias.k IS NOT NULL AND ...` for the key columns."""
     return literal(" AND ".join(f"{alias}.{ident(c)} IS NOT NULL" for c in target.columns))
@@ -364,13 +373,14 @@ BEGIN
                                                     AND b.attname = a.attname
                                                     AND NOT b.attisdropped))
         LOOP
+            -- Two statements, each linear in the archived rows: a semi-join into the live
+            -- table (through the very unique being checked), and a grouping of the archive by
+            -- the key. Written as one EXISTS ... OR EXISTS, PostgreSQL runs a correlated scan
+            -- of the whole archive for every archived row.
             EXECUTE pg_catalog.format(
-                'SELECT pg_catalog.count(*) FROM %1$s x WHERE %2$s AND (EXISTS ('
-                'SELECT 1 FROM {escape_format(target.qualified_table)} y WHERE %3$s) OR EXISTS ('
-                'SELECT 1 FROM %1$s y WHERE %3$s AND y.ctid <> x.ctid))',
-                {archive},
-                (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I IS NOT NULL', c), ' AND ')
-                   FROM pg_catalog.unnest(index_row.columns) AS c),
+                'SELECT pg_catalog.count(*) FROM %1$s x WHERE %2$s AND EXISTS ('
+                'SELECT 1 FROM {escape_format(target.qualified_table)} y WHERE %3$s)',
+                {archive}, {_not_null("index_row.columns")},
                 {
         joined_sql(
             "x.%1$I %2$s y.%1$I",
@@ -382,10 +392,27 @@ BEGIN
                INTO counted;
             IF counted > 0 THEN
                 problems := problems || pg_catalog.format(
-                    '%s archived rows of %s have (%s) values that a live row now uses or that'
-                    ' another archived row has (unique %s), so they cannot return: the app has'
-                    ' re-used them since the upgrade; change or delete those live rows, or the'
-                    ' archived ones in %s, then downgrade again', counted, {display},
+                    '%s archived rows of %s have (%s) values that a live row now uses (unique'
+                    ' %s), so they cannot return: the app has re-used them since the upgrade;'
+                    ' change or delete those live rows, or the archived ones in %s, then'
+                    ' downgrade again', counted, {display},
+                    pg_catalog.array_to_string(index_row.columns, ', '), index_row.index_name,
+                    {archive});
+            END IF;
+            -- Grouping compares with the key types' default equality, as the unique does.
+            EXECUTE pg_catalog.format(
+                'SELECT coalesce(pg_catalog.sum(copies), 0) FROM (SELECT pg_catalog.count(*)'
+                ' AS copies FROM %1$s x WHERE %2$s GROUP BY %3$s'
+                ' HAVING pg_catalog.count(*) > 1) AS shared',
+                {archive}, {_not_null("index_row.columns")},
+                (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I', c), ', ')
+                   FROM pg_catalog.unnest(index_row.columns) AS c))
+               INTO counted;
+            IF counted > 0 THEN
+                problems := problems || pg_catalog.format(
+                    '%s archived rows of %s share their (%s) values with another archived row'
+                    ' (unique %s), so they cannot all return: keep one of each in %s, then'
+                    ' downgrade again', counted, {display},
                     pg_catalog.array_to_string(index_row.columns, ', '), index_row.index_name,
                     {archive});
             END IF;

@@ -447,11 +447,15 @@ def test_a_column_added_after_the_upgrade_takes_its_default(drifted):
             "values that a live row now uses",
         ),
         (
+            f"INSERT INTO {ARCHIVE} SELECT * FROM {ARCHIVE} LIMIT 1",
+            "share their (id) values with another archived row",
+        ),
+        (
             "ALTER TABLE public.meta_assets_cache ALTER COLUMN quality_rating TYPE varchar(10)",
             "column quality_rating of public.meta_assets_cache is character varying(10) now",
         ),
     ],
-    ids=["dropped-column", "new-not-null-column", "reused-id", "changed-type"],
+    ids=["dropped-column", "new-not-null-column", "reused-id", "archived-twice", "changed-type"],
 )
 def test_what_the_downgrade_cannot_restore_is_refused_before_anything(drifted, change, expected):
     """Found before the downgrade changes anything: one line that says what to do; the
