@@ -58,6 +58,7 @@ from bench.starting_tables import (  # noqa: E402
     Mix,
     build_deduped_and_constrained,
     build_drifted,
+    build_upgraded,
     census,
     table_facts,
 )
@@ -213,6 +214,7 @@ def run_comparison(
     shape = build_drifted(server, rows, mix)
     info.tables.append(table_facts(server, mix, shape))
     build_deduped_and_constrained(server)
+    build_upgraded(server, PROJECT_ROOT)
     workload = Workload(shape, info.duplicate_rate)
     return run_rounds(server, CONTENDERS, workload, templates_census(server, CONTENDERS), repeat)
 
@@ -220,13 +222,15 @@ def run_comparison(
 def run_growth(
     server: ThrowawayServer, info: RunInfo, sizes: list[int], mix: Mix, repeat: int
 ) -> list[GrowthPoint]:
-    """Ours and the reference at each size, on one server: each size's table replaces the last."""
+    """Ours, its rollback and the reference at each size, on one server: each size's table
+    replaces the last."""
     points = []
     for rows in sizes:
         print(f"\ngrowth: {rows:,} rows", flush=True)
         shape = build_drifted(server, rows, mix)
         facts = table_facts(server, mix, shape)
         info.tables.append(facts)
+        build_upgraded(server, PROJECT_ROOT)
         workload = Workload(shape, info.duplicate_rate)
         before = templates_census(server, GROWTH_CONTENDERS)
         results = run_rounds(server, GROWTH_CONTENDERS, workload, before, repeat)

@@ -1,6 +1,8 @@
 """Connections to the benchmark's throwaway server."""
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,3 +53,10 @@ def command_env(server: ThrowawayServer, database: str) -> dict[str, str]:
         "DATABASE_URL": url,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def alembic(*arguments: str) -> list[str]:
+    """The command exactly as a user types it; python -m alembic only if it is not on PATH."""
+    alembic_bin = shutil.which("alembic")
+    program = [alembic_bin] if alembic_bin else [sys.executable, "-m", "alembic"]
+    return [*program, *arguments]

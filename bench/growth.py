@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from bench.runs import Result, result_from_json, result_to_json
-from bench.targets import GROWTH_PER_ROW, Target, kinds_text, ratio
+from bench.targets import GROWTH_PER_ROW, ROLLBACK_VS_UPGRADE, Target, kinds_text, ratio
 
 
 @dataclass
@@ -32,42 +32,79 @@ def point_from_json(values: dict) -> GrowthPoint:
     return GrowthPoint(values["size"], values["rows"], results)
 
 
+# The rollback: timed since it joined the benchmark; older stored runs have no such result.
+ROLLBACK = "ours_rollback"
+
+
 def growth_table(points: list[GrowthPoint]) -> str:
     lines = [
-        "| size | rows | reference (s) | ours (s) | reference (s per M rows)"
-        " | ours (s per M rows) | ours per row vs previous size"
-        " | ours by phase kind (s per M rows) |",
-        "|" + "---|" * 8,
+        "| size | rows | reference (s) | ours (s) | ours rollback (s) | rollback / upgrade"
+        " | reference (s per M rows) | ours (s per M rows) | ours per row vs previous size"
+        " | rollback per row vs previous size | ours by phase kind (s per M rows) |",
+        "|" + "---|" * 11,
     ]
     previous = None
     for point in points:
         reference, ours = point.results["reference"], point.results["ours"]
+        rollback = point.results.get(ROLLBACK)
         growth = "" if previous is None else f"{per_row_growth(previous, point):.2f}x"
+        rollback_growth = (
+            f"{per_row_growth(previous, point, ROLLBACK):.2f}x"
+            if previous is not None and rollback and ROLLBACK in previous.results
+            else ""
+        )
         lines.append(
             f"| {point.size} | {point.rows:,} | {reference.seconds:.2f} | {ours.seconds:.2f}"
+            f" | {f'{rollback.seconds:.2f}' if rollback else '-'}"
+            f" | {f'{ratio(rollback.seconds, ours.seconds):.2f}x' if rollback else '-'}"
             f" | {point.per_million('reference'):.2f} | {point.per_million('ours'):.2f}"
-            f" | {growth} | {kinds_text(point.kinds_per_million('ours'), unit='')} |"
+            f" | {growth} | {rollback_growth}"
+            f" | {kinds_text(point.kinds_per_million('ours'), unit='')} |"
         )
         previous = point
     return "\n".join(lines)
 
 
-def per_row_growth(smaller: GrowthPoint, larger: GrowthPoint) -> float:
-    return ratio(larger.per_million("ours"), smaller.per_million("ours"))
+def per_row_growth(smaller: GrowthPoint, larger: GrowthPoint, key: str = "ours") -> float:
+    return ratio(larger.per_million(key), smaller.per_million(key))
 
 
 def growth_targets(points: list[GrowthPoint]) -> list[Target]:
-    """Each size against the one before it; the 30M-vs-10M line is the target proper."""
-    return [
-        Target(
-            f"ours per row at {larger.size} / at {smaller.size} (target ≤ {GROWTH_PER_ROW:g}x)",
-            per_row_growth(smaller, larger),
-            GROWTH_PER_ROW,
-            f"{per_row_growth(smaller, larger):.2f}x ({smaller.per_million('ours'):.2f} ->"
-            f" {larger.per_million('ours'):.2f} s per M rows)",
-            f"s per M rows by phase kind at {smaller.size}:"
-            f" {kinds_text(smaller.kinds_per_million('ours'))};"
-            f" at {larger.size}: {kinds_text(larger.kinds_per_million('ours'))}",
-        )
-        for smaller, larger in pairwise(points)
+    """Each size against the one before it, for the upgrade and its rollback (the 30M-vs-10M
+    lines are the targets proper); and the rollback against the upgrade at each size."""
+    checked = []
+    for key, what in (("ours", "ours"), (ROLLBACK, "ours rollback")):
+        checked += [
+            Target(
+                f"{what} per row at {larger.size} / at {smaller.size}"
+                f" (target ≤ {GROWTH_PER_ROW:g}x)",
+                per_row_growth(smaller, larger, key),
+                GROWTH_PER_ROW,
+                f"{per_row_growth(smaller, larger, key):.2f}x"
+                f" ({smaller.per_million(key):.2f} -> {larger.per_million(key):.2f} s per M rows)",
+                f"s per M rows by phase kind at {smaller.size}:"
+                f" {kinds_text(smaller.kinds_per_million(key))};"
+                f" at {larger.size}: {kinds_text(larger.kinds_per_million(key))}",
+            )
+            for smaller, larger in pairwise(points)
+            if key in smaller.results and key in larger.results
+        ]
+    return checked + [
+        rollback_target(point.results, f" at {point.size}")
+        for point in points
+        if ROLLBACK in point.results
     ]
+
+
+def rollback_target(results: dict[str, Result], where: str = "") -> Target:
+    """The incident path takes no longer than the upgrade it undoes."""
+    rollback, ours = results[ROLLBACK], results["ours"]
+    value = ratio(rollback.seconds, ours.seconds)
+    return Target(
+        f"rollback / upgrade{where} (target ≤ {ROLLBACK_VS_UPGRADE:g}x)",
+        value,
+        ROLLBACK_VS_UPGRADE,
+        f"{value:.2f}x ({rollback.seconds:.2f} s / {ours.seconds:.2f} s)",
+        f"rollback by phase kind: {kinds_text(rollback.kind_seconds)};"
+        f" upgrade: {kinds_text(ours.kind_seconds)}",
+    )

@@ -31,6 +31,7 @@ KIND_PREFIXES = (
     ("archiv", "dedupe"),
     ("build", "build"),
     ("promot", "promote"),
+    ("restor", "restore"),
 )
 SAMPLE_INTERVAL = 0.01
 

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from bench.attribution import SLOW_MS, format_events
 from bench.db import scalar, session
-from bench.growth import GrowthPoint, growth_table, growth_targets, point_from_json, point_to_json
+from bench.growth import (
+    ROLLBACK,
+    GrowthPoint,
+    growth_table,
+    growth_targets,
+    point_from_json,
+    point_to_json,
+    rollback_target,
+)
 from bench.observe import SAMPLE_INTERVAL
 from bench.runs import Result, result_from_json, result_to_json
 from bench.server_settings import memory_total_mb, settings_line
@@ -104,7 +112,9 @@ def run_label(rows_label: str, info: RunInfo) -> str:
 
 def outcome(result: Result) -> str:
     if result.exit_code == 0:
-        return "ok" if result.unique_on_pair else "no unique on the pair"
+        if result.unique_on_pair == result.leaves_unique:
+            return "ok"
+        return "no unique on the pair" if result.leaves_unique else "a unique on the pair is left"
     if result.stream_broke_reference:
         return "failed: a duplicate arrived after its DELETE"
     return f"failed (exit {result.exit_code})"
@@ -214,6 +224,11 @@ def targets_title(rows: int, info: RunInfo) -> str:
 # Reports.
 
 
+def phase_table_keys(results: dict[str, Result]) -> list[str]:
+    """The contenders whose phases the report shows: ours, its rollback, the reference."""
+    return [key for key in ("ours", ROLLBACK, "reference") if key in results]
+
+
 def comparison_report(info: RunInfo, results: dict[str, Result], rows: int) -> list[Block]:
     blocks = [
         Block("run", "\n".join(info.header_lines()), fenced=True),
@@ -223,12 +238,14 @@ def comparison_report(info: RunInfo, results: dict[str, Result], rows: int) -> l
     ]
     if any(result.stream_inserts for result in results.values()):
         blocks.append(Block("duplicate stream", stream_table(results)))
-    for key in ("ours", "reference"):
+    for key in phase_table_keys(results):
         title = f"{results[key].label}, per phase (the round with the worst insert wait)"
         blocks.append(Block(title, phase_table(results[key])))
     insights = [line for key in ("ours", "reference") for line in insight_lines(results[key])]
     blocks.append(Block("where the probe waited", "\n".join(insights), fenced=True))
     checked = target_lines(comparison_targets(results))
+    if ROLLBACK in results:
+        checked += rollback_target(results).lines()
     verdicts = [*checked, *breakdown_lines(results), *round_lines(results)]
     blocks.append(Block(targets_title(rows, info), "\n".join(verdicts), fenced=True))
     return blocks
@@ -244,9 +261,10 @@ def growth_report(info: RunInfo, points: list[GrowthPoint]) -> list[Block]:
         blocks += [
             Block(f"at {point.size}: waits, errors, rows lost and WAL", result_table(results)),
             Block(f"at {point.size}: duplicate stream", stream_table(results)),
-            Block(
-                f"at {point.size}: {results['ours'].label}, per phase",
-                phase_table(results["ours"]),
+            *(
+                Block(f"at {point.size}: {result.label}, per phase", phase_table(result))
+                for key, result in results.items()
+                if key in ("ours", ROLLBACK)
             ),
             Block(
                 f"at {point.size}: where the probe waited",

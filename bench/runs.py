@@ -1,7 +1,6 @@
 """One contender, run once on a fresh clone while the app writes, and summed up as a Result."""
 
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -18,12 +17,13 @@ from bench.attribution import (
     summarise_phases,
     wait_ms,
 )
-from bench.db import command_env, conninfo, session
+from bench.db import alembic, command_env, conninfo, session
 from bench.observe import ActivitySampler, CommandRun, PhaseStart
 from bench.starting_tables import (
     TEMPLATE_CONSTRAINED,
     TEMPLATE_DEDUPED,
     TEMPLATE_DRIFTED,
+    TEMPLATE_UPGRADED,
     Census,
     TableShape,
     census,
@@ -63,6 +63,10 @@ class Contender:
     # The limit runs without it: a duplicate would make its plain build fail, and it measures
     # the build alone.
     duplicate_stream: bool = True
+    # What the command is run with: `alembic <these>` for ours.
+    alembic_arguments: tuple[str, ...] = ("upgrade", "head")
+    # Whether a unique on the pair must be there afterwards: not after a rollback.
+    leaves_unique: bool = True
 
     @property
     def is_reference(self) -> bool:
@@ -97,8 +101,18 @@ CONTENDERS = (
     Contender(
         "ours_rerun", "ours re-run (constrained)", TEMPLATE_CONSTRAINED, "start-up", "start-up"
     ),
+    # The incident path: ours' upgrade of the drifted table, rolled back.
+    Contender(
+        "ours_rollback",
+        "ours rollback (alembic downgrade -1)",
+        TEMPLATE_UPGRADED,
+        "start-up",
+        "start-up",
+        alembic_arguments=("downgrade", "-1"),
+        leaves_unique=False,
+    ),
 )
-GROWTH_CONTENDERS = tuple(c for c in CONTENDERS if c.key in ("reference", "ours"))
+GROWTH_CONTENDERS = tuple(c for c in CONTENDERS if c.key in ("reference", "ours", "ours_rollback"))
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,8 @@ class Result:
     slowest_inserts: list[SlowInsert] = field(default_factory=list)
     # Seconds of every repeat; `seconds` is their median.
     runs: list[float] = field(default_factory=list)
+    # Whether the run must leave a unique on the pair (a rollback must not).
+    leaves_unique: bool = True
     trace: Trace | None = field(default=None, repr=False)
 
     @property
@@ -172,7 +188,7 @@ class Result:
     def failed(self) -> bool:
         if self.exit_code != 0:
             return not self.stream_broke_reference
-        return not self.unique_on_pair
+        return self.unique_on_pair != self.leaves_unique
 
 
 def result_to_json(result: Result) -> dict:
@@ -237,18 +253,11 @@ def psql(server: ThrowawayServer, database: str, *arguments: str) -> list[str]:
     return [psql_bin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", connection, *arguments]
 
 
-def alembic_upgrade() -> list[str]:
-    """The command exactly as a user types it; python -m alembic only if it is not on PATH."""
-    alembic_bin = shutil.which("alembic")
-    program = [alembic_bin] if alembic_bin else [sys.executable, "-m", "alembic"]
-    return [*program, "upgrade", "head"]
-
-
 def contender_command(server: ThrowawayServer, contender: Contender, database: str) -> list[str]:
     if contender.is_reference:
         return psql(server, database, "-f", str(SEED_MIGRATION))
     if contender.key.startswith("ours"):
-        return alembic_upgrade()
+        return alembic(*contender.alembic_arguments)
     return psql(server, database, "-c", LIMIT_SQL)
 
 
@@ -339,9 +348,11 @@ class RowAccount:
 
 
 def account_rows(writers: list[PacedWriter], before: Census, after: Census) -> RowAccount:
-    """Every row that was in the table, or that a writer's insert was accepted for, must be in
-    the table or the archive afterwards."""
-    expected = before.rows + sum(writer.count(ACCEPTED) for writer in writers)
+    """Every row that was in the table or the archive, or that a writer's insert was accepted
+    for, must be in the table or the archive afterwards."""
+    expected = (
+        before.rows + before.archived_rows + sum(writer.count(ACCEPTED) for writer in writers)
+    )
     return RowAccount(
         rows_deleted=expected - after.rows,
         rows_lost=expected - after.rows - after.archived_rows,
@@ -358,6 +369,7 @@ def summarise(contender: Contender, observed: Observed, rows: RowAccount) -> Res
     return Result(
         key=contender.key,
         label=contender.label,
+        leaves_unique=contender.leaves_unique,
         seconds=observed.seconds,
         exit_code=observed.exit_code,
         failure=observed.failure,

@@ -5,14 +5,16 @@ with CREATE DATABASE ... TEMPLATE, so all of them start from the same bytes.
 """
 
 import hashlib
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.db import scalar, session
+from bench.db import alembic, command_env, scalar, session
 from devtools.starting_states import ADD_ORIGINAL_CONSTRAINT, SUPABASE_SCHEMA, dirty_rows_sql
 from devtools.throwaway_postgres import ThrowawayServer
 
@@ -22,6 +24,8 @@ ARCHIVE = "meta_assets_migration.meta_assets_cache_archive"
 TEMPLATE_DRIFTED = "bench_drifted"
 TEMPLATE_DEDUPED = "bench_deduped"
 TEMPLATE_CONSTRAINED = "bench_constrained"
+# The drifted table after ours' upgrade: where the rollback starts.
+TEMPLATE_UPGRADED = "bench_upgraded"
 CHUNK_KEYS = 400_000
 # dirty_rows_sql gives every workspace (one per 20 keys) 3 NULL-phone rows: 0.15 rows per key.
 NULL_PHONE_ROWS_PER_KEY = 0.15
@@ -160,6 +164,20 @@ def build_deduped_and_constrained(server: ThrowawayServer) -> None:
     clone(server, TEMPLATE_DEDUPED, TEMPLATE_CONSTRAINED)
     with build_session(server, TEMPLATE_CONSTRAINED) as cursor:
         cursor.execute(ADD_ORIGINAL_CONSTRAINT)
+
+
+def build_upgraded(server: ThrowawayServer, project_root: Path) -> None:
+    """The drifted table upgraded by ours, with nothing writing: the rollback's starting point."""
+    clone(server, TEMPLATE_DRIFTED, TEMPLATE_UPGRADED)
+    upgrade = subprocess.run(
+        alembic("upgrade", "head"),
+        cwd=project_root,
+        env=command_env(server, TEMPLATE_UPGRADED),
+        capture_output=True,
+        text=True,
+    )
+    if upgrade.returncode != 0:
+        raise RuntimeError(f"upgrading {TEMPLATE_UPGRADED} failed: {upgrade.stderr[-2000:]}")
 
 
 # A valid, plain (no predicate, no expression) unique index on (workspace_id, phone_number_id).

@@ -15,7 +15,7 @@ from bench.writers import ACCEPTED, Attempt
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK = PROJECT_ROOT / "bench" / "benchmark.py"
 BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
-CONTENDERS = {"reference", "ours", "limit", "reference_rerun", "ours_rerun"}
+CONTENDERS = {"reference", "ours", "limit", "reference_rerun", "ours_rerun", "ours_rollback"}
 
 
 def run_benchmark(out: Path, *arguments: str) -> subprocess.CompletedProcess:
@@ -78,6 +78,12 @@ def test_benchmark_at_a_tiny_size(tmp_path):
     assert ours["stream_inserts"] > 0
     rerun = results["ours_rerun"]
     assert rerun["stream_rejected"] == rerun["stream_inserts"] > 0
+    # The rollback puts every archived row back: no unique on the pair, nothing lost.
+    rollback = results["ours_rollback"]
+    assert rollback["exit_code"] == 0, rollback["failure"]
+    assert not rollback["unique_on_pair"]
+    assert rollback["rows_lost"] == rollback["rows_deleted"] == 0
+    assert "restore" in {p["kind"] for p in rollback["phases"]}
     assert results["limit"]["stream_inserts"] == 0
     assert sum(sum(r["probe_wait_events"].values()) for r in results.values()) > 0
 
@@ -102,10 +108,13 @@ def test_growth_at_tiny_sizes(tmp_path):
     run = json.loads((tmp_path / "growth_5k-10k_realistic_fast.json").read_text())
     assert [point["size"] for point in run["points"]] == ["5K", "10K"]
     for point in run["points"]:
-        assert set(point["results"]) == {"reference", "ours"}
+        assert set(point["results"]) == {"reference", "ours", "ours_rollback"}
         assert point["results"]["ours"]["rows_lost"] == 0
+        assert point["results"]["ours_rollback"]["rows_lost"] == 0
         assert_reference_finished_or_broke_on_a_duplicate(point["results"]["reference"])
-    assert "ours per row at 10K / at 5K" in completed.stdout
+    for words in ("ours per row at 10K / at 5K", "ours rollback per row at 10K / at 5K"):
+        assert words in completed.stdout
+    assert "rollback / upgrade at 10K" in completed.stdout
     (tmp_path / "findings.md").write_text("## What these runs found\n\nGrowth is linear.\n")
     written = tmp_path / "BENCHMARKS.md"
     write_benchmarks_md(tmp_path, written)
