@@ -27,13 +27,14 @@ both.
 """
 
 import textwrap
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.rewriter import Rewriter
 from alembic.operations import ops
+from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import MetaData, Table
 from sqlalchemy.sql.elements import conv
@@ -63,7 +64,9 @@ def safe_unique_constraints_with(
     rewriter = Rewriter()
 
     @rewriter.rewrites(ops.MigrationScript)
-    def rewrite(context, revision, script: ops.MigrationScript) -> ops.MigrationScript:
+    def rewrite(
+        context: MigrationContext, revision: object, script: ops.MigrationScript
+    ) -> ops.MigrationScript:
         metadata = _metadata(context.opts.get("target_metadata"))
         for upgrade_ops, downgrade_ops in zip(
             script.upgrade_ops_list, script.downgrade_ops_list, strict=True
@@ -84,7 +87,7 @@ def _make_safe(
     """create_unique_constraint on an existing table -> ensure_unique_constraint in the upgrade,
     and the drop_constraint that reverses it -> undo_unique_constraint in the downgrade."""
     created = {(op.schema, op.table_name) for op in _walk(upgrade_ops.ops, ops.CreateTableOp)}
-    ensured: dict[tuple, EnsureUniqueConstraintOp] = {}
+    ensured: dict[tuple[Any, ...], EnsureUniqueConstraintOp] = {}  # schema, table, name
 
     def ensure(op: ops.CreateUniqueConstraintOp) -> ops.MigrateOperation:
         if (op.schema, op.table_name) in created:
@@ -122,7 +125,9 @@ def _walk(operations: Iterable[Any], kind: type) -> Iterator[Any]:
         yield from _walk(getattr(op, "ops", ()), kind)
 
 
-def _replace(container: Any, kind: type, replacement) -> None:
+def _replace(
+    container: Any, kind: type, replacement: Callable[[Any], ops.MigrateOperation]
+) -> None:
     """Every `kind` op in `container` and the op lists inside it, replaced by replacement(op)."""
     container.ops = [replacement(op) if isinstance(op, kind) else op for op in container.ops]
     for op in container.ops:
@@ -156,7 +161,9 @@ def _primary_key(metadata: list[MetaData], schema: str | None, table: str) -> li
     return columns
 
 
-def _for_table(per_table: Mapping[str, Sequence[str]], schema: str | None, table: str):
+def _for_table(
+    per_table: Mapping[str, Sequence[str]], schema: str | None, table: str
+) -> Sequence[str]:
     return per_table.get(_display(schema, table), per_table.get(table, ()))
 
 
@@ -183,8 +190,8 @@ def _refuse_options(op: ops.CreateUniqueConstraintOp) -> None:
 def _constraint_name(op: ops.CreateUniqueConstraintOp) -> str:
     """The model's name for the constraint, else the one PostgreSQL would give it (table,
     columns, `key`): the operation needs a name to converge on and to undo."""
-    if op.constraint_name:
-        return op.constraint_name
+    if op.constraint_name:  # from_constraint: a name or None, never SQLAlchemy's _NONE_NAME
+        return cast(str, op.constraint_name)
     name = default_constraint_name(op.table_name, op.columns)
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
         raise CommandError(

@@ -10,7 +10,7 @@ Statements are written in Python with a placeholder per compared column and fill
 database, by format(): the same text serves the online path and the offline script.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from alembic_lossless_unique.sqltext import ident, literal, literal_array
 
@@ -48,7 +48,13 @@ class Comparisons:
         """The operator placeholder (`%3$s`): format() puts the real one there."""
         return f"%{self.columns.index(column) + 1}$s"
 
-    def equal(self, left: str, right: str, columns: Iterable[str], renamed=None) -> str:
+    def equal(
+        self,
+        left: str,
+        right: str,
+        columns: Iterable[str],
+        renamed: Mapping[str, str] | None = None,
+    ) -> str:
         """`left.a = right.a AND ...` with the right operators; `renamed` maps a column to its
         name on the right side when it differs."""
         renamed = renamed or {}

@@ -7,6 +7,7 @@ crash recognises its own half-built objects and a downgrade undoes exactly what 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any, cast
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -167,10 +168,10 @@ def announce(db: Database, target: UniqueTarget) -> None:
         log.info("%s", line)
 
 
-def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
+def drop_invalid_indexes(db: Database, target: UniqueTarget, plan: Plan, report: RunReport) -> None:
     for step in plan.of("drop_invalid"):
         ledger.record(db, target, "dropped_invalid", index_name=step.index_name)
-        indexes.drop_index(db, target, step.index_name)
+        indexes.drop_index(db, target, cast(str, step.index_name))  # only a refuse has none
         report.fact("dropped", f"INVALID index {step.index_name} (left by an interrupted build)")
 
 
@@ -269,7 +270,7 @@ def past_the_guard_message(db: Database, target: UniqueTarget, slipped_in: list[
     )
 
 
-def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict:
+def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict[str, Any]:
     """The dedupe, one transaction of two blocks; returns what its ledger record says. It takes
     no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
     the migrator's role must not cancel it."""
@@ -327,13 +328,15 @@ def adopt_existing_unique(
                 db,
                 target,
                 f"rename constraint {main.constraint_name} to {name}",
-                indexes.rename_constraint_sql(target, main.constraint_name, name),
+                # a rename step's unique is a constraint
+                indexes.rename_constraint_sql(target, cast(str, main.constraint_name), name),
             )
             report.fact("renamed", f"constraint {main.constraint_name} -> {name}")
             return
         if not main.ours:
             ledger.record(db, target, "promoted", **main.recreation_record())
-        statements = [indexes.promote_sql(target, main.index_name)]
+        # every step but refuse names an index
+        statements = [indexes.promote_sql(target, cast(str, main.index_name))]
         if main.comment is not None:
             statements.append(indexes.set_index_comment_sql(target, name, None))
         under_lock_retries(
@@ -343,7 +346,9 @@ def adopt_existing_unique(
         report.fact("promoted", f"index {main.index_name} -> constraint {name}")
 
 
-def drop_redundant_uniques(db: Database, target: UniqueTarget, plan: Plan, report: RunReport):
+def drop_redundant_uniques(
+    db: Database, target: UniqueTarget, plan: Plan, report: RunReport
+) -> None:
     for step in plan.of("drop_redundant"):
         ledger.record(db, target, "dropped_redundant", **step.recreation_record())
         if step.constraint_name:
@@ -354,7 +359,7 @@ def drop_redundant_uniques(db: Database, target: UniqueTarget, plan: Plan, repor
                 indexes.drop_constraint_sql(target, step.constraint_name),
             )
         else:
-            indexes.drop_index(db, target, step.index_name)
+            indexes.drop_index(db, target, cast(str, step.index_name))  # only a refuse has none
         report.fact("dropped", f"redundant {step.description}")
 
 
@@ -410,7 +415,7 @@ class Undo:
             )
         return True
 
-    def _rebuild(self, db: Database, detail: dict, build_as: str) -> None:
+    def _rebuild(self, db: Database, detail: dict[str, Any], build_as: str) -> None:
         """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
         the final transaction under its own name; its comment and constraint follow in the
         final transaction."""
@@ -441,7 +446,7 @@ class Undo:
                 indexes.add_constraint_using_index_sql(target, constraint, name)
             )
 
-    def _rebuild_promoted(self, db: Database, detail: dict) -> None:
+    def _rebuild_promoted(self, db: Database, detail: dict[str, Any]) -> None:
         """The index the upgrade promoted: under its own name when the constraint does not hold
         that name, else under a temporary one, renamed once the constraint is gone."""
         same_name = detail["index_name"] == self.target.constraint_name

@@ -11,13 +11,16 @@ CONCURRENTLY, since nothing can be committed early.
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import Row
 
 from alembic_lossless_unique.settings import MigrationSettings
+
+# A row of whatever columns a query selects (SQLAlchemy types a Row by its columns' types).
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
 
 class Database:
@@ -35,7 +38,7 @@ class Database:
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         return self.execute(sql, params).scalar()
 
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[AnyRow]:
         return list(self.execute(sql, params))
 
     def relation_exists(self, qualified_name: str) -> bool:

@@ -94,7 +94,7 @@ def engine_arguments(
     query.pop("application_name", None)
     connect_args: dict[str, Any] = {
         "server_settings": server_settings,
-        "timeout": float(query.pop("connect_timeout", connect_timeout)),
+        "timeout": float(str(query.pop("connect_timeout", connect_timeout))),
     }
     if "sslmode" in query:  # asyncpg takes libpq's mode names as `ssl`
         connect_args["ssl"] = str(query.pop("sslmode"))
@@ -174,7 +174,9 @@ def original(error: BaseException) -> BaseException:
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a database error (psycopg2: pgcode; psycopg 3 and asyncpg: sqlstate)."""
     for candidate in (getattr(error, "orig", None), original(error)):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        code: str | None = getattr(candidate, "sqlstate", None) or getattr(
+            candidate, "pgcode", None
+        )
         if code:
             return code
     return None

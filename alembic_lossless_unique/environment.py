@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
@@ -41,6 +41,9 @@ from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.locks import one_migrator_at_a_time
 from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.sqltext import qualified
+
+if TYPE_CHECKING:
+    from alembic.runtime.environment import IncludeNameFn, NameFilterParentNames, NameFilterType
 
 LOGGER = "alembic_lossless_unique"
 log = logging.getLogger(LOGGER)
@@ -117,7 +120,7 @@ def _has_handler(logger: logging.Logger) -> bool:
     return False
 
 
-def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
+def run_offline(context: Any, *, url: str | URL | None, preamble: str, **configure: Any) -> None:
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
     form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
@@ -145,11 +148,11 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
 def run_online(
     context: Any,
     *,
-    url,
+    url: str | URL | None,
     connection: Connection | None,
     application_name: str,
     app_schema: str,
-    prepare,
+    prepare: Callable[[Database], None] | None,
     **configure: Any,
 ) -> None:
     settings = MigrationSettings.from_config(context.config)
@@ -232,12 +235,16 @@ def own_steps(connection: Connection, settings: MigrationSettings) -> Iterator[D
             connection.execution_options(isolation_level=level)
 
 
-def _without_version_table(include_name, schema: str, table: str, default_schema: str):
+def _without_version_table(
+    include_name: "IncludeNameFn | None", schema: str, table: str, default_schema: str
+) -> "IncludeNameFn":
     """Alembic leaves its version table out of autogenerate only under the schema name it was
     given, but reflects the default schema's tables with none: named `public`, the version table
     would be proposed for dropping by `alembic check`."""
 
-    def include(name, type_, parent_names):
+    def include(
+        name: str | None, type_: "NameFilterType", parent_names: "NameFilterParentNames"
+    ) -> bool:
         schema_name = parent_names.get("schema_name") or default_schema
         if type_ == "table" and name == table and schema_name == schema:
             return False
@@ -246,7 +253,7 @@ def _without_version_table(include_name, schema: str, table: str, default_schema
     return include
 
 
-def _as_list(value: Any) -> list:
+def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
@@ -285,7 +292,7 @@ R = TypeVar("R")
 def on_migrator_connection(
     context: Any,
     injected: Any,
-    url,
+    url: str | URL | None,
     application_name: str,
     app_schema: str,
     work: Callable[[Connection], R],
@@ -310,7 +317,7 @@ def on_migrator_connection(
         if injected is not None:
             target = injected.engine.url
             return on_callers_connection(injected, app_schema, application_name, work)
-        target = _url(context, url)
+        target = cast(URL, _url(context, url))  # required: never None
         session.refuse_transaction_pooler(target)  # before the migrator's session sets a thing
         return session.connected(target, application_name, work, app_schema=app_schema)
     except drivers.database_errors() as error:

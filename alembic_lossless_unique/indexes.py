@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from sqlalchemy import Connection, text
 
@@ -61,11 +62,14 @@ def renamed(definition: str, old: str, new: str) -> str:
 
 def index_is_valid(db: Database, target: UniqueTarget, name: str) -> bool | None:
     """True/False for an index of that name on the table; None when there is none."""
-    return db.scalar(
-        "SELECT i.indisvalid AND i.indisready FROM pg_catalog.pg_index i"
-        " JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = pg_catalog.to_regclass(:table) AND c.relname = :name",
-        {"table": target.qualified_table, "name": name},
+    return cast(
+        "bool | None",
+        db.scalar(
+            "SELECT i.indisvalid AND i.indisready FROM pg_catalog.pg_index i"
+            " JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = pg_catalog.to_regclass(:table) AND c.relname = :name",
+            {"table": target.qualified_table, "name": name},
+        ),
     )
 
 
@@ -85,7 +89,9 @@ def without_timeouts(db: Database) -> Iterator[None]:
         yield
 
 
-def create_index_concurrently(db: Database, target: UniqueTarget, name: str, definition: str):
+def create_index_concurrently(
+    db: Database, target: UniqueTarget, name: str, definition: str
+) -> None:
     """Make sure a valid index `name` exists, building it concurrently if needed.
 
     A failed or killed concurrent build leaves an INVALID index behind that IF NOT EXISTS would
@@ -206,7 +212,7 @@ def watching(db: Database, doing: str) -> Iterator[None]:
         watcher_thread.join(timeout=1)  # a watcher still waiting for a connection is let go
 
 
-def progress_line(watcher, backend_pid: int) -> str:
+def progress_line(watcher: Connection, backend_pid: int) -> str:
     build = watcher.execute(_BUILD_PROGRESS, {"pid": backend_pid}).first()
     parts = []
     if build is not None:  # blocks and tuples counted belong to the scanning phases only

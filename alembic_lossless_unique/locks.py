@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique import drivers
-from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.database import AnyRow, Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.settings import MigrationSettings
 
@@ -59,7 +59,7 @@ def describe_holders(db: Database, table: str) -> str:
     return "; ".join(describe_backend(row) for row in rows)
 
 
-def describe_backend(row) -> str:
+def describe_backend(row: AnyRow) -> str:
     how_long = f" for {row.seconds:.0f} s" if row.seconds is not None else ""
     who = f", {row.application_name}" if row.application_name else ""
     return f"pid {row.pid} ({row.state}{how_long}{who}: {row.query})"
@@ -184,9 +184,10 @@ def _lock_holder(connection: Connection) -> str:
 
 def _set_application_name(connection: Connection, suffix: str, replace_with: str = "") -> str:
     """Append `suffix` to application_name (or set it to `replace_with`); return the old name."""
-    previous = connection.execute(
-        text("SELECT pg_catalog.current_setting('application_name')")
-    ).scalar()
+    previous = cast(  # application_name is always set, if only to ''
+        str,
+        connection.execute(text("SELECT pg_catalog.current_setting('application_name')")).scalar(),
+    )
     connection.execute(
         text("SELECT pg_catalog.set_config('application_name', :name, false)"),
         {"name": (replace_with or previous) + suffix},

@@ -13,6 +13,7 @@ decisions are made by the database while the script runs.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
 
@@ -56,12 +57,14 @@ class UniqueConstraintOp(MigrateOperation):
     # What `alembic check` calls the change, as it calls create/drop_unique_constraint's.
     diff_kind = ""
 
-    def __init__(self, constraint_name: str, table_name: str, columns: Sequence[str], **kw):
+    def __init__(
+        self, constraint_name: str, table_name: str, columns: Sequence[str], **kw: Any
+    ) -> None:
         self.arguments = (constraint_name, table_name, tuple(columns))
         self.options = kw
         self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
 
-    def to_diff_tuple(self) -> tuple:
+    def to_diff_tuple(self) -> tuple[Any, ...]:
         """The change as `alembic check` lists it when autogenerate proposes this operation."""
         constraint_name, table_name, columns = self.arguments
         constraint = ops.CreateUniqueConstraintOp(
@@ -81,10 +84,15 @@ class EnsureUniqueConstraintOp(UniqueConstraintOp):
 
     @classmethod
     def ensure_unique_constraint(
-        cls, operations: Operations, constraint_name: str, table_name: str, columns, **kw
+        cls,
+        operations: Operations,
+        constraint_name: str,
+        table_name: str,
+        columns: Sequence[str],
+        **kw: Any,
     ) -> None:
         """Make `columns` unique, online and without losing a row; see the class."""
-        return operations.invoke(cls(constraint_name, table_name, columns, **kw))
+        operations.invoke(cls(constraint_name, table_name, columns, **kw))
 
     def reverse(self) -> "UndoUniqueConstraintOp":
         return UndoUniqueConstraintOp(*self.arguments, **self.options)
@@ -100,10 +108,15 @@ class UndoUniqueConstraintOp(UniqueConstraintOp):
 
     @classmethod
     def undo_unique_constraint(
-        cls, operations: Operations, constraint_name: str, table_name: str, columns, **kw
+        cls,
+        operations: Operations,
+        constraint_name: str,
+        table_name: str,
+        columns: Sequence[str],
+        **kw: Any,
     ) -> None:
         """Undo ensure_unique_constraint with the same arguments; see the class."""
-        return operations.invoke(cls(constraint_name, table_name, columns, **kw))
+        operations.invoke(cls(constraint_name, table_name, columns, **kw))
 
     def reverse(self) -> EnsureUniqueConstraintOp:
         return EnsureUniqueConstraintOp(*self.arguments, **self.options)

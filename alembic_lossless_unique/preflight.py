@@ -18,9 +18,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 
 from alembic_lossless_unique import (
     checks,
@@ -35,7 +36,7 @@ from alembic_lossless_unique import (
 )
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.convergence import read_plan
-from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.database import AnyRow, Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.operations import target_from_arguments
@@ -260,10 +261,13 @@ def problems_of(db: Database, checks_sql: str) -> list[str]:
 def losers_sql(db: Database, target: UniqueTarget) -> str:
     """The dedupe's own listing, with the operators filled in: what it would archive."""
     select, compare = dedupe.losers_select(target)
-    return db.scalar(
-        f"SELECT pg_catalog.format(:template, VARIADIC"
-        f" {compare.operators_sql(regclass(target.qualified_table))})",
-        {"template": select},
+    return cast(
+        str,
+        db.scalar(
+            f"SELECT pg_catalog.format(:template, VARIADIC"
+            f" {compare.operators_sql(regclass(target.qualified_table))})",
+            {"template": select},
+        ),
     )
 
 
@@ -293,16 +297,19 @@ _MAY_READ = (
 )
 
 
-def count_children(db: Database, target: UniqueTarget, fk, losers: str) -> int:
+def count_children(db: Database, target: UniqueTarget, fk: AnyRow, losers: str) -> int:
     """Child rows of foreign key `fk` that point at a row the dedupe would archive."""
     match = " AND ".join(
         f"ch.{ident(c)} {op} p.{ident(pc)}"
         for c, op, pc in zip(fk.child_columns, fk.operators, fk.parent_columns, strict=True)
     )
-    return db.scalar(
-        f"SELECT pg_catalog.count(*) FROM {fk.child_table} ch"
-        f" JOIN {target.qualified_table} p ON {match}"
-        f" JOIN ({losers}) AS l ON l.{dedupe.ROW_CTID} = p.ctid"
+    return cast(
+        int,
+        db.scalar(
+            f"SELECT pg_catalog.count(*) FROM {fk.child_table} ch"
+            f" JOIN {target.qualified_table} p ON {match}"
+            f" JOIN ({losers}) AS l ON l.{dedupe.ROW_CTID} = p.ctid"
+        ),
     )
 
 
@@ -494,7 +501,7 @@ def step_lines(steps: list[Step]) -> list[str]:
 # The command: read-only, one FAILED line for anything that goes wrong.
 
 
-def read_only(url, application_name: str, gather_report: Callable[[Database], R]) -> R:
+def read_only(url: URL, application_name: str, gather_report: Callable[[Database], R]) -> R:
     """`gather_report` in one READ ONLY transaction that is rolled back, through the migrator's
     own safe session (pooler refusal, fixed search_path)."""
     session.refuse_transaction_pooler(url)
@@ -577,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_target_arguments(parser)
 
-    def make_report(arguments: argparse.Namespace, url) -> Report:
+    def make_report(arguments: argparse.Namespace, url: URL) -> Report:
         target = target_of(arguments)
         return read_only(url, "alembic_lossless_unique preflight", lambda db: gather(db, target))
 

@@ -6,6 +6,8 @@ or read the archived rows. Everything in it is closed to every other role, whate
 privileges the database grants (Supabase grants new tables to anon and authenticated).
 """
 
+from typing import cast
+
 from sqlalchemy.exc import IntegrityError
 
 from alembic_lossless_unique.database import Database
@@ -66,7 +68,7 @@ def problem_sql(schema: str) -> str:
 
 
 def problem(db: Database, schema: str) -> str | None:
-    return db.scalar("SELECT " + problem_sql(":schema"), {"schema": schema})
+    return cast("str | None", db.scalar("SELECT " + problem_sql(":schema"), {"schema": schema}))
 
 
 def require_usable(db: Database, schema: str) -> None:

@@ -21,7 +21,7 @@
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, pool, text
 from sqlalchemy.engine import URL
@@ -30,6 +30,9 @@ from sqlalchemy.exc import DBAPIError
 from alembic_lossless_unique import drivers
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.sqltext import ident
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_APP_SCHEMA = "public"
 POOLER_CHECK = "alembic (pooler check)"
@@ -53,7 +56,7 @@ def plain_engine(url: URL, application_name: str) -> Engine:
     return create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
 
 
-def _async_engine(url: URL, application_name: str) -> Any:
+def _async_engine(url: URL, application_name: str) -> "AsyncEngine":
     from sqlalchemy.ext.asyncio import create_async_engine  # needs greenlet: only when asked
 
     url, connect_args = drivers.engine_arguments(url, application_name)
@@ -116,10 +119,10 @@ def secure(
 
     driver = engine.url.get_driver_name()
 
-    def set_safe_search_path(dbapi_connection, *_) -> None:
+    def set_safe_search_path(dbapi_connection: Any, *_: Any) -> None:
         _run(driver, dbapi_connection, *settings)
 
-    def discard_session_state(dbapi_connection, *_) -> None:
+    def discard_session_state(dbapi_connection: Any, *_: Any) -> None:
         if not _closed(dbapi_connection):
             _run(driver, dbapi_connection, "DISCARD ALL")
 
@@ -163,12 +166,12 @@ def side_connections(connection: Connection) -> Callable[[Callable[[Connection],
     return lambda work: asyncio.run(on_own_loop(work))
 
 
-def _closed(dbapi_connection) -> bool:
+def _closed(dbapi_connection: Any) -> bool:
     closed = getattr(dbapi_connection, "closed", False)
     return bool(closed() if callable(closed) else closed)
 
 
-def _run(driver: str, dbapi_connection, *statements: str) -> None:
+def _run(driver: str, dbapi_connection: Any, *statements: str) -> None:
     """Statements on the driver's connection, one at a time, outside any transaction."""
     for statement in statements:
         drivers.run_bare(driver, dbapi_connection, statement)
@@ -220,8 +223,10 @@ def _probe(engine: Engine, connect_args: dict[str, Any], rounds: int) -> bool:
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     cparams.update(connect_args)
 
-    def backend(dbapi_connection) -> int:
-        return drivers.fetch_bare(driver, dbapi_connection, "SELECT pg_catalog.pg_backend_pid()")
+    def backend(dbapi_connection: Any) -> int:
+        return cast(
+            int, drivers.fetch_bare(driver, dbapi_connection, "SELECT pg_catalog.pg_backend_pid()")
+        )
 
     first = engine.dialect.connect(*cargs, **cparams)
     try:
@@ -252,10 +257,13 @@ def kept_session(connection: Connection, app_schema: str, application_name: str)
     embedding program): the safe search_path and the migrator's application_name for the
     migration, then theirs again."""
     wanted = {"search_path": safe_search_path(app_schema), "application_name": application_name}
-    previous = {
-        name: connection.execute(
-            text("SELECT pg_catalog.current_setting(:name)"), {"name": name}
-        ).scalar()
+    previous = {  # current_setting of a setting that exists is never NULL
+        name: cast(
+            str,
+            connection.execute(
+                text("SELECT pg_catalog.current_setting(:name)"), {"name": name}
+            ).scalar(),
+        )
         for name in wanted
     }
     _set(connection, wanted)

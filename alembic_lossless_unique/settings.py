@@ -3,7 +3,7 @@
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
 OFFLINE_BUILDS = ("concurrent", "blocking")
 
 
-def choice(*options: str):
+def choice(*options: str) -> Callable[[str, str], str]:
     """A parser for a setting that takes one of `options`."""
 
     def parse(name: str, raw: str) -> str:

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 from sqlalchemy.dialects import postgresql
 
-_PREPARER = postgresql.dialect().identifier_preparer
+# SQLAlchemy's PostgreSQL dialect constructors carry no annotations.
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 # PostgreSQL truncates longer identifiers silently; names are derived to fit instead.
 MAX_IDENTIFIER_BYTES = 63

@@ -24,6 +24,7 @@ and record on the publisher (a DROP is not replicated): drop them on the subscri
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from alembic_lossless_unique import dedupe, ledger, private_schema
 from alembic_lossless_unique.sqltext import derived_name, ident, idents
@@ -66,7 +67,7 @@ def statements(
     ]
 
 
-def script(target: UniqueTarget, **kwargs) -> str:
+def script(target: UniqueTarget, **kwargs: Any) -> str:
     header = HEADER.format(schema=target.private_schema, table=target.display_table)
     return header + "".join(f"{statement};\n" for statement in statements(target, **kwargs))
 

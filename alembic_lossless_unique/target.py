@@ -63,7 +63,12 @@ class UniqueTarget:
             raise MigrationAbort(f"unique constraint {self.constraint_name}: no row_identity")
         if len(set(self.columns)) != len(self.columns):
             raise MigrationAbort(f"unique constraint {self.constraint_name}: a key column repeats")
-        names = (self.constraint_name, self.table, self.schema, self.private_schema)
+        names: tuple[str, ...] = (
+            self.constraint_name,
+            self.table,
+            self.schema,
+            self.private_schema,
+        )
         names += self.columns + self.keep_newest_by + self.row_identity + self.adopt_first
         for name in (*names, self.archive_table, self.ledger_table):
             if not name or len(name.encode()) > MAX_IDENTIFIER_BYTES:

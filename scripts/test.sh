@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The README's test command: ruff, then the whole test suite against a real, throwaway PostgreSQL
-# of each major in PG_MAJORS (default "15 17": Supabase runs both), then the version matrix (a
-# focused subset on the oldest and the newest Python, SQLAlchemy and Alembic; see below). Extra
-# arguments go to pytest, and then the matrix is left out.
+# The README's test command: ruff and mypy, then the whole test suite against a real, throwaway
+# PostgreSQL of each major in PG_MAJORS (default "15 17": Supabase runs both), then the version
+# matrix (a focused subset on the oldest and the newest Python, SQLAlchemy and Alembic; see
+# below). Extra arguments go to pytest, and then the matrix is left out.
 #
 # The majors run side by side, each with its own server; the first one's output streams live and
 # the others' follows it. The suite mostly waits on PostgreSQL (locks, timeouts, child processes),
 # so this takes little longer than one major, where one after the other would not fit CI's
 # budget. PARALLEL_MAJORS=0 runs them one after the other, all live: slower, but tests that bound
 # waits in milliseconds then have the two cores to themselves. The exit status is non-zero when
-# ruff finds anything or any major's run fails.
+# ruff or mypy finds anything or any major's run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_MAJORS="${PG_MAJORS:-15 17}"
@@ -18,10 +18,13 @@ BOOTSTRAP_PGBOUNCER=1
 BOOTSTRAP_SUPABASE_CLI=1
 source scripts/bootstrap.sh
 
-# Lint first, but a finding does not hide the tests' results: both count in the exit status.
+# Lint and the library's strict type check ([tool.mypy] in pyproject.toml) first, but a finding
+# does not hide the tests' results: both count in the exit status.
 lint_status=0
 ruff check . || lint_status=$?
 ruff format --check . || lint_status=$?
+type_status=0
+mypy || type_status=$?
 
 started=$SECONDS
 scratch="$(mktemp -d)"
@@ -102,6 +105,10 @@ fi
 failed=$matrix_status
 if [ "$lint_status" != 0 ]; then
   echo "test.sh: ruff FAILED (its findings are above the tests)"
+  failed=1
+fi
+if [ "$type_status" != 0 ]; then
+  echo "test.sh: mypy FAILED (its findings are above the tests)"
   failed=1
 fi
 for run in "${summary[@]}"; do

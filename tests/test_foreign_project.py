@@ -65,6 +65,7 @@ NOT_SOURCE = shutil.ignore_patterns(
     ".venv-*",
     ".cache",
     ".ruff_cache",
+    ".mypy_cache",
     ".pytest_cache",
     "__pycache__",
     "*.egg-info",
@@ -179,10 +180,11 @@ def wheel_metadata(wheel: Path) -> tuple[list[str], str]:
     return archive.namelist(), archive.read(metadata).decode()
 
 
-def test_the_wheel_is_the_library_alone_typed_and_versioned(installed_package):
+def test_the_wheel_is_the_library_alone_typed_versioned_and_licensed(installed_package):
     """One distribution, alembic_lossless_unique alone: no app, no tests, no dev tools, no
     migrations of this repository; typed (py.typed); its version is the package's own; it
-    requires alembic and SQLAlchemy only, and each driver is an extra."""
+    requires alembic and SQLAlchemy only, and each driver is an extra; MIT, with the
+    repository's LICENSE in its dist-info and the project's URLs."""
     names, metadata = wheel_metadata(installed_package.wheel)
     top_level = {
         name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")
@@ -202,6 +204,20 @@ def test_the_wheel_is_the_library_alone_typed_and_versioned(installed_package):
     ]
     extras = {r.split('extra == "')[1].rstrip('"') for r in requires if "extra ==" in r}
     assert extras == {"psycopg2", "psycopg", "psycopg-async", "asyncpg"}
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
+    dist_info = f"alembic_lossless_unique-{alembic_lossless_unique.__version__}.dist-info"
+    with zipfile.ZipFile(installed_package.wheel) as archive:
+        shipped_license = archive.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert shipped_license == (PROJECT_ROOT / "LICENSE").read_text()
+    assert shipped_license.startswith("MIT License\n")
+    urls = dict(
+        line.split(": ", 1)[1].split(", ", 1) for line in headers if line.startswith("Project-URL")
+    )
+    assert set(urls) == {"Homepage", "Documentation", "Changelog", "Issues"}
+    assert all(
+        url.startswith(urls["Homepage"] + "/") for name, url in urls.items() if name != "Homepage"
+    )
 
 
 WHERE_THINGS_COME_FROM = """
