@@ -5,8 +5,9 @@ crash recognises its own half-built objects and a downgrade undoes exactly what 
 """
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, cast
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -271,19 +272,40 @@ def past_the_guard_message(db: Database, target: UniqueTarget, slipped_in: list[
 
 
 def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict[str, Any]:
-    """The dedupe, one transaction of two blocks; returns what its ledger record says. It takes
+    """The dedupe: one transaction lists every row of a duplicate key, then the move runs in
+    batches of `move_batch_keys` keys, each its own transaction, so a writer of a duplicate key
+    waits for one batch at most and each batch's WAL reaches the standbys before the next.
+    A run stopped between batches or inside one leaves whole batches archived, the guard still
+    on, and a re-run lists what is left. Returns the batches' ledger records summed up. It takes
     no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
     the migrator's role must not cancel it."""
-    with db.session_setting("statement_timeout", "0"), db.transaction():
+    recorded_before = len(ledger.steps(db, target))
+    with db.session_setting("statement_timeout", "0"):
         try:
-            with report.step("list duplicates"), indexes.watching(db, "listing duplicates"):
-                db.execute(dedupe.list_sql(target, db.settings.dedupe_work_mem))
+            with db.transaction():
+                with report.step("list duplicates"), indexes.watching(db, "listing duplicates"):
+                    db.execute(dedupe.list_sql(target, db.settings.dedupe_work_mem))
+                    for statement in dedupe.batches_sql(target, db.settings.move_batch_keys):
+                        db.execute(statement)
+                batches = int(db.scalar(dedupe.batch_count_sql(target)))
             with report.step("move duplicates"), indexes.watching(db, "moving duplicates"):
-                db.execute(dedupe.move_sql(target))
+                for batch in range(batches):
+                    with db.transaction():
+                        db.execute(dedupe.batch_work_sql(target, batch))
+                        db.execute(dedupe.move_sql(target))
+                    if batches > 1:
+                        log.info("moved batch %d of %d", batch + 1, batches)
         except DBAPIError as error:
             raise as_abort(error) from None
-    archived = [step for step in ledger.steps(db, target) if step.action == "archived"][-1].detail
-    changed, gone = archived["changed_since_listed"], archived.get("gone_since_listed", 0)
+        finally:
+            # Only this run's list: a re-run lists again.
+            with suppress(DBAPIError):
+                if not db.connection.closed:
+                    db.execute(f"DROP TABLE IF EXISTS {target.batches}")
+    steps = ledger.steps(db, target)[recorded_before:]
+    moved = [step.detail for step in steps if step.action == "archived"]
+    archived = summed_moves(moved)
+    changed, gone = archived["changed_since_listed"], archived["gone_since_listed"]
     log.info(
         "archived %d rows from %d duplicate groups%s",
         archived["rows"],
@@ -294,6 +316,22 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
         f" meanwhile, {gone} it had deleted)",
     )
     return archived
+
+
+def summed_moves(moved: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ledger records of a move's batches, as one: counts added up, re-pointed child rows
+    added up per foreign key."""
+    repointed: Counter[str] = Counter()
+    for detail in moved:
+        repointed.update(detail["repointed"])
+    return {
+        **{
+            name: sum(detail.get(name, 0) for detail in moved)
+            for name in ("rows", "groups", "listed", "changed_since_listed", "gone_since_listed")
+        },
+        "repointed": dict(repointed),
+        "batches": len(moved),
+    }
 
 
 @contextmanager

@@ -21,7 +21,7 @@ The dedupe is one transaction of two plpgsql blocks, the same text online and of
    the guard saw.
 """
 
-from alembic_lossless_unique import foreign_keys
+from alembic_lossless_unique import foreign_keys, private_schema
 from alembic_lossless_unique.comparisons import (
     Comparisons,
     escape_format,
@@ -32,6 +32,7 @@ from alembic_lossless_unique.comparisons import (
 from alembic_lossless_unique.sqltext import (
     derived_name,
     dollar_quoted,
+    idents,
     joined_sql,
     literal,
     literal_array,
@@ -41,6 +42,7 @@ from alembic_lossless_unique.target import UniqueTarget
 # Internal column names of the work table; unusual enough not to meet a user's column.
 ROW_CTID = "lossless_row_ctid"
 POSITION = "lossless_position"
+BATCH = "lossless_batch"
 BOOKKEEPING_PREFIX = "lossless_unique_"
 # SQLSTATEs of this package's own refusals and failed checks, so callers tell them apart.
 REFUSED = "LU001"
@@ -211,6 +213,36 @@ BEGIN
 END
 """
     return f"DO {dollar_quoted(body, 'list')}"
+
+
+def batches_sql(target: UniqueTarget, keys_per_batch: int) -> list[str]:
+    """The online move's batches: the work table's rows numbered by batch, `keys_per_batch`
+    keys to a batch (every row of a key in the same batch), indexed by batch so that each
+    batch is read alone. Keys sort by their types' default ordering, which needs no operator
+    looked up by name."""
+    return [
+        f"DROP TABLE IF EXISTS {target.batches}",
+        f"CREATE UNLOGGED TABLE {target.batches} AS SELECT w.*,"
+        f" (pg_catalog.dense_rank() OVER (ORDER BY {idents(target.columns, 'w.')}) - 1)"
+        f" / {int(keys_per_batch)} AS {BATCH} FROM {target.work} w",
+        f"CREATE INDEX ON {target.batches} ({BATCH})",
+        f"DROP TABLE {target.work}",
+        # It outlives its transaction: closed to every other role before that commits.
+        private_schema.lock_down_sql(target.private_schema),
+    ]
+
+
+def batch_count_sql(target: UniqueTarget) -> str:
+    return f"SELECT coalesce(pg_catalog.max({BATCH}) + 1, 0) FROM {target.batches}"
+
+
+def batch_work_sql(target: UniqueTarget, batch: int) -> str:
+    """The work table of one batch: its rows of the listed ones, in ctid order."""
+    return (
+        f"CREATE UNLOGGED TABLE {target.work} AS SELECT {ROW_CTID},"
+        f" {idents(member_columns(target))} FROM {target.batches}"
+        f" WHERE {BATCH} = {int(batch)} ORDER BY {ROW_CTID}"
+    )
 
 
 def locked_work(target: UniqueTarget) -> str:

@@ -227,7 +227,13 @@ def cleanup_sql(target: UniqueTarget) -> str:
         *drop_statements(target),
         *(
             f"DROP TABLE IF EXISTS {relation}"
-            for relation in (target.archive, target.repointed, target.work, target.ledger)
+            for relation in (
+                target.archive,
+                target.repointed,
+                target.work,
+                target.batches,
+                target.ledger,
+            )
         ),
     ]
     body = (

@@ -84,6 +84,10 @@ class MigrationSettings:
     # hashes every keyed row; at 64MB a million rows hash in memory. Parallel workers each get
     # as much (times hash_mem_multiplier), so lower it on a server with little memory.
     dedupe_work_mem: str = "64MB"
+    # Keys whose duplicates move in one transaction. A writer of a duplicate key waits for one
+    # batch at most, and each batch's WAL is one burst for the standbys; larger batches move
+    # a little faster. The offline script moves all keys in one transaction.
+    move_batch_keys: int = 10_000
     # The downgrade rebuilds the uniques the upgrade dropped beside the constraint. Built
     # concurrently, PostgreSQL (18 and older) fails some ON CONFLICT upserts of the key while
     # the build runs (23505, 40P01); built inside the downgrade's transaction, no upsert fails,

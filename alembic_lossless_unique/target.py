@@ -133,6 +133,12 @@ class UniqueTarget:
         return self.private(self.work_table)
 
     @property
+    def batches(self) -> str:
+        """The listed rows, each with the batch of keys it moves in; it lives from the list to
+        the last batch of the online move."""
+        return self.private(derived_name(self.constraint_name, "batches"))
+
+    @property
     def guard_function_name(self) -> str:
         return derived_name(self.constraint_name, "guard")
 

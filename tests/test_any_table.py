@@ -428,6 +428,44 @@ def test_crash_during_dedupe_then_rerun_converges(project, harness, stocked):
     rerun_converges_and_downgrades_exactly(project, harness, stocked)
 
 
+def test_crash_between_batches_then_rerun_converges(project, harness, stocked):
+    """One key per batch (-x move_batch_keys=1), killed while the last batch waits for rows the
+    app holds: every batch before it stays archived (each is its own transaction, its child
+    rows re-pointed), the waiting one rolls back, and a re-run moves the rest, converges on the
+    same rows and still downgrades exactly."""
+    last_key = harness.rows(
+        f'SELECT warehouse_id, sku, "Batch Code" FROM {TABLE}'
+        ' WHERE warehouse_id IS NOT NULL AND sku IS NOT NULL AND "Batch Code" IS NOT NULL'
+        " GROUP BY 1, 2, 3 HAVING count(*) > 1 ORDER BY 1 DESC, 2 DESC, 3 DESC LIMIT 1"
+    )[0]
+    in_last_key = 'warehouse_id = {} AND sku = {} AND "Batch Code" = {}'.format(
+        *(harness.scalar("SELECT quote_literal(:v)", v=str(value)) for value in last_key)
+    )
+    row_lock = holding(harness, f"SELECT 1 FROM {TABLE} WHERE {in_last_key} FOR UPDATE")
+    try:
+        running = project.start("-x", "move_batch_keys=1", "upgrade", "head")
+        wait_until(
+            "the last batch to wait for the locked rows",
+            lambda: migrator_waiting_on_lock(harness, "DO $move$%", APPLICATION_NAME),
+            migrator=running,
+        )
+        crash_migrator(harness, running, APPLICATION_NAME)
+    finally:
+        row_lock.rollback()
+        row_lock.close()
+
+    assert version(harness) == "0001"
+    archived = archived_rows(harness)
+    assert archived, "the batches before the last one stay archived"
+    assert harness.count(TABLE, in_last_key) > 1, "the last batch rolled back"
+    assert harness.count(TARGET.ledger, "action = 'archived'") == len(
+        {kept for _, kept in archived.values()}
+    ), "a ledger record per batch moved: one key each"
+    assert_rows_conserved(harness, stocked)
+
+    rerun_converges_and_downgrades_exactly(project, harness, stocked)
+
+
 def test_crash_during_concurrent_build_then_rerun_converges(project, harness, stocked):
     """Killed while CREATE UNIQUE INDEX CONCURRENTLY waits for an old snapshot: the INVALID
     index it leaves is recognised, dropped and built again by the re-run, which converges and
