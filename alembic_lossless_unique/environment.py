@@ -29,7 +29,9 @@ from sqlalchemy.engine import URL
 
 from alembic_lossless_unique import (
     drivers,
+    expected_plan,
     offline,
+    pending,
     private_schema,
     rerunnable,
     session,
@@ -66,7 +68,17 @@ def run_migrations(
     session; see the module."""
     show_progress()
     try:
-        if context.is_offline_mode():
+        plan_request = context.config.attributes.get(pending.PLAN_REQUEST)
+        if plan_request is not None:  # `python -m alembic_lossless_unique plan`: read only
+            plan_request(
+                context,
+                url=url,
+                connection=connection,
+                application_name=application_name,
+                app_schema=app_schema,
+                configure=configure,
+            )
+        elif context.is_offline_mode():
             # Named, so that the script's own search_path plays no part in finding it.
             configure.setdefault("version_table_schema", app_schema)
             run_offline(context, url=url, preamble=offline_preamble, **configure)
@@ -172,6 +184,12 @@ def run_on(
 ) -> None:
     """The environment's own steps, then Alembic's, on the migrator's connection."""
     with own_steps(connection, settings) as db:
+        expected_plan.refuse_unless_expected(
+            context,
+            connection,
+            db,
+            {"version_table_schema": app_schema, **configure},
+        )
         if prepare is not None:
             prepare(db)
         if "version_table_schema" in configure:
