@@ -92,13 +92,10 @@ def hazards_of(report: Report, *, upgrade: bool) -> list[Found]:
     undo_unique_constraint) from preflight's report of its table, in CODES order."""
     steps = report.steps if upgrade else report.downgrade_steps
     found: list[Found] = []
-    problems = list(report.problems)
     if not report.table_exists:
-        problems = [p for p in problems if _TABLE_MISSING_PROBLEM not in p]
         found.append(Found("TABLE_MISSING", f"{report.table} does not exist now"))
-    refusals = [p for p in problems if not p.startswith(_AFTER_UPGRADE)]
-    if refusals:
-        found.append(Found("REFUSED", "; ".join(refusals)))
+    if refusals(report):
+        found.append(Found("REFUSED", "; ".join(refusals(report))))
     if kinds(steps, "archive"):
         found.append(
             Found(
@@ -142,10 +139,23 @@ def hazards_of(report: Report, *, upgrade: bool) -> list[Found]:
         found.append(Found("RESTORES_ROWS", f"{report.rows_already_archived} archived rows"))
     if report.replication and steps:
         found.append(Found("PUBLISHES_PRIVATE_TABLES", "; ".join(report.replication)))
-    grants = [p.removeprefix(_AFTER_UPGRADE) for p in problems if p.startswith(_AFTER_UPGRADE)]
+    grants = [
+        p.removeprefix(_AFTER_UPGRADE) for p in report.problems if p.startswith(_AFTER_UPGRADE)
+    ]
     if upgrade and grants:
         found.append(Found("DOWNGRADE_NEEDS_GRANT", "; ".join(grants)))
     return sorted(found, key=lambda hazard: CODES.index(hazard.code))
+
+
+def refusals(report: Report) -> list[str]:
+    """The problems that would make the operation refuse now: not those of the downgrade after
+    it, nor the missing table (TABLE_MISSING says it: a pending revision may create it)."""
+    return [
+        problem
+        for problem in report.problems
+        if not problem.startswith(_AFTER_UPGRADE)
+        and (report.table_exists or _TABLE_MISSING_PROBLEM not in problem)
+    ]
 
 
 def kinds(steps: list[Step], kind: str) -> list[str]:

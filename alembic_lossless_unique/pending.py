@@ -36,6 +36,8 @@ RECORDER = "alembic_lossless_unique_recorder"
 # instead of migrating.
 PLAN_REQUEST = "alembic_lossless_unique_plan_request"
 DEFAULT_VERSION_TABLE = "alembic_version"
+# The operation that upgrades; the other one, undo_unique_constraint, downgrades.
+UPGRADE_OPERATION = "ensure_unique_constraint"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class PendingOperation:
 
     @property
     def is_upgrade(self) -> bool:
-        return self.operation == "ensure_unique_constraint"
+        return self.operation == UPGRADE_OPERATION
 
 
 def recorded(context: MigrationContext, name: str, target: UniqueTarget) -> bool:

@@ -496,8 +496,9 @@ def planned_downgrade(
     return steps
 
 
-def text_lines(report: Report) -> list[str]:
-    """The report for a person: one fact per line, nothing said twice."""
+def text_lines(report: Report, *, upgrade: bool = True) -> list[str]:
+    """The report for a person: one fact per line, nothing said twice. Without `upgrade`, what
+    only the downgrade meets (the plan of an undo_unique_constraint)."""
     if not report.table_exists:
         return [f"  table                {report.table}: does not exist"]
     lines = [
@@ -505,10 +506,13 @@ def text_lines(report: Report) -> list[str]:
         f"  size                 ~{report.estimated_rows} rows (planner estimate), table"
         f" {report.table_bytes} bytes, {report.total_bytes} bytes with indexes and TOAST",
         f"  uniques on the key   {'; '.join(report.uniques) or 'none'}",
-        f"  duplicate groups     {report.duplicate_groups}",
-        f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
-        f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
     ]
+    if upgrade:
+        lines += [
+            f"  duplicate groups     {report.duplicate_groups}",
+            f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
+            f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
+        ]
     if report.rows_already_archived:
         lines.append(f"  already archived     {report.rows_already_archived}")
     if report.resumes_interrupted_run:
@@ -520,11 +524,12 @@ def text_lines(report: Report) -> list[str]:
         )
     lines += [f"  around the table     {line}" for line in report.surroundings]
     lines += [f"  replication          {line}" for line in report.replication]
-    lines += [f"  offline script       {line}" for line in report.offline]
-    if report.steps:
+    if upgrade:
+        lines += [f"  offline script       {line}" for line in report.offline]
+    if upgrade and report.steps:
         lines.append("  steps the upgrade would take:")
         lines += step_lines(report.steps)
-    else:
+    elif upgrade or not report.downgrade_steps:
         lines.append("  steps                none: nothing to do")
     if report.downgrade_steps:
         lines.append("  steps the downgrade would take:")

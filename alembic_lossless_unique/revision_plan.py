@@ -48,6 +48,10 @@ class OperationPlan:
     hazards: list[hazards.Found]
     preflight: preflight.Report
 
+    @property
+    def is_upgrade(self) -> bool:
+        return self.operation == pending.UPGRADE_OPERATION
+
     def as_json(self) -> dict[str, Any]:
         return {
             "revision": self.revision,
@@ -183,8 +187,8 @@ def text_lines(plan: RevisionPlan) -> list[str]:
             "  hazards              "
             + (", ".join(hazard.code for hazard in operation.hazards) or "none"),
             *(f"    {hazard.code}: {hazard.detail}" for hazard in operation.hazards),
-            *preflight.text_lines(operation.preflight),
-            *(f"  PROBLEM: {problem}" for problem in operation.preflight.problems),
+            *preflight.text_lines(operation.preflight, upgrade=operation.is_upgrade),
+            *(f"  PROBLEM: {problem}" for problem in hazards.refusals(operation.preflight)),
         ]
     return lines
 
@@ -223,7 +227,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-n", "--name", default="alembic", help="its section (default: alembic)")
     parser.add_argument(
-        "-x", action="append", default=[], help="NAME=VALUE, as alembic -x takes it"
+        "-x",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="as alembic -x takes it: the env.py's arguments and this package's settings",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument(
