@@ -24,6 +24,7 @@ from typing import Any
 
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy import Connection
 
 from alembic_lossless_unique.database_url import one_line
@@ -112,7 +113,7 @@ def pending_operations(
         context.configure(**options)
         try:
             context.run_migrations()
-        except MigrationAbort:
+        except (MigrationAbort, CommandError):  # said in one line already (an unknown revision)
             raise
         except Exception as error:  # the project's own code, read as `alembic --sql` reads it
             raise MigrationAbort(

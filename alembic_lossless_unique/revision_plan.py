@@ -19,6 +19,7 @@ database (pending.py), and gathers preflight's report for each operation.
 """
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -253,7 +254,11 @@ def run(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not os.path.isfile(arguments.config):
             raise MigrationAbort(f"no Alembic configuration at {arguments.config}: use -c FILE")
         config = Config(
-            arguments.config, ini_section=arguments.name, cmd_opts=argparse.Namespace(x=arguments.x)
+            arguments.config,
+            ini_section=arguments.name,
+            # An env.py that never reaches run_migrations writes its offline script here.
+            output_buffer=io.StringIO(),
+            cmd_opts=argparse.Namespace(x=arguments.x),
         )
         plan = make_plan(config, arguments.direction, revision)
     except (CommandError, DatabaseUrlError, MigrationAbort) as error:

@@ -154,3 +154,58 @@ def test_allow_gates_ci_on_hazard_codes(harness):
     assert unknown.returncode == 1
     [line] = failed_lines(unknown)
     assert "unknown hazard codes DELETES_EVERYTHING" in line
+
+
+PLAIN_ENV = """
+import os
+
+from alembic import context
+from sqlalchemy import create_engine
+
+if context.is_offline_mode():
+    context.configure(url=os.environ["DATABASE_URL"], literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    with create_engine(os.environ["DATABASE_URL"]).connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+PLAIN_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("plain", sa.Column("id", sa.Integer, primary_key=True))
+"""
+
+
+def test_an_env_without_run_migrations_is_refused_having_written_nothing(tmp_path, harness):
+    """Alembic's plain template never reaches run_migrations: the plan runs it as --sql would,
+    so it touches no database, and the command says in one line what it needs."""
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "env.py").write_text(PLAIN_ENV)
+    (tmp_path / "versions" / "0001_plain.py").write_text(PLAIN_REVISION)
+    (tmp_path / "alembic.ini").write_text(f"[alembic]\nscript_location = {tmp_path}\n")
+
+    result = plan(harness, "-c", str(tmp_path / "alembic.ini"))
+
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = failed_lines(result)
+    assert "did not call alembic_lossless_unique.run_migrations" in line
+    assert harness.scalar("SELECT to_regclass('public.plain') IS NULL")
+    assert harness.scalar("SELECT to_regclass('public.alembic_version') IS NULL")
+
+
+def test_the_reference_lists_every_hazard_code_of_this_version():
+    """docs/reference.md's table is the documented list: the codes hazards.py derives, in its
+    order, under its version."""
+    reference = (PROJECT_ROOT / "docs" / "reference.md").read_text()
+    section = reference.split(f"### Hazard codes (version {hazards.HAZARD_CODES_VERSION})")[1]
+    documented = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert tuple(documented) == hazards.CODES
