@@ -634,15 +634,21 @@ def async_shop(request, shop) -> Shop:
 
 
 def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harness):
-    """run_migrations inside the template's run_sync: the concurrent build reports whom it
-    waits for (the watcher runs on its own event loop), the duplicates are archived, `alembic
-    check` is clean, and the downgrade gives back the orders, their lines and the schema."""
+    """The plan through the template, then run_migrations inside its run_sync, with the plan's
+    fingerprint: the concurrent build reports whom it waits for (the watcher runs on its own
+    event loop), the duplicates are archived, `alembic check` is clean, and the downgrade gives
+    back the orders, their lines and the schema."""
     shop = async_shop
     shop.succeed("upgrade", SHOP_BASE)
     harness.execute(ORDERS)
     harness.execute(ORDER_LINES)
     orders_before, lines_before = orders(harness), order_lines(harness)
     schema_before = harness.schema_dump()
+    planned = shop_plan(shop)  # through the template's offline branch, on the async driver
+    assert [operation["hazards"][:2] for operation in planned["operations"]] == [
+        ["ARCHIVES_ROWS", "REPOINTS_CHILD_ROWS"]
+    ]
+    assert harness.schema_dump() == schema_before
     snapshot = holding(
         harness,
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
@@ -650,7 +656,14 @@ def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harne
     )
     blocker = snapshot.pid()
     try:
-        running = shop.start("-x", "progress_interval=0.2", "upgrade", "head")
+        running = shop.start(
+            "-x",
+            "progress_interval=0.2",
+            "-x",
+            f"expect_plan={planned['fingerprint']}",
+            "upgrade",
+            "head",
+        )
         [build] = wait_until(
             "the build to wait for the old snapshot",
             lambda: build_phase(harness, "waiting for old snapshots", "alembic shop"),
