@@ -133,7 +133,12 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
     form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
-    MigrationSettings.from_config(context.config)  # a bad -x fails before anything is written
+    # A bad -x fails before anything is written.
+    if MigrationSettings.from_config(context.config).expect_plan:
+        raise MigrationAbort(
+            "expect_plan is checked against the database by the online run: a --sql script"
+            " cannot check it (review the script itself, or run `alembic upgrade` online)"
+        )
     context.configure(
         url=target.render_as_string(hide_password=True) if target else "postgresql://",
         literal_binds=True,

@@ -209,3 +209,18 @@ def test_the_reference_lists_every_hazard_code_of_this_version():
     section = reference.split(f"### Hazard codes (version {hazards.HAZARD_CODES_VERSION})")[1]
     documented = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
     assert tuple(documented) == hazards.CODES
+
+
+def test_expect_plan_is_refused_offline():
+    """An --sql script cannot check a plan's fingerprint: it says so rather than ignore it."""
+    alembic = [sys.executable, "-m", "alembic"]
+    result = run_child(
+        [*alembic, "-x", f"expect_plan={'0' * 16}", "upgrade", "head", "--sql"],
+        cwd=PROJECT_ROOT,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        timeout=60,
+    )
+
+    assert result.returncode != 0 and "CREATE" not in result.stdout
+    [line] = failed_lines(result)
+    assert "a --sql script cannot check it" in line
