@@ -133,7 +133,7 @@ def run_offline(context: Any, *, url, preamble: str, **configure: Any) -> None:
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
     form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
-    # A bad -x fails before anything is written.
+    # A bad -x fails before anything is written; expect_plan needs the database.
     if MigrationSettings.from_config(context.config).expect_plan:
         raise MigrationAbort(
             "expect_plan is checked against the database by the online run: a --sql script"

@@ -86,6 +86,10 @@ def test_plan_of_upgrade_head_then_of_its_downgrade(harness):
 
     succeed(harness.cli("-x", f"expect_plan={fingerprint}", "upgrade", "head"))
     assert harness.count(f"{PRIVATE_SCHEMA}.meta_assets_cache_archive") == archived
+    # A second deploy with the same plan finds its work done, as without the fingerprint.
+    again = harness.cli("-x", f"expect_plan={fingerprint}", "upgrade", "head")
+    succeed(again)
+    assert f"nothing to do: the database is at {HEAD}" in again.stderr
 
     down = plan_json(harness, "downgrade", "-1")
     assert (down["command"], down["current_revisions"], down["pending_revisions"]) == (
