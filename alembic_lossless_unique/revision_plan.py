@@ -84,8 +84,9 @@ class RevisionPlan:
         }
 
 
-def plan_of(context: Any, db: Database, configure: dict[str, Any]) -> RevisionPlan:
-    """The plan of the command `context` runs, from the database `db` is in (read-only)."""
+def plan_of(context: Any, db: Database, configure: dict[str, Any], command: str) -> RevisionPlan:
+    """The plan of `alembic COMMAND`, which `context` runs, from the database `db` is in
+    (read-only)."""
     heads = pending.current_heads(db.connection, configure)
     found = pending.pending_operations(context, heads, configure)
     operations = []
@@ -102,7 +103,7 @@ def plan_of(context: Any, db: Database, configure: dict[str, Any]) -> RevisionPl
             )
         )
     return RevisionPlan(
-        command=" ".join(context.config.attributes[pending.PLAN_REQUEST].command),
+        command=command,
         current_revisions=list(heads),
         pending_revisions=found.revisions,
         fingerprint=expected_plan.fingerprint(db, found.operations),
@@ -114,7 +115,8 @@ def plan_of(context: Any, db: Database, configure: dict[str, Any]) -> RevisionPl
 class PlanRequest:
     """Put in config.attributes[PLAN_REQUEST]: run_migrations answers it instead of migrating."""
 
-    command: tuple[str, str]
+    # The command planned, as alembic takes it: "upgrade head", "downgrade -1", ...
+    command: str
     plan: RevisionPlan | None = None
 
     def __call__(
@@ -132,7 +134,7 @@ class PlanRequest:
 
         def read(migrator: Connection) -> RevisionPlan:
             return preflight.in_read_only_transaction(
-                migrator, settings, lambda db: plan_of(context, db, configure)
+                migrator, settings, lambda db: plan_of(context, db, configure, self.command)
             )
 
         injected = connection or context.config.attributes.get("connection")
@@ -144,7 +146,7 @@ class PlanRequest:
 def make_plan(config: Config, direction: str, revision: str) -> RevisionPlan:
     """Run the project's env.py for `alembic DIRECTION REVISION`, read-only, for its plan."""
     script = ScriptDirectory.from_config(config)
-    request = PlanRequest((direction, revision))
+    request = PlanRequest(f"{direction} {revision}")
     config.attributes[pending.PLAN_REQUEST] = request
 
     def revisions(heads: Any, _context: Any) -> Any:  # as alembic.command's upgrade/downgrade
