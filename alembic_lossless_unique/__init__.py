@@ -32,6 +32,9 @@ Mechanics, one job per module:
 - ``convergence``: the story, online; ``offline``: the same decisions as a standalone script
 - ``rerunnable``: that script can always be run again (the one module that hooks Alembic)
 - ``environment``: the one call in env.py; ``preflight``: the read-only report
+- ``revision_plan``: ``python -m alembic_lossless_unique plan``; ``pending``: the operations the
+  pending revisions would run; ``hazards``: the versioned hazard codes; ``expected_plan``: the
+  fingerprint, and ``-x expect_plan``'s refusal
 - ``operations``: the two Alembic operations; ``database``, ``database_url``, ``settings``,
   ``sqltext``, ``errors``: sessions, the URL, the knobs, SQL text, one-line failures
 """

@@ -29,7 +29,9 @@ from sqlalchemy.engine import URL
 
 from alembic_lossless_unique import (
     drivers,
+    expected_plan,
     offline,
+    pending,
     private_schema,
     rerunnable,
     session,
@@ -69,7 +71,17 @@ def run_migrations(
     session; see the module."""
     show_progress()
     try:
-        if context.is_offline_mode():
+        plan_request = context.config.attributes.get(pending.PLAN_REQUEST)
+        if plan_request is not None:  # `python -m alembic_lossless_unique plan`: read only
+            plan_request(
+                context,
+                url=url,
+                connection=connection,
+                application_name=application_name,
+                app_schema=app_schema,
+                configure=configure,
+            )
+        elif context.is_offline_mode():
             # Named, so that the script's own search_path plays no part in finding it.
             configure.setdefault("version_table_schema", app_schema)
             run_offline(context, url=url, preamble=offline_preamble, **configure)
@@ -124,7 +136,12 @@ def run_offline(context: Any, *, url: str | URL | None, preamble: str, **configu
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
     form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
-    MigrationSettings.from_config(context.config)  # a bad -x fails before anything is written
+    # A bad -x fails before anything is written; expect_plan needs the database.
+    if MigrationSettings.from_config(context.config).expect_plan:
+        raise MigrationAbort(
+            "expect_plan is checked against the database by the online run: a --sql script"
+            " cannot check it (review the script itself, or run `alembic upgrade` online)"
+        )
     context.configure(
         url=target.render_as_string(hide_password=True) if target else "postgresql://",
         literal_binds=True,
@@ -175,6 +192,12 @@ def run_on(
 ) -> None:
     """The environment's own steps, then Alembic's, on the migrator's connection."""
     with own_steps(connection, settings) as db:
+        expected_plan.refuse_unless_expected(
+            context,
+            connection,
+            db,
+            {"version_table_schema": app_schema, **configure},
+        )
         if prepare is not None:
             prepare(db)
         if "version_table_schema" in configure:

@@ -34,7 +34,8 @@ def _columns_of(keys: str, relation: str) -> str:
 def foreign_keys_sql(where: str) -> str:
     """One row per foreign key `con` matching `where`: its name, the child (referencing) table,
     the parent (referenced) table, their columns in order, the key's own equality operators,
-    the columns that identify a child row, and the ON DELETE action."""
+    the columns that identify a child row, and the ON DELETE action (as text: asyncpg reads a
+    "char" as bytes)."""
     return f"""
             SELECT con.conname::text AS constraint_name,
                    {qualified_relation_sql("con.conrelid")} AS child_table,
@@ -48,7 +49,7 @@ def foreign_keys_sql(where: str) -> str:
                            JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
                           ORDER BY e.k) AS operators,
                    {CHILD_IDENTITY_SQL} AS child_identity,
-                   con.confdeltype AS on_delete
+                   con.confdeltype::text AS on_delete
               FROM pg_catalog.pg_constraint con
              WHERE con.contype = 'f' AND {where}
              ORDER BY con.conname"""

@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
 
-from alembic_lossless_unique import convergence, offline
+from alembic_lossless_unique import convergence, offline, pending
 from alembic_lossless_unique.database import Database, autocommit_database
 from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
@@ -125,6 +125,8 @@ class UndoUniqueConstraintOp(UniqueConstraintOp):
 @Operations.implementation_for(EnsureUniqueConstraintOp)
 def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueConstraintOp) -> None:
     context = operations.get_context()
+    if pending.recorded(context, "ensure_unique_constraint", operation.target):
+        return
     if context.as_sql:  # no connection: the script decides in the database
         offline.write_upgrade(operations, operation.target)
         return
@@ -135,6 +137,8 @@ def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueCons
 @Operations.implementation_for(UndoUniqueConstraintOp)
 def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstraintOp) -> None:
     context = operations.get_context()
+    if pending.recorded(context, "undo_unique_constraint", operation.target):
+        return
     if context.as_sql:
         offline.write_downgrade(operations, operation.target)
         return

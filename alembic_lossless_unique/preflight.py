@@ -98,6 +98,26 @@ class Step:
     lock: str
     # What the app's queries and ON CONFLICT upserts see while the step runs, and how long.
     app_sees: str = ""
+    # What the step is, in one stable word (STEP_KINDS): what hazards.py reads.
+    kind: str = ""
+    # About how long the app waits on the step, where that depends on the table's size.
+    seconds: float | None = None
+
+
+# The kinds of steps, upgrade then downgrade.
+STEP_KINDS = (
+    "create_private_tables",
+    "drop_invalid",
+    "install_guard",
+    "archive",
+    "build_concurrently",
+    "promote",
+    "rename",
+    "drop_redundant",
+    "leave_alone",
+    "rebuild_concurrently",
+    "downgrade_transaction",
+)
 
 
 @dataclass
@@ -321,23 +341,34 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
     steps = []
     missing = [t for t in (target.ledger, target.archive) if not db.relation_exists(t)]
     if missing and not plan.converged:
-        steps.append(Step(f"create {' and '.join(missing)}", NO_TABLE_LOCK, "nothing"))
+        steps.append(
+            Step(
+                f"create {' and '.join(missing)}", NO_TABLE_LOCK, "nothing", "create_private_tables"
+            )
+        )
     for step in plan.of("drop_invalid"):
         steps.append(
-            Step(f"drop INVALID index {step.index_name}", catalog_lock(settings), no_upsert_fails)
+            Step(
+                f"drop INVALID index {step.index_name}",
+                catalog_lock(settings),
+                no_upsert_fails,
+                "drop_invalid",
+            )
         )
     main = plan.main
     if main is not None and main.action == "build":
         repointed = sum(fk.rows_to_repoint or 0 for fk in report.foreign_keys)
         no_unique = "ON CONFLICT upserts of the key keep failing (42P10: no unique serves them yet)"
         move = report.rows_to_archive + report.duplicate_groups
-        concurrent_build = about_seconds(build_seconds(report.table_bytes, concurrently=True))
+        move_seconds = move / MOVE_ROWS_PER_SECOND
+        build_for = build_seconds(report.table_bytes, concurrently=True)
         steps += [
             Step(
                 "install the duplicate guard (two triggers and a function)",
                 GUARD_LOCK,
                 f"{waits}; from then on an insert or key update that would duplicate a key fails"
                 " with 23505 (unique_violation), as it will once the constraint exists",
+                "install_guard",
             ),
             Step(
                 f"archive {report.rows_to_archive} duplicate rows from"
@@ -346,19 +377,24 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
                 + (f", re-pointing {repointed} child rows to the kept rows" if repointed else ""),
                 ARCHIVE_LOCK,
                 f"writes to the {move} rows of those keys wait for the move"
-                f" ({about_seconds(move / MOVE_ROWS_PER_SECOND)}); other rows are unaffected;"
+                f" ({about_seconds(move_seconds)}); other rows are unaffected;"
                 f" {no_unique}",
+                "archive",
+                move_seconds,
             ),
             Step(
                 f"build unique index {name} concurrently",
                 CONCURRENT_LOCK,
-                f"nothing waits ({concurrent_build} of build);"
+                f"nothing waits ({about_seconds(build_for)} of build);"
                 f" {no_unique} until the index is valid, then they work",
+                "build_concurrently",
+                build_for,
             ),
             Step(
                 "promote it to the constraint and remove the guard",
                 catalog_lock(settings),
                 no_upsert_fails,
+                "promote",
             ),
         ]
     elif main is not None and main.action == "rename":
@@ -367,6 +403,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
                 f"rename constraint {main.constraint_name} to {name}",
                 catalog_lock(settings),
                 no_upsert_fails,
+                "rename",
             )
         )
     elif main is not None and main.action == "promote":
@@ -375,6 +412,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
                 f"promote index {main.index_name} to constraint {name} (no build)",
                 catalog_lock(settings),
                 no_upsert_fails,
+                "promote",
             )
         )
     for step in plan.of("drop_redundant"):
@@ -383,10 +421,19 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
             if step.constraint_name
             else f"index {step.index_name}"
         )
-        steps.append(Step(f"drop redundant {what}", catalog_lock(settings), no_upsert_fails))
+        steps.append(
+            Step(
+                f"drop redundant {what}", catalog_lock(settings), no_upsert_fails, "drop_redundant"
+            )
+        )
     for step in plan.of("leave_alone"):
         steps.append(
-            Step(f"leave {step.description} alone: partial or expression unique", "none", "")
+            Step(
+                f"leave {step.description} alone: partial or expression unique",
+                "none",
+                "",
+                "leave_alone",
+            )
         )
     return steps
 
@@ -407,7 +454,7 @@ def planned_downgrade(
         return []
     settings = db.settings
     rebuilt = [s.detail for s in steps_done if s.action in ("dropped_redundant", "promoted")]
-    concurrent_build = about_seconds(build_seconds(report.table_bytes, concurrently=True))
+    concurrent_build = build_seconds(report.table_bytes, concurrently=True)
     one_build = build_seconds(report.table_bytes, concurrently=False)
     inside = bool(rebuilt) and indexes.rebuild_in_transaction(db, target)
     steps = []
@@ -416,10 +463,12 @@ def planned_downgrade(
             Step(
                 "rebuild " + ", ".join(d["index_name"] for d in rebuilt) + " concurrently",
                 CONCURRENT_LOCK,
-                f"nothing waits; while it builds ({concurrent_build} a unique), PostgreSQL 18"
-                " and older fail some ON CONFLICT upserts that race on a key with 23505"
-                " (unique_violation) or 40P01 (deadlock): -x downgrade_rebuild=in_transaction"
-                " trades that for waiting",
+                f"nothing waits; while it builds ({about_seconds(concurrent_build)} a unique),"
+                " PostgreSQL 18 and older fail some ON CONFLICT upserts that race on a key with"
+                " 23505 (unique_violation) or 40P01 (deadlock):"
+                " -x downgrade_rebuild=in_transaction trades that for waiting",
+                "rebuild_concurrently",
+                len(rebuilt) * concurrent_build,
             )
         )
     restored = report.rows_already_archived
@@ -447,13 +496,16 @@ def planned_downgrade(
             f" {settings.lock_retries} attempts",
             f"the table's reads and writes wait while {' and '.join(lock_for) or 'it commits'}"
             f" ({about_seconds(held)}); {after}",
+            "downgrade_transaction",
+            held,
         )
     )
     return steps
 
 
-def text_lines(report: Report) -> list[str]:
-    """The report for a person: one fact per line, nothing said twice."""
+def text_lines(report: Report, *, upgrade: bool = True) -> list[str]:
+    """The report for a person: one fact per line, nothing said twice. Without `upgrade`, what
+    only the downgrade meets (the plan of an undo_unique_constraint)."""
     if not report.table_exists:
         return [f"  table                {report.table}: does not exist"]
     lines = [
@@ -461,10 +513,13 @@ def text_lines(report: Report) -> list[str]:
         f"  size                 ~{report.estimated_rows} rows (planner estimate), table"
         f" {report.table_bytes} bytes, {report.total_bytes} bytes with indexes and TOAST",
         f"  uniques on the key   {'; '.join(report.uniques) or 'none'}",
-        f"  duplicate groups     {report.duplicate_groups}",
-        f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
-        f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
     ]
+    if upgrade:
+        lines += [
+            f"  duplicate groups     {report.duplicate_groups}",
+            f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
+            f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
+        ]
     if report.rows_already_archived:
         lines.append(f"  already archived     {report.rows_already_archived}")
     if report.resumes_interrupted_run:
@@ -476,11 +531,12 @@ def text_lines(report: Report) -> list[str]:
         )
     lines += [f"  around the table     {line}" for line in report.surroundings]
     lines += [f"  replication          {line}" for line in report.replication]
-    lines += [f"  offline script       {line}" for line in report.offline]
-    if report.steps:
+    if upgrade:
+        lines += [f"  offline script       {line}" for line in report.offline]
+    if upgrade and report.steps:
         lines.append("  steps the upgrade would take:")
         lines += step_lines(report.steps)
-    else:
+    elif upgrade or not report.downgrade_steps:
         lines.append("  steps                none: nothing to do")
     if report.downgrade_steps:
         lines.append("  steps the downgrade would take:")
@@ -507,15 +563,23 @@ def read_only(url: URL, application_name: str, gather_report: Callable[[Database
     session.refuse_transaction_pooler(url)
 
     def report(connection: Connection) -> R:
-        # The first statement of the transaction: nothing below can write.
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-        try:
-            db = Database(connection, MigrationSettings.from_sources({}), concurrent=False)
-            return gather_report(db)
-        finally:
-            connection.rollback()
+        return in_read_only_transaction(
+            connection, MigrationSettings.from_sources({}), gather_report
+        )
 
     return session.connected(url, application_name, report, app_schema=session.DEFAULT_APP_SCHEMA)
+
+
+def in_read_only_transaction(
+    connection: Connection, settings: MigrationSettings, work: Callable[[Database], R]
+) -> R:
+    """`work(db)` in one READ ONLY transaction on `connection`, rolled back afterwards."""
+    # The first statement of the transaction: nothing below can write.
+    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    try:
+        return work(Database(connection, settings, concurrent=False))
+    finally:
+        connection.rollback()
 
 
 def command(

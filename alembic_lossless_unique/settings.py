@@ -40,6 +40,20 @@ def parse_memory(name: str, raw: str) -> str:
     return f"{int(match.group(1))}{match.group(2)}"
 
 
+# `python -m alembic_lossless_unique plan` prints its fingerprint as this many hex digits.
+FINGERPRINT_DIGITS = 16
+_FINGERPRINT = re.compile(rf"^[0-9a-f]{{{FINGERPRINT_DIGITS}}}$")
+
+
+def parse_fingerprint(name: str, raw: str) -> str:
+    if not _FINGERPRINT.match(raw.strip()):
+        raise MigrationAbort(
+            f"{name}={raw!r} is not a plan's fingerprint: use the {FINGERPRINT_DIGITS} hex digits"
+            " that `python -m alembic_lossless_unique plan` prints"
+        )
+    return raw.strip()
+
+
 # How the downgrade rebuilds a unique that sits beside the target constraint on the same key.
 DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
 # How an `alembic --sql` script builds the unique index.
@@ -60,6 +74,7 @@ def choice(*options: str) -> Callable[[str, str], str]:
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
 # Settings whose parser is not the one of their type.
 _NAMED_PARSERS = {
+    "expect_plan": parse_fingerprint,
     "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
     "offline_build": choice(*OFFLINE_BUILDS),
 }
@@ -80,6 +95,9 @@ class MigrationSettings:
     migrator_wait: float = 1800.0
     # How often a long concurrent build reports its progress.
     progress_interval: float = 10.0
+    # The fingerprint of the plan that was reviewed: the run refuses, before changing anything,
+    # when what that plan depended on has changed since (expected_plan.py). Empty: no check.
+    expect_plan: str = ""
     # work_mem of the dedupe's transaction, if the server's is lower. Finding the duplicates
     # hashes every keyed row; at 64MB a million rows hash in memory. Parallel workers each get
     # as much (times hash_mem_multiplier), so lower it on a server with little memory.

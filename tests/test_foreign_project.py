@@ -283,8 +283,17 @@ def newest_of_each_number(harness: MigrationHarness) -> set[int]:
     return {max(group, key=lambda r: (r.updated_at, r.id)).id for group in groups.values()}
 
 
+def shop_plan(shop: Shop) -> dict:
+    """`python -m alembic_lossless_unique plan --json` in the shop, with no argument of its own."""
+    result = shop.python("-m", "alembic_lossless_unique", "plan", "--json")
+    assert result.returncode == 0 and not failed_lines(result), result.output
+    return json.loads(result.stdout)
+
+
 def test_upgrade_check_and_downgrade(shop, harness):
-    """`alembic upgrade head` runs the shop's revisions: its duplicate orders are archived (the
+    """The plan of `upgrade head` names what it will archive and re-point, and wrote nothing;
+    `alembic upgrade head` with its fingerprint runs the shop's revisions: its duplicate orders
+    are archived (the
     newest of each number kept, drafts untouched, lines re-pointed to the kept order), the
     summary reaches stderr, `alembic check` is clean against the shop's models, a second run
     says "nothing to do" in one line; the downgrade brings the shop's orders and lines back
@@ -297,7 +306,24 @@ def test_upgrade_check_and_downgrade(shop, harness):
     kept = newest_of_each_number(harness)
     assert kept == {2, 5, 6}
 
-    upgraded = shop.succeed("upgrade", "head")
+    planned = shop_plan(shop)
+    assert harness.schema_dump() == schema_before  # the plan wrote nothing
+    [operation] = planned["operations"]
+    assert (operation["revision"], operation["operation"], operation["table"]) == (
+        SHOP_HEAD,
+        "ensure_unique_constraint",
+        "public.orders",
+    )
+    assert operation["hazards"] == [
+        "ARCHIVES_ROWS",
+        "REPOINTS_CHILD_ROWS",
+        "BUILDS_INDEX_CONCURRENTLY",
+        "TAKES_STRONG_LOCKS",
+    ]
+    assert operation["preflight"]["rows_to_archive"] == 3
+    assert [fk["rows_to_repoint"] for fk in operation["preflight"]["foreign_keys"]] == [3]
+
+    upgraded = shop.succeed("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
 
     assert shop.versions() == {SHOP_HEAD}
     assert (
@@ -346,9 +372,13 @@ run_migrations(context, target_metadata=Base.metadata)
 
 def test_check_with_the_smallest_env_is_clean(shop):
     """The shop with the smallest env.py (the one call and its own models, no autogenerate
-    filters): after `upgrade head`, `alembic check` finds nothing; in particular it does not
+    filters): its plan from an empty database finds the table its first revision creates
+    missing; after `upgrade head`, `alembic check` finds nothing; in particular it does not
     propose dropping the version table."""
     (shop.directory / "migrations" / "env.py").write_text(SMALLEST_ENV)
+    planned = shop_plan(shop)
+    assert planned["pending_revisions"] == [SHOP_BASE, SHOP_HEAD]
+    assert [operation["hazards"] for operation in planned["operations"]] == [["TABLE_MISSING"]]
     shop.succeed("upgrade", "head")
 
     checked = shop.alembic("check")
@@ -620,15 +650,21 @@ def async_shop(request, shop) -> Shop:
 
 
 def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harness):
-    """run_migrations inside the template's run_sync: the concurrent build reports whom it
-    waits for (the watcher runs on its own event loop), the duplicates are archived, `alembic
-    check` is clean, and the downgrade gives back the orders, their lines and the schema."""
+    """The plan through the template, then run_migrations inside its run_sync, with the plan's
+    fingerprint: the concurrent build reports whom it waits for (the watcher runs on its own
+    event loop), the duplicates are archived, `alembic check` is clean, and the downgrade gives
+    back the orders, their lines and the schema."""
     shop = async_shop
     shop.succeed("upgrade", SHOP_BASE)
     harness.execute(ORDERS)
     harness.execute(ORDER_LINES)
     orders_before, lines_before = orders(harness), order_lines(harness)
     schema_before = harness.schema_dump()
+    planned = shop_plan(shop)  # through the template's offline branch, on the async driver
+    assert [operation["hazards"][:2] for operation in planned["operations"]] == [
+        ["ARCHIVES_ROWS", "REPOINTS_CHILD_ROWS"]
+    ]
+    assert harness.schema_dump() == schema_before
     snapshot = holding(
         harness,
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
@@ -636,7 +672,14 @@ def test_async_template_upgrades_online_and_downgrades_exactly(async_shop, harne
     )
     blocker = snapshot.pid()
     try:
-        running = shop.start("-x", "progress_interval=0.2", "upgrade", "head")
+        running = shop.start(
+            "-x",
+            "progress_interval=0.2",
+            "-x",
+            f"expect_plan={planned['fingerprint']}",
+            "upgrade",
+            "head",
+        )
         [build] = wait_until(
             "the build to wait for the old snapshot",
             lambda: build_phase(harness, "waiting for old snapshots", "alembic shop"),
