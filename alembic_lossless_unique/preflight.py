@@ -53,8 +53,8 @@ R = TypeVar("R")
 
 NO_TABLE_LOCK = "none on the table"
 ARCHIVE_LOCK = (
-    "ROW EXCLUSIVE: deletes only the duplicate rows, in one transaction; writes to those rows"
-    " wait for its commit"
+    "ROW EXCLUSIVE: deletes only the duplicate rows, a batch of keys per transaction; writes to"
+    " those rows wait for their batch's commit"
 )
 GUARD_LOCK = (
     "SHARE ROW EXCLUSIVE for a moment (CREATE TRIGGER), under lock_timeout with retries; from"
@@ -361,6 +361,7 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
         no_unique = "ON CONFLICT upserts of the key keep failing (42P10: no unique serves them yet)"
         move = report.rows_to_archive + report.duplicate_groups
         move_seconds = move / MOVE_ROWS_PER_SECOND
+        batches = max(1, -(-report.duplicate_groups // settings.move_batch_keys))
         build_for = build_seconds(report.table_bytes, concurrently=True)
         steps += [
             Step(
@@ -376,11 +377,12 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
                 " each key stays)"
                 + (f", re-pointing {repointed} child rows to the kept rows" if repointed else ""),
                 ARCHIVE_LOCK,
-                f"writes to the {move} rows of those keys wait for the move"
-                f" ({about_seconds(move_seconds)}); other rows are unaffected;"
+                f"writes to the {move} rows of those keys wait for their batch"
+                f" ({batches} of up to {settings.move_batch_keys} keys,"
+                f" {about_seconds(move_seconds / batches)} each); other rows are unaffected;"
                 f" {no_unique}",
                 "archive",
-                move_seconds,
+                move_seconds / batches,
             ),
             Step(
                 f"build unique index {name} concurrently",
