@@ -29,6 +29,7 @@ KIND_PREFIXES = (
     ("list", "dedupe"),
     ("mov", "dedupe"),
     ("archiv", "dedupe"),
+    ("delet", "dedupe"),
     ("build", "build"),
     ("promot", "promote"),
     ("restor", "restore"),
