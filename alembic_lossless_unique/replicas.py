@@ -7,8 +7,10 @@ long ago the primary wrote the WAL it replayed last: the age of the data the sta
 The time is what a limit is about (a reader on the standby sees rows that old, whatever their
 size), but it alone misleads both ways: `replay_lag` is only computed when a reply arrives, it
 is NULL after an idle spell until the first reply to new WAL, and it keeps its last value when
-replies stop. The byte distance to the primary's current WAL position
-(`pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)`) settles what the time cannot:
+replies stop. The byte distance to the end of the primary's WAL
+(`pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)`: the insert position, since a
+batch committed with synchronous_commit off may not be written out yet) settles what the time
+cannot:
 
 - nothing left to replay (0 bytes): caught up, whatever `replay_lag` still says;
 - bytes left and a `replay_lag` above the limit: behind;
@@ -44,6 +46,9 @@ from alembic_lossless_unique.settings import MigrationSettings
 
 # How often a wait reads pg_stat_replication again: a cheap read of shared memory.
 POLL_SECONDS = 0.1
+# On an idle primary whose WAL ends at a page boundary, the insert position already counts the
+# next page's header (at most 40 bytes), which no standby can replay before more WAL comes.
+_PAGE_HEADER_BYTES = 40
 
 _CAN_READ_LAG = """
 SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
@@ -55,10 +60,10 @@ SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
 _STANDBYS = """
 SELECT r.application_name AS name,
        EXTRACT(EPOCH FROM r.replay_lag)::float8 AS replay_lag,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn)::int8
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), r.replay_lsn)::int8
            AS replay_bytes,
        r.sync_state,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.flush_lsn)::int8
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), r.flush_lsn)::int8
            AS flush_bytes,
        EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - r.reply_time)::float8 AS reply_age
   FROM pg_catalog.pg_stat_replication r
@@ -82,14 +87,14 @@ SELECT slot_name, active,
 class StandbyLag:
     name: str  # application_name, as pg_stat_replication shows it
     replay_lag: float | None  # seconds; None when unknown (no reply since the last idle spell)
-    replay_bytes: int | None  # pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)
+    replay_bytes: int | None  # pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)
     sync_state: str  # async, sync, potential, quorum
     flush_bytes: int | None = None  # WAL it has not yet written to its disk
     reply_age: float | None = None  # seconds since its last reply
 
     def behind(self, limit: float) -> bool:
         """More than `limit` seconds behind, as the module docstring decides it."""
-        if not self.replay_bytes or self.replay_bytes <= 0:
+        if self.replay_bytes is None or self.replay_bytes <= _PAGE_HEADER_BYTES:
             return False
         return self.replay_lag is None or self.replay_lag > limit
 
@@ -99,9 +104,10 @@ class StandbyLag:
 
     def why_behind(self) -> str:
         """What a standby that stays behind looks like from the primary."""
-        if self.flush_bytes == 0:
+        received = (self.replay_bytes or 0) - (self.flush_bytes or 0)
+        if self.flush_bytes is not None and received > self.flush_bytes:
             return (
-                "it has received all the WAL but does not replay it"
+                "it has received most of the WAL it lacks but does not replay it"
                 " (recovery_min_apply_delay, or replay paused)"
             )
         if self.reply_age is not None and self.reply_age > 10:

@@ -13,8 +13,8 @@ fast as anything writes, so without the cap no test could see it fall behind. Th
 replies to the primary every second (wal_receiver_status_interval), so the primary's view of it
 is fresh. `synchronous=True` names it in the primary's synchronous_standby_names (put back on
 exit, before the standby stops, so that no commit on the primary waits for a standby that is
-gone); `apply_delay` sets recovery_min_apply_delay. Every wait is bounded; everything is removed
-on exit.
+gone); `apply_delay` sets recovery_min_apply_delay once it streams. Every wait is bounded;
+everything is removed on exit.
 """
 
 import contextlib
@@ -132,11 +132,25 @@ class Standby:
     name: str  # its application_name on the primary
     primary: ThrowawayServer
     server: ThrowawayServer  # the standby itself, read-only
+    data_dir: Path
     relay: CappedRelay = field(repr=False)
 
     def sql(self, statement: str, database: str = "postgres", **params: Any) -> list[Any]:
         """Rows of `statement` on the standby."""
         return _sql(self.server, statement, database, **params)
+
+    def delay_apply(self, delay: str) -> None:
+        """recovery_min_apply_delay from now on. Set once the standby is consistent: a commit
+        inside the base backup's WAL would otherwise hold its start (pg_ctl --wait) for that
+        long."""
+        with (self.data_dir / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"recovery_min_apply_delay = '{delay}'\n")
+        self.sql("SELECT pg_reload_conf()")
+        _wait(
+            f"standby {self.name} to take recovery_min_apply_delay",
+            lambda: self.sql("SHOW recovery_min_apply_delay")[0][0] != "0",
+            10,
+        )
 
     def wait_streaming(self, timeout: float = 30) -> None:
         _wait(
@@ -197,18 +211,18 @@ def streaming_standby(
                 "unix_socket_directories": str(root),
                 "wal_receiver_status_interval": "1s",
             }
-            if apply_delay is not None:
-                options["recovery_min_apply_delay"] = apply_delay
             start_server(primary.bin_dir, data_dir, log_file, options, as_user)
             started = True
             server = ThrowawayServer(
                 "127.0.0.1", port, primary.user, primary.password, primary.bin_dir
             )
-            standby = Standby(name, primary, server, relay)
+            standby = Standby(name, primary, server, data_dir, relay)
             if synchronous:
                 made_synchronous = True
                 _set_synchronous_standbys(primary, f'"{name}"')
             standby.wait_streaming()
+            if apply_delay is not None:
+                standby.delay_apply(apply_delay)
             yield standby
     finally:
         if made_synchronous:
