@@ -20,7 +20,12 @@ cannot:
 A standby reports its replay position when it receives WAL and, otherwise, every
 `wal_receiver_status_interval` (10 s by default): one that caught up while the primary was idle
 can look behind for up to that long. Byte lag alone would not do as the limit: a megabyte is a
-millisecond on one link and a second on another.
+millisecond on one link and a second on another. Two consequences, documented in
+docs/reference.md: right after a batch a standby that has just started replaying it is not yet
+behind (its lag shows while the next batch runs, and the pacer holds then), so a standby can
+fall behind by the limit plus about one batch; and PostgreSQL keeps the last measured
+`replay_lag` while a standby replays nothing, so one paused right after catching up looks as
+far behind as it was then.
 
 Only physical standbys pace the move (a walsender whose slot is logical feeds a subscriber or a
 CDC tool, and walsenders that never replay, pg_receivewal and pg_basebackup, report no replay
