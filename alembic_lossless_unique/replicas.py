@@ -12,7 +12,7 @@ replies stop. The byte distance to the end of the primary's WAL
 batch committed with synchronous_commit off may not be written out yet) settles what the time
 cannot:
 
-- nothing left to replay (0 bytes): caught up, whatever `replay_lag` still says;
+- nothing left to replay (0 bytes, or all it was sent): caught up, whatever `replay_lag` says;
 - bytes left and a `replay_lag` above the limit: behind;
 - bytes left and no `replay_lag` (no reply since the new WAL): behind until it replies, which
   a live standby does as soon as it has received the WAL, and a dead one never does.
@@ -68,6 +68,7 @@ SELECT r.application_name AS name,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), r.replay_lsn)::int8
            AS replay_bytes,
        r.sync_state,
+       pg_catalog.pg_wal_lsn_diff(r.sent_lsn, r.replay_lsn)::int8 AS unreplayed_sent_bytes,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), r.flush_lsn)::int8
            AS flush_bytes,
        EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - r.reply_time)::float8 AS reply_age
@@ -96,10 +97,14 @@ class StandbyLag:
     sync_state: str  # async, sync, potential, quorum
     flush_bytes: int | None = None  # WAL it has not yet written to its disk
     reply_age: float | None = None  # seconds since its last reply
+    unreplayed_sent_bytes: int | None = None  # sent to it and not yet replayed
 
     def behind(self, limit: float) -> bool:
         """More than `limit` seconds behind, as the module docstring decides it."""
         if self.replay_bytes is None or self.replay_bytes <= _PAGE_HEADER_BYTES:
+            return False
+        # It has replayed all it was sent: what remains is not even written out yet.
+        if self.unreplayed_sent_bytes is not None and self.unreplayed_sent_bytes <= 0:
             return False
         return self.replay_lag is None or self.replay_lag > limit
 
@@ -137,6 +142,7 @@ def standby_lags(db: Database) -> list[StandbyLag] | None:
             sync_state=row.sync_state,
             flush_bytes=row.flush_bytes,
             reply_age=row.reply_age,
+            unreplayed_sent_bytes=row.unreplayed_sent_bytes,
         )
         for row in db.rows(_STANDBYS)
     ]
