@@ -25,6 +25,7 @@ Mechanics, one job per module:
 - ``guard``: new duplicates rejected while the constraint is being built
 - ``indexes``: concurrent builds and drops, catalog changes under lock retries, progress
 - ``locks``: one migrator at a time; short lock timeouts with bounded retries
+- ``replicas``: how far the physical standbys lag, and the pacer that waits for them
 - ``ledger``: what an operation found and did, for re-runs and the downgrade
 - ``private_schema``: where archive, ledger and guard live, closed to every other role
 - ``session``: pooler refusal, a safe search_path, a clean exit

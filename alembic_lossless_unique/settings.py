@@ -26,6 +26,13 @@ def parse_seconds(name: str, raw: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def parse_seconds_or_off(name: str, raw: str) -> float | None:
+    """A duration, or `off` (None): a limit that can be switched off."""
+    if raw.strip().lower() == "off":
+        return None
+    return parse_seconds(name, raw)
+
+
 def parse_count(name: str, raw: str) -> int:
     if not raw.strip().isdigit() or int(raw) < 1:
         raise MigrationAbort(f"{name}={raw!r} must be a whole number of at least 1")
@@ -77,6 +84,7 @@ _NAMED_PARSERS = {
     "expect_plan": parse_fingerprint,
     "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
     "offline_build": choice(*OFFLINE_BUILDS),
+    "max_replica_lag": parse_seconds_or_off,
 }
 
 
@@ -117,6 +125,13 @@ class MigrationSettings:
     # (psql -f, supabase db push: each statement sent on its own), or blocking writes inside
     # the revision's transaction (the Supabase SQL editor: the whole script as one query).
     offline_build: str = "concurrent"
+    # The move's next batch waits while a physical standby replays more than this far behind
+    # the primary (pg_stat_replication); None (`off`) never waits. A standby a second behind
+    # serves reads a second old, and its WAL backlog drains in about as long.
+    max_replica_lag: float | None = 1.0
+    # The longest one wait for standbys lasts; a standby still behind then (one that applies
+    # with recovery_min_apply_delay, a dead one) is named and no longer waited for in this run.
+    max_replica_wait: float = 60.0
 
     @classmethod
     def from_sources(

