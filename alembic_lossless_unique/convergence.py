@@ -20,6 +20,7 @@ from alembic_lossless_unique import (
     indexes,
     ledger,
     private_schema,
+    replicas,
     restore,
     surroundings,
 )
@@ -274,7 +275,8 @@ def past_the_guard_message(db: Database, target: UniqueTarget, slipped_in: list[
 def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) -> dict[str, Any]:
     """The dedupe: one transaction lists every row of a duplicate key, then the move runs in
     batches of `move_batch_keys` keys, each its own transaction, so a writer of a duplicate key
-    waits for one batch at most and each batch's WAL reaches the standbys before the next.
+    waits for one batch at most; each batch waits for the physical standbys to replay to within
+    `max_replica_lag` (replicas.ReplicaPacer).
     A run stopped between batches or inside one leaves whole batches archived, the guard still
     on, and a re-run lists what is left. Returns the batches' ledger records summed up. It takes
     no lock that blocks the app, and may wait for rows the app holds, so a statement_timeout on
@@ -288,8 +290,11 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
                     for statement in dedupe.batches_sql(target, db.settings.move_batch_keys):
                         db.execute(statement)
                 batches = int(db.scalar(dedupe.batch_count_sql(target)))
+            pacer = replicas.ReplicaPacer(db, db.settings, log)
             with report.step("move duplicates"), indexes.watching(db, "moving duplicates"):
                 for batch in range(batches):
+                    # Each batch starts once the standbys have replayed what came before it.
+                    pacer.wait()
                     with db.transaction():
                         db.execute(dedupe.batch_work_sql(target, batch))
                         db.execute(dedupe.move_sql(target))

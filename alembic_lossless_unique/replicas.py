@@ -2,30 +2,18 @@
 have replayed it (`max_replica_lag`, `max_replica_wait`).
 
 What "behind" means. The primary knows a standby's position only from the standby's replies,
-which pg_stat_replication shows: `replay_lsn` (how far it has replayed) and `replay_lag` (how
-long ago the primary wrote the WAL it replayed last: the age of the data the standby serves).
-The time is what a limit is about (a reader on the standby sees rows that old, whatever their
-size), but it alone misleads both ways: `replay_lag` is only computed when a reply arrives, it
-is NULL after an idle spell until the first reply to new WAL, and it keeps its last value when
-replies stop. The byte distance to the end of the primary's WAL
-(`pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)`: the insert position, since a
-batch committed with synchronous_commit off may not be written out yet) settles what the time
-cannot:
-
-- nothing left to replay (0 bytes, or all it was sent): caught up, whatever `replay_lag` says;
-- bytes left and a `replay_lag` above the limit: behind;
-- bytes left and no `replay_lag` (no reply since the new WAL): behind until it replies, which
-  a live standby does as soon as it has received the WAL, and a dead one never does.
-
-A standby reports its replay position when it receives WAL and, otherwise, every
-`wal_receiver_status_interval` (10 s by default): one that caught up while the primary was idle
-can look behind for up to that long. Byte lag alone would not do as the limit: a megabyte is a
-millisecond on one link and a second on another. Two consequences, documented in
-docs/reference.md: right after a batch a standby that has just started replaying it is not yet
-behind (its lag shows while the next batch runs, and the pacer holds then), so a standby can
-fall behind by the limit plus about one batch; and PostgreSQL keeps the last measured
-`replay_lag` while a standby replays nothing, so one paused right after catching up looks as
-far behind as it was then.
+which pg_stat_replication shows as `replay_lsn`. Its `replay_lag` (how long ago the primary
+wrote the WAL replayed last) looks backwards and only moves when a reply arrives: right after a
+burst of WAL it still shows the small lag of before, so pacing on it lets batch after batch go
+until the replies catch up, and the standby ends as far behind as all those batches take to
+cross its link. The pacer looks forwards instead: when a wait begins it notes the end of the
+WAL (`pg_current_wal_insert_lsn()`: the batch before it, with whatever the app wrote), and the
+next batch starts once every standby has replayed up to there, but for what it replays in
+`max_replica_lag` at the rate it has been replaying (measured from its `replay_lsn` while it
+had WAL to replay; none is assumed before that). So a standby is never more than the limit plus
+the batch in flight behind, whatever its link; a fast standby costs the move nothing; one that
+replays nothing (recovery_min_apply_delay, paused, cut off) holds the move until the bounded
+wait ends. WAL written during a wait (the app's) is for the next wait.
 
 Only physical standbys pace the move (a walsender whose slot is logical feeds a subscriber or a
 CDC tool, and walsenders that never replay, pg_receivewal and pg_basebackup, report no replay
@@ -51,9 +39,15 @@ from alembic_lossless_unique.settings import MigrationSettings
 
 # How often a wait reads pg_stat_replication again: a cheap read of shared memory.
 POLL_SECONDS = 0.1
+# The shortest span a standby's replay rate is measured over.
+RATE_WINDOW = 0.5
 # On an idle primary whose WAL ends at a page boundary, the insert position already counts the
 # next page's header (at most 40 bytes), which no standby can replay before more WAL comes.
 _PAGE_HEADER_BYTES = 40
+
+_INSERT_POSITION = (
+    "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::int8"
+)
 
 _CAN_READ_LAG = """
 SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
@@ -71,7 +65,8 @@ SELECT r.application_name AS name,
        pg_catalog.pg_wal_lsn_diff(r.sent_lsn, r.replay_lsn)::int8 AS unreplayed_sent_bytes,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), r.flush_lsn)::int8
            AS flush_bytes,
-       EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - r.reply_time)::float8 AS reply_age
+       EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - r.reply_time)::float8 AS reply_age,
+       pg_catalog.pg_wal_lsn_diff(r.replay_lsn, '0/0')::int8 AS replay_position
   FROM pg_catalog.pg_stat_replication r
  WHERE r.replay_lsn IS NOT NULL
    AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
@@ -98,15 +93,7 @@ class StandbyLag:
     flush_bytes: int | None = None  # WAL it has not yet written to its disk
     reply_age: float | None = None  # seconds since its last reply
     unreplayed_sent_bytes: int | None = None  # sent to it and not yet replayed
-
-    def behind(self, limit: float) -> bool:
-        """More than `limit` seconds behind, as the module docstring decides it."""
-        if self.replay_bytes is None or self.replay_bytes <= _PAGE_HEADER_BYTES:
-            return False
-        # It has replayed all it was sent: what remains is not even written out yet.
-        if self.unreplayed_sent_bytes is not None and self.unreplayed_sent_bytes <= 0:
-            return False
-        return self.replay_lag is None or self.replay_lag > limit
+    replay_position: int | None = None  # replay_lsn, as bytes since 0/0
 
     def describe(self) -> str:
         lag = "unknown" if self.replay_lag is None else f"{self.replay_lag:.1f} s"
@@ -143,6 +130,7 @@ def standby_lags(db: Database) -> list[StandbyLag] | None:
             flush_bytes=row.flush_bytes,
             reply_age=row.reply_age,
             unreplayed_sent_bytes=row.unreplayed_sent_bytes,
+            replay_position=row.replay_position,
         )
         for row in db.rows(_STANDBYS)
     ]
@@ -166,7 +154,8 @@ def logical_slots_line(db: Database) -> str | None:
 
 
 class ReplicaPacer:
-    """Called between the batches of a move: holds while a standby lags above the limit."""
+    """Called between the batches of a move: holds until every standby has replayed the batch
+    before, within max_replica_lag (see the module docstring)."""
 
     def __init__(self, db: Database, settings: MigrationSettings, log: logging.Logger) -> None:
         self.db = db
@@ -175,6 +164,10 @@ class ReplicaPacer:
         self.progress_interval = settings.progress_interval
         self.log = log
         self.skipped: set[str] = set()
+        # Per standby: when and where its replay was last looked at, and whether it had WAL
+        # to replay then; and the rate it replays at.
+        self.replay_seen: dict[str, tuple[float, int, bool]] = {}
+        self.replay_rates: dict[str, float] = {}
         self.started = False
         self.enabled = self.limit is not None
 
@@ -188,8 +181,9 @@ class ReplicaPacer:
         waited_for: set[str] = set()
         started = time.monotonic()
         next_progress = started + self.progress_interval
+        target = int(self.db.scalar(_INSERT_POSITION))
         while True:
-            behind = self._behind(self.limit)
+            behind = self._behind(target, self.limit)
             now = time.monotonic()
             if not behind:
                 if waited_for:
@@ -227,9 +221,35 @@ class ReplicaPacer:
         if slots is not None:
             self.log.info(slots)
 
-    def _behind(self, limit: float) -> list[StandbyLag]:
-        lags = standby_lags(self.db) or []
-        return [lag for lag in lags if lag.name not in self.skipped and lag.behind(limit)]
+    def _behind(self, target: int, limit: float) -> list[StandbyLag]:
+        """The standbys that have not replayed up to `target`, but for what they replay in
+        `limit` seconds at the rate they have been replaying."""
+        now = time.monotonic()
+        behind = []
+        for lag in standby_lags(self.db) or []:
+            if lag.name in self.skipped or lag.replay_position is None:
+                continue
+            owed = target - lag.replay_position
+            self._observe(lag.name, lag.replay_position, owed > _PAGE_HEADER_BYTES, now)
+            if owed > max(_PAGE_HEADER_BYTES, self.replay_rates.get(lag.name, 0.0) * limit):
+                behind.append(lag)
+        return behind
+
+    def _observe(self, name: str, position: int, busy: bool, now: float) -> None:
+        """A standby's replay rate (bytes per second), from how far it moved over at least
+        RATE_WINDOW while it had WAL to replay; an idle standby tells nothing of its speed."""
+        last = self.replay_seen.get(name)
+        if last is None or not last[2]:
+            self.replay_seen[name] = (now, position, busy)
+            return
+        then, position_then, _ = last
+        if now - then < RATE_WINDOW:
+            return
+        if position > position_then:
+            measured = (position - position_then) / (now - then)
+            previous = self.replay_rates.get(name)
+            self.replay_rates[name] = measured if previous is None else (previous + measured) / 2
+        self.replay_seen[name] = (now, position, busy)
 
     def _skip(self, behind: list[StandbyLag], waited: float) -> None:
         for standby in behind:
