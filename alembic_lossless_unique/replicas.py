@@ -39,6 +39,8 @@ from alembic_lossless_unique.settings import MigrationSettings
 
 # How often a wait reads pg_stat_replication again: a cheap read of shared memory.
 POLL_SECONDS = 0.1
+# The sync_state the pacer gives a logical slot it waits for.
+LOGICAL = "logical"
 # The shortest span a standby's replay rate is measured over.
 RATE_WINDOW = 0.5
 # On an idle primary whose WAL ends at a page boundary, the insert position already counts the
@@ -76,6 +78,7 @@ SELECT r.application_name AS name,
 
 _LOGICAL_SLOTS = """
 SELECT slot_name, active,
+       pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 AS confirmed_position,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::int8
            AS retained_bytes
   FROM pg_catalog.pg_replication_slots
@@ -96,11 +99,15 @@ class StandbyLag:
     replay_position: int | None = None  # replay_lsn, as bytes since 0/0
 
     def describe(self) -> str:
+        if self.sync_state == LOGICAL:
+            return f"logical slot {self.name!r} {_size(self.replay_bytes)} behind"
         lag = "unknown" if self.replay_lag is None else f"{self.replay_lag:.1f} s"
         return f"standby {self.name!r} ({self.sync_state}) {lag} behind, {_size(self.replay_bytes)}"
 
     def why_behind(self) -> str:
         """What a standby that stays behind looks like from the primary."""
+        if self.sync_state == LOGICAL:
+            return "its consumer has not confirmed the WAL since (stopped, or slower than the move)"
         received = (self.replay_bytes or 0) - (self.flush_bytes or 0)
         if self.flush_bytes is not None and received > self.flush_bytes:
             return (
@@ -136,7 +143,7 @@ def standby_lags(db: Database) -> list[StandbyLag] | None:
     ]
 
 
-def logical_slots_line(db: Database) -> str | None:
+def logical_slots_line(db: Database, paced: bool = False) -> str | None:
     """One line on the logical slots and the WAL each keeps on the primary's disk; None when
     there are none."""
     slots = db.rows(_LOGICAL_SLOTS)
@@ -147,10 +154,27 @@ def logical_slots_line(db: Database) -> str | None:
         f" {_size(slot.retained_bytes)} retained)"
         for slot in slots
     )
-    return (
-        f"logical replication slots: {listed}; the move's WAL stays on the primary until their"
-        " consumers confirm it, and they do not pace the move"
+    return f"logical replication slots: {listed}; the move's WAL stays on the primary until" + (
+        " their consumers confirm it, and they pace the move (pace_on_logical_slots on)"
+        if paced
+        else " their consumers confirm it, and they do not pace the move"
+        " (-x pace_on_logical_slots=on to wait for them)"
     )
+
+
+def logical_slot_positions(db: Database) -> list[StandbyLag]:
+    """The logical slots as the pacer sees a standby: where their consumers have confirmed."""
+    return [
+        StandbyLag(
+            name=slot.slot_name,
+            replay_lag=None,
+            replay_bytes=slot.retained_bytes,
+            sync_state=LOGICAL,
+            replay_position=slot.confirmed_position,
+        )
+        for slot in db.rows(_LOGICAL_SLOTS)
+        if slot.confirmed_position is not None
+    ]
 
 
 class ReplicaPacer:
@@ -170,6 +194,7 @@ class ReplicaPacer:
         self.replay_rates: dict[str, float] = {}
         self.started = False
         self.enabled = self.limit is not None
+        self.pace_on_logical_slots = settings.pace_on_logical_slots == "on"
 
     def wait(self) -> None:
         if not self.enabled or self.limit is None:
@@ -217,7 +242,7 @@ class ReplicaPacer:
                 self.db.scalar("SELECT current_user"),
             )
             return
-        slots = logical_slots_line(self.db)
+        slots = logical_slots_line(self.db, self.pace_on_logical_slots)
         if slots is not None:
             self.log.info(slots)
 
@@ -226,7 +251,10 @@ class ReplicaPacer:
         `limit` seconds at the rate they have been replaying."""
         now = time.monotonic()
         behind = []
-        for lag in standby_lags(self.db) or []:
+        followers = standby_lags(self.db) or []
+        if self.pace_on_logical_slots:
+            followers += logical_slot_positions(self.db)
+        for lag in followers:
             if lag.name in self.skipped or lag.replay_position is None:
                 continue
             owed = target - lag.replay_position

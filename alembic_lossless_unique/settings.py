@@ -85,6 +85,7 @@ _NAMED_PARSERS = {
     "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
     "offline_build": choice(*OFFLINE_BUILDS),
     "max_replica_lag": parse_seconds_or_off,
+    "pace_on_logical_slots": choice("off", "on"),
 }
 
 
@@ -132,6 +133,10 @@ class MigrationSettings:
     # The longest one wait for standbys lasts; a standby still behind then (one that applies
     # with recovery_min_apply_delay, a dead one) is named and no longer waited for in this run.
     max_replica_wait: float = 60.0
+    # `on`: the logical slots' consumers (subscribers, CDC tools) pace the move as standbys do,
+    # by the position they confirm. Off by default: a consumer may be away for hours, and
+    # only keeps WAL on the primary's disk meanwhile.
+    pace_on_logical_slots: str = "off"
 
     @classmethod
     def from_sources(

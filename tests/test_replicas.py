@@ -184,6 +184,27 @@ def test_a_standby_that_stays_behind_is_skipped_after_the_bounded_wait(
     assert zone_b.sql(TABLE_DIGEST) == db.rows(TABLE_DIGEST)
 
 
+def test_logical_slots_pace_the_move_only_when_asked(zone_b, connect, caplog):
+    """An inactive logical slot (a CDC tool that is away) never holds the move by default; with
+    pace_on_logical_slots=on it holds each wait as a standby would, until the bounded wait
+    ends and one line names it."""
+    caplog.set_level(logging.INFO, LOGGER)
+    db = connect(settings(max_replica_wait=1.0))
+    db.execute("SELECT pg_create_logical_replication_slot('cdc_away', 'pgoutput')")
+    try:
+        db.execute("INSERT INTO moved (payload) VALUES ('for the slot to confirm')")
+        assert timed_wait(ReplicaPacer(db, db.settings, logging.getLogger(LOGGER))) < LIMIT
+        assert not messages(caplog, logging.WARNING)
+
+        asked = connect(settings(max_replica_wait=1.0, pace_on_logical_slots="on"))
+        assert timed_wait(ReplicaPacer(asked, asked.settings, logging.getLogger(LOGGER))) >= 1.0
+        [skipped] = messages(caplog, logging.WARNING)
+        assert skipped.startswith("logical slot 'cdc_away'") and "no longer waiting" in skipped
+    finally:
+        db.execute("SELECT pg_drop_replication_slot('cdc_away')")
+    zone_b.wait_replayed()
+
+
 @contextlib.contextmanager
 def app_traffic(db: Database):
     """A row every 50 ms, as an app writes, until the block ends."""
