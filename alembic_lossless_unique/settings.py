@@ -3,7 +3,7 @@
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,15 @@ DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
 OFFLINE_BUILDS = ("concurrent", "blocking")
 
 
+# The value of subscribers_ready that declares every publication ready.
+EVERY_PUBLICATION = "all"
+
+
+def parse_names(name: str, raw: str) -> tuple[str, ...]:
+    """'pub1, pub2' -> ('pub1', 'pub2'); 'all' declares every one; '' none."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def choice(*options: str):
     """A parser for a setting that takes one of `options`."""
 
@@ -59,9 +68,10 @@ def choice(*options: str):
 
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
 # Settings whose parser is not the one of their type.
-_NAMED_PARSERS = {
+_NAMED_PARSERS: dict[str, Callable[[str, str], object]] = {
     "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
     "offline_build": choice(*OFFLINE_BUILDS),
+    "subscribers_ready": parse_names,
 }
 
 
@@ -95,6 +105,12 @@ class MigrationSettings:
     # (psql -f, supabase db push: each statement sent on its own), or blocking writes inside
     # the revision's transaction (the Supabase SQL editor: the whole script as one query).
     offline_build: str = "concurrent"
+    # Publications whose subscribers are ready for the tables a run creates in the private
+    # schema (each logical subscriber ran the subscriber DDL, or the publication only feeds a
+    # CDC stream, which just sees new tables), or "all". A publication that would carry those
+    # tables and is not named here makes the run refuse before it writes anything: a logical
+    # subscriber lacking them stops replicating every table at their first row.
+    subscribers_ready: tuple[str, ...] = ()
 
     @classmethod
     def from_sources(
