@@ -29,6 +29,7 @@ from alembic_lossless_unique.sqltext import (
     joined_sql,
     literal,
     literal_array,
+    qualified_relation_sql,
 )
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -180,7 +181,7 @@ BEGIN
                INTO moved, restored, differing;
         EXCEPTION WHEN foreign_key_violation THEN  -- a parent the block could not check
             GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
-            SELECT con.confrelid::pg_catalog.regclass::text INTO violated_parent
+            SELECT {qualified_relation_sql("con.confrelid")} INTO violated_parent
               FROM pg_catalog.pg_constraint con
              WHERE con.conname = violated
                AND con.conrelid = {regclass(target.qualified_table)};
