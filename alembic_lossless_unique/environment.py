@@ -159,7 +159,7 @@ def run_offline(
     if private_version_table:
         schema, table, command = private_version_table
         refusal = offline.unready_subscribers_sql(
-            [schema], settings.subscribers_ready, command, unless_exists=qualified(schema, table)
+            [schema], settings.subscribers_ready, command, unless_exists=(schema, table)
         )
     output = migration_context.impl.output_buffer
     output.write(offline.script_header(script.getvalue(), refusal) + script.getvalue())
@@ -201,7 +201,7 @@ def run_on(
             schema, table, command = private_version_table
             # Before anything is written (prepare's own steps included): a publication that
             # would carry the new version table stops a subscriber lacking it at its first row.
-            if not db.relation_exists(qualified(schema, table)):
+            if not db.scalar("SELECT " + surroundings.table_exists_sql(schema, table)):
                 surroundings.refuse_unready_subscribers(db, [schema], command)
         if prepare is not None:
             prepare(db)

@@ -59,6 +59,7 @@ from alembic_lossless_unique.surroundings import (
     refusal_format,
     subscriber_ddl_command,
     surroundings_sql,
+    table_exists_sql,
     unready_publications_sql,
 )
 from alembic_lossless_unique.target import UniqueTarget
@@ -240,10 +241,15 @@ END
 
 
 def unready_subscribers_sql(
-    schemas: list[str], ready: tuple[str, ...], ddl_command: str, *, unless_exists: str
+    schemas: list[str],
+    ready: tuple[str, ...],
+    ddl_command: str,
+    *,
+    unless_exists: tuple[str, str],
 ) -> str:
     """A DO block that refuses, before anything is changed, where the script is about to create
-    its tables in `schemas` (`unless_exists`, the first of them, is missing) and a publication
+    its tables in `schemas` (`unless_exists`, schema and name of the first of them, is missing)
+    and a publication
     that would carry them is not declared ready (`ready`: -x subscribers_ready as the script
     was generated). surroundings has the rule and the words."""
     by_version = "\n    ".join(
@@ -257,7 +263,7 @@ DECLARE
     described text;
     names text;
 BEGIN
-    IF pg_catalog.to_regclass({literal(unless_exists)}) IS NOT NULL THEN
+    IF {table_exists_sql(*unless_exists)} THEN
         RETURN;
     END IF;
     {by_version}
@@ -363,7 +369,10 @@ END
 """
     prepare = [
         unready_subscribers_sql(
-            [target.private_schema], ready, ddl_command, unless_exists=target.ledger
+            [target.private_schema],
+            ready,
+            ddl_command,
+            unless_exists=(target.private_schema, target.ledger_table),
         ),
         *private_schema_statements(target.private_schema),
         ledger.create_ledger_sql(target),

@@ -153,8 +153,10 @@ _REFUSAL = (
 
 
 def refusal_format(schemas: Sequence[str], ddl_command: str) -> str:
-    """The refusal's format string (three %s: see _REFUSAL)."""
-    return _REFUSAL.format(schemas=", ".join(schemas), command=ddl_command)
+    """The refusal's format string (three %s: see _REFUSAL); a % of the names is kept."""
+    return _REFUSAL.format(
+        schemas=", ".join(schemas).replace("%", "%%"), command=ddl_command.replace("%", "%%")
+    )
 
 
 def unready_publications_sql(schemas: Sequence[str], ready: Sequence[str], by_schema: bool) -> str:
@@ -177,6 +179,16 @@ SELECT pg_catalog.string_agg(pg_catalog.format('publication %s (%s)', c.name, c.
           FROM pg_catalog.pg_publication p WHERE p.puballtables{in_schema if by_schema else ""}
        ) AS c
  WHERE NOT (c.name = ANY ({ready_array}) OR {literal(EVERY_PUBLICATION)} = ANY ({ready_array}))"""
+
+
+def table_exists_sql(schema: str, table: str) -> str:
+    """An SQL boolean: `schema`.`table` exists. From the catalog, which needs no privilege on
+    the schema (to_regclass fails without USAGE on it, before the checks could name that)."""
+    return (
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        f" ON n.oid = c.relnamespace WHERE n.nspname = {literal(schema)}"
+        f" AND c.relname = {literal(table)})"
+    )
 
 
 def unready_subscribers(db: Database, schemas: Sequence[str], ddl_command: str) -> str | None:
