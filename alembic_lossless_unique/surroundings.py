@@ -144,7 +144,7 @@ def announcements(neighbours: list[Neighbour], triggers_skipped: bool) -> list[s
 # "publication NAME (HOW), ...", then their names twice, comma-separated.
 _REFUSAL = (
     "%s would carry the tables this run creates in {schemas} (version table, ledger, archive)"
-    " to its subscribers, and a logical subscriber that lacks them stops replicating every"
+    " to subscribers, and a logical subscriber that lacks them stops replicating every"
     " table at their first row, so this run refuses before it writes anything. Run the DDL"
     " that `{command}` prints on each logical subscriber, then run alembic again with"
     " -x subscribers_ready=%s (or MIGRATION_SUBSCRIBERS_READY=%s); a publication that only"
