@@ -8,7 +8,7 @@ from sqlalchemy import MetaData
 
 from alembic_lossless_unique import run_migrations, safe_unique_constraints
 from app import baseline
-from app.names import OWNED_TABLES, PRIVATE_SCHEMA
+from app.names import OWNED_TABLES, PRIVATE_SCHEMA, SUBSCRIBER_DDL_COMMAND
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -47,6 +47,7 @@ run_migrations(
     application_name="alembic meta_assets_cache",
     prepare=baseline.prepare,
     offline_preamble=baseline.offline_preamble(),
+    subscriber_ddl_command=SUBSCRIBER_DDL_COMMAND,
     target_metadata=models_metadata(),
     version_table_schema=PRIVATE_SCHEMA,
     include_name=include_name,

@@ -29,7 +29,8 @@ Mechanics, one job per module:
 - ``ledger``: what an operation found and did, for re-runs and the downgrade
 - ``private_schema``: where archive, ledger and guard live, closed to every other role
 - ``session``: pooler refusal, a safe search_path, a clean exit
-- ``surroundings``: foreign keys, triggers, publications: announced, never hidden
+- ``surroundings``: foreign keys, triggers, publications: announced, never hidden; a
+  publication that would carry the private tables to subscribers not declared ready: refused
 - ``convergence``: the story, online; ``offline``: the same decisions as a standalone script
 - ``rerunnable``: that script can always be run again (the one module that hooks Alembic)
 - ``environment``: the one call in env.py; ``preflight``: the read-only report

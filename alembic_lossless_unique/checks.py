@@ -15,6 +15,7 @@ from alembic_lossless_unique.restore import (
     foreign_key_parts_sql,
     missing_parents_sql,
 )
+from alembic_lossless_unique.restore import may_lock_parent_sql as _may_lock_parent
 from alembic_lossless_unique.sqltext import dollar_quoted, ident, joined_sql, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -417,7 +418,8 @@ BEGIN
                     {archive});
             END IF;
         END LOOP;
-        -- Parents the archived rows reference (those the role may not read: named above).
+        -- Parents the archived rows reference (those the role may not lock are left to the
+        -- foreign key's own check during the restore: restore.py).
         FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
             CONTINUE WHEN NOT {_may_lock_parent("fk")};
             EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
@@ -436,24 +438,14 @@ BEGIN
     return f"DO {dollar_quoted(body, 'downgrade_checks')}"
 
 
-def _may_lock_parent(fk: str) -> str:
-    """An SQL boolean: the role may read and lock (FOR KEY SHARE) the parent rows of the
-    outbound foreign key `fk`: USAGE on its schema, SELECT on the referenced columns, UPDATE on
-    a column of it."""
-    parent = f"{fk}.parent_table::pg_catalog.regclass"
-    return f"""(pg_catalog.has_schema_privilege(
-                 (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = {parent}), 'USAGE')
-             AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest({fk}.parent_columns) AS c
-                              WHERE NOT pg_catalog.has_column_privilege({parent}, c, 'SELECT'))
-             AND pg_catalog.has_any_column_privilege({parent}, 'UPDATE'))"""
-
-
 def _restore_privilege_problems(target: UniqueTarget) -> str:
     """plpgsql, inside downgrade_checks_sql: every privilege the restore uses, as the role runs
     it. The table: SELECT and INSERT for the rows coming back, and one of UPDATE, DELETE or
-    TRUNCATE for its LOCK TABLE; the operation's own tables; the parents of the table's foreign
-    keys, whose rows the restore locks FOR KEY SHARE; the child tables whose rows it points back.
-    Sets `readable` to false when the data checks below could not read what they check."""
+    TRUNCATE for its LOCK TABLE; the operation's own tables; the child tables whose rows it
+    points back. Not the parents of the table's foreign keys: where the role may not lock their
+    rows, the restore leaves that to PostgreSQL's own foreign key check (restore.py), so the
+    downgrade needs nothing there that the upgrade did not. Sets `readable` to false when the
+    data checks below could not read what they check."""
     display = literal(target.display_table)
     wanted = (
         (target.qualified_table, "SELECT"),
@@ -498,19 +490,6 @@ def _restore_privilege_problems(target: UniqueTarget) -> str:
                 ' the downgrade does while it restores: {how}', current_user, {display},
                 'UPDATE', {display}, current_user);
         END IF;
-        FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
-            CONTINUE WHEN {_may_lock_parent("fk")};
-            readable := false;
-            problems := problems || pg_catalog.format(
-                'foreign key %s of %s: role %s may not lock the rows of %s that the restored rows'
-                ' reference (SELECT ... FOR KEY SHARE needs SELECT and UPDATE): GRANT USAGE ON'
-                ' SCHEMA %s, and SELECT, UPDATE ON %s TO %s, or run the downgrade as its owner',
-                fk.constraint_name, {display}, current_user, fk.parent_table,
-                (SELECT n.nspname FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.oid = fk.parent_table::pg_catalog.regclass),
-                fk.parent_table, current_user);
-        END LOOP;
         IF pg_catalog.to_regclass({repointed}) IS NOT NULL
            AND pg_catalog.has_table_privilege({repointed}, 'SELECT') THEN
             FOR details IN EXECUTE {literal(children)} LOOP

@@ -60,7 +60,11 @@ def as_abort(error: DBAPIError) -> Exception:
 # Upgrade: the story, in the order it happens.
 
 
-def ensure_unique_constraint(db: Database, target: UniqueTarget) -> None:
+def ensure_unique_constraint(
+    db: Database, target: UniqueTarget, ddl_command: str | None = None
+) -> None:
+    """`ddl_command`: what prints a logical subscriber's DDL, for the replication refusal
+    (default: the library's command with the operation's arguments)."""
     report = RunReport(f"unique constraint {target.constraint_name} on {target.key_description}")
     refuse_on_problems(db, checks.upgrade_checks_sql(target, refuse=True))
     steps_done = ledger.steps(db, target)
@@ -76,6 +80,10 @@ def ensure_unique_constraint(db: Database, target: UniqueTarget) -> None:
         )
         return
 
+    if not ledger.exists(db, target):  # this run creates its private tables: carried to whom?
+        surroundings.refuse_unready_subscribers(
+            db, [target.private_schema], ddl_command or surroundings.subscriber_ddl_command(target)
+        )
     try:
         converge(db, target, plan, steps_done, leftover_guard, report)
     except BaseException:
@@ -92,9 +100,6 @@ def converge(
     report: RunReport,
 ) -> None:
     with report.step("inspect"):
-        surroundings.announce_replication(
-            db, [target.private_schema], surroundings.subscriber_ddl_command(target), log
-        )
         prepare(db, target)
         if not steps_done:
             ledger.record(

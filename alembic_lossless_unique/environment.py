@@ -65,11 +65,14 @@ def run_migrations(
     app_schema: str = session.DEFAULT_APP_SCHEMA,
     prepare: Callable[[Database], None] | None = None,
     offline_preamble: str = "",
+    subscriber_ddl_command: str | None = None,
     **configure: Any,
 ) -> None:
     """Run `alembic upgrade/downgrade/...` online or offline (--sql) with this package's
     session; see the module."""
     show_progress()
+    if subscriber_ddl_command:
+        context.config.attributes[surroundings.DDL_COMMAND_ATTRIBUTE] = subscriber_ddl_command
     try:
         plan_request = context.config.attributes.get(pending.PLAN_REQUEST)
         if plan_request is not None:  # `python -m alembic_lossless_unique plan`: read only
@@ -82,9 +85,16 @@ def run_migrations(
                 configure=configure,
             )
         elif context.is_offline_mode():
+            private_version_table = _private_version_table(context, configure)
             # Named, so that the script's own search_path plays no part in finding it.
             configure.setdefault("version_table_schema", app_schema)
-            run_offline(context, url=url, preamble=offline_preamble, **configure)
+            run_offline(
+                context,
+                url=url,
+                preamble=offline_preamble,
+                private_version_table=private_version_table,
+                **configure,
+            )
         else:
             run_online(
                 context,
@@ -132,12 +142,21 @@ def _has_handler(logger: logging.Logger) -> bool:
     return False
 
 
-def run_offline(context: Any, *, url: str | URL | None, preamble: str, **configure: Any) -> None:
+def run_offline(
+    context: Any,
+    *,
+    url: str | URL | None,
+    preamble: str,
+    private_version_table: tuple[str, str, str] | None,
+    **configure: Any,
+) -> None:
     """`alembic --sql`: a script that can always be run again (rerunnable.py), headed by what
-    form it is (offline.py); `preamble` (the env's own checks) runs before the revisions."""
+    form it is (offline.py) and, where its version table is private, by the replication
+    refusal; `preamble` (the env's own checks) runs before the revisions."""
     target = _url(context, url, required=False)
-    # A bad -x fails before anything is written; expect_plan needs the database.
-    if MigrationSettings.from_config(context.config).expect_plan:
+    # A bad -x fails before any output; expect_plan needs the database.
+    settings = MigrationSettings.from_config(context.config)
+    if settings.expect_plan:
         raise MigrationAbort(
             "expect_plan is checked against the database by the online run: a --sql script"
             " cannot check it (review the script itself, or run `alembic upgrade` online)"
@@ -157,8 +176,14 @@ def run_offline(context: Any, *, url: str | URL | None, preamble: str, **configu
         with context.begin_transaction():
             context.run_migrations()
     hooks.finish()
+    refusal = ""
+    if private_version_table:
+        schema, table, command = private_version_table
+        refusal = offline.unready_subscribers_sql(
+            [schema], settings.subscribers_ready, command, unless_exists=(schema, table)
+        )
     output = migration_context.impl.output_buffer
-    output.write(offline.script_header(script.getvalue()) + script.getvalue())
+    output.write(offline.script_header(script.getvalue(), refusal) + script.getvalue())
     output.flush()
 
 
@@ -191,6 +216,7 @@ def run_on(
     configure: dict[str, Any],
 ) -> None:
     """The environment's own steps, then Alembic's, on the migrator's connection."""
+    private_version_table = _private_version_table(context, configure)
     with own_steps(connection, settings) as db:
         expected_plan.refuse_unless_expected(
             context,
@@ -198,19 +224,16 @@ def run_on(
             db,
             {"version_table_schema": app_schema, **configure},
         )
+        if private_version_table:
+            schema, table, command = private_version_table
+            # Before anything is written (prepare's own steps included): a publication that
+            # would carry the new version table stops a subscriber lacking it at its first row.
+            if not db.scalar("SELECT " + surroundings.table_exists_sql(schema, table)):
+                surroundings.refuse_unready_subscribers(db, [schema], command)
         if prepare is not None:
             prepare(db)
-        if "version_table_schema" in configure:
-            schema = configure["version_table_schema"]
-            table = configure.get("version_table", "alembic_version")
-            # Before the version table is written: a publication carrying its schema would
-            # stop a subscriber that lacks the table at the first version row.
-            surroundings.announce_replication(
-                db,
-                [schema],
-                surroundings.version_table_ddl_command(schema, table),
-                log,
-            )
+        if private_version_table:
+            schema, table, _ = private_version_table
             ensure_version_table(db, schema, table)
         else:  # named, so that the search_path plays no part in finding it
             configure["version_table_schema"] = app_schema
@@ -256,6 +279,17 @@ def own_steps(connection: Connection, settings: MigrationSettings) -> Iterator[D
         if not connection.closed and not connection.invalidated:
             connection.rollback()  # ends SQLAlchemy's own notion of a transaction; nothing is open
             connection.execution_options(isolation_level=level)
+
+
+def _private_version_table(context: Any, configure: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(schema, table, the command printing a subscriber's DDL) of a version table env.py
+    keeps in a schema of its choosing (a private one), else None."""
+    if "version_table_schema" not in configure:
+        return None
+    schema = configure["version_table_schema"]
+    table = configure.get("version_table", "alembic_version")
+    default = surroundings.version_table_ddl_command(schema, table)
+    return schema, table, surroundings.project_ddl_command(context.config, default)
 
 
 def _without_version_table(

@@ -81,10 +81,10 @@ def depended_on(db: Database, operation: pending.PendingOperation) -> dict[str, 
             },
         )
     )
-    catalog["private_schema_publications"] = [
-        list(publication)
-        for publication in surroundings.carrying_publications(db, [target.private_schema])
-    ]
+    # Every publication that would carry the private schema's tables, declared ready or not.
+    catalog["private_schema_publications"] = surroundings.unready_publications(
+        db, [target.private_schema], ()
+    )[0]
     return {
         "revision": operation.revision,
         "operation": operation.operation,

@@ -53,7 +53,15 @@ from alembic_lossless_unique.sqltext import (
     literal,
     literal_array,
 )
-from alembic_lossless_unique.surroundings import surroundings_sql
+from alembic_lossless_unique.surroundings import (
+    SUBSCRIBER_DDL,
+    project_ddl_command,
+    refusal_format,
+    subscriber_ddl_command,
+    surroundings_sql,
+    table_exists_sql,
+    unready_publications_sql,
+)
 from alembic_lossless_unique.target import UniqueTarget
 
 CONCURRENT, BLOCKING = OFFLINE_BUILDS
@@ -100,9 +108,14 @@ def form_of(context: Any) -> str:
 # script out of the SQL editor.
 
 
-def script_header(body: str) -> str:
+def script_header(body: str, refusal: str = "") -> str:
     """Comments saying which form `body` (the rest of the script) is, and for one that builds
-    concurrently, the refusal of a single query, to write above it."""
+    concurrently, the refusal of a single query, to write above it; then `refusal` (a statement
+    that refuses before anything is changed: unready_subscribers_sql), if any."""
+    return _form_header(body) + (f"{refusal};\n\n" if refusal else "")
+
+
+def _form_header(body: str) -> str:
     run_again = (
         "-- Run it again at will: each revision runs only where the version table says it is\n"
         "-- due, and a run that stopped midway (a lock timeout, an error, a lost connection) is\n"
@@ -227,6 +240,44 @@ END
     ]
 
 
+def unready_subscribers_sql(
+    schemas: list[str],
+    ready: tuple[str, ...],
+    ddl_command: str,
+    *,
+    unless_exists: tuple[str, str],
+) -> str:
+    """A DO block that refuses, before anything is changed, where the script is about to create
+    its tables in `schemas` (`unless_exists`, schema and name of the first of them, is missing)
+    and a publication
+    that would carry them is not declared ready (`ready`: -x subscribers_ready as the script
+    was generated). surroundings has the rule and the words."""
+    by_version = "\n    ".join(
+        f"{keyword} pg_catalog.current_setting('server_version_num')::int >= 150000 THEN\n"
+        f"        EXECUTE {literal(unready_publications_sql(schemas, ready, by_schema))}"
+        " INTO described, names;"
+        for keyword, by_schema in (("IF", True), ("ELSIF", False))
+    )
+    body = f"""
+DECLARE
+    described text;
+    names text;
+BEGIN
+    IF {table_exists_sql(*unless_exists)} THEN
+        RETURN;
+    END IF;
+    {by_version}
+    END IF;
+    IF described IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = {literal(dedupe.REFUSED)},
+            MESSAGE = pg_catalog.format({literal(refusal_format(schemas, ddl_command))},
+                                        described, names, names);
+    END IF;
+END
+"""
+    return f"DO {dollar_quoted(body, 'subscribers_ready')}"
+
+
 def _announce(target: UniqueTarget) -> str:
     body = f"""
 DECLARE
@@ -259,10 +310,12 @@ def _recreation_record(variable: str) -> str:
 def write_upgrade(operations: Any, target: UniqueTarget) -> None:
     """ensure_unique_constraint, offline, in the form the run asks for."""
     context = operations.get_context()
+    ready = MigrationSettings.from_context(context).subscribers_ready
+    command = project_ddl_command(context.config, subscriber_ddl_command(target))
     if form_of(context) == BLOCKING:
-        operations.execute(upgrade_sql(target))
+        operations.execute(upgrade_sql(target, ready, command))
         return
-    operations.execute(concurrent_prepare_sql(target))
+    operations.execute(concurrent_prepare_sql(target, ready, command))
     with context.autocommit_block():  # COMMIT, then BEGIN: the archive step's own transaction
         pass
     operations.execute(concurrent_archive_sql(target))
@@ -298,9 +351,10 @@ def _read_plan(target: UniqueTarget) -> str:
       FROM ({plan_sql(target, "built_before")}) AS p;"""
 
 
-def _start_sql(target: UniqueTarget) -> str:
+def _start_sql(target: UniqueTarget, ready: tuple[str, ...], ddl_command: str) -> str:
     """The checks, then whether the key has anything to do: the statements after this one
-    create what the online path's prepare creates only where it has."""
+    create what the online path's prepare creates only where it has, once no publication
+    would carry them to subscribers not declared ready (`ready`, `ddl_command`)."""
     body = f"""{_DECLARE}
 BEGIN
 {_read_plan(target)}
@@ -314,6 +368,12 @@ BEGIN
 END
 """
     prepare = [
+        unready_subscribers_sql(
+            [target.private_schema],
+            ready,
+            ddl_command,
+            unless_exists=(target.private_schema, target.ledger_table),
+        ),
         *private_schema_statements(target.private_schema),
         ledger.create_ledger_sql(target),
         dedupe.archive_sql(target),
@@ -438,8 +498,10 @@ END
     ]
 
 
-def upgrade_sql(target: UniqueTarget) -> str:
-    """The blocking form: one transaction."""
+def upgrade_sql(
+    target: UniqueTarget, ready: tuple[str, ...] = (), ddl_command: str = SUBSCRIBER_DDL
+) -> str:
+    """The blocking form: one transaction. `ready`, `ddl_command`: see _start_sql."""
     name = literal(target.constraint_name)
     lock = literal(f"LOCK TABLE {target.qualified_table} IN SHARE ROW EXCLUSIVE MODE")
     build = f"""
@@ -459,7 +521,7 @@ END
 {revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
-{_start_sql(target)};
+{_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, build, "converge"), work_is(ADOPT, BUILD))};
 
@@ -506,15 +568,18 @@ def _lock_for_the_run() -> str:
     return f"SELECT pg_catalog.pg_advisory_lock({_LOCK_KEY})"
 
 
-def concurrent_prepare_sql(target: UniqueTarget) -> str:
-    """Part 1: checks, plan, adoption or drops, and the guard where an index will be built."""
+def concurrent_prepare_sql(
+    target: UniqueTarget, ready: tuple[str, ...] = (), ddl_command: str = SUBSCRIBER_DDL
+) -> str:
+    """Part 1: checks, plan, adoption or drops, and the guard where an index will be built.
+    `ready`, `ddl_command`: see _start_sql."""
     return f"""\
 {revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
 {_lock_for_the_run()};
 
-{_start_sql(target)};
+{_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, _guard_install(target), "converge"), work_is(ADOPT, BUILD))}"""
 

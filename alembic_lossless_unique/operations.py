@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
 
-from alembic_lossless_unique import convergence, offline, pending
+from alembic_lossless_unique import convergence, offline, pending, surroundings
 from alembic_lossless_unique.database import Database, autocommit_database
 from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
@@ -130,8 +130,11 @@ def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueCons
     if context.as_sql:  # no connection: the script decides in the database
         offline.write_upgrade(operations, operation.target)
         return
+    command = surroundings.project_ddl_command(
+        context.config, surroundings.subscriber_ddl_command(operation.target)
+    )
     with autocommit_database(context) as db:
-        convergence.ensure_unique_constraint(db, operation.target)
+        convergence.ensure_unique_constraint(db, operation.target, command)
 
 
 @Operations.implementation_for(UndoUniqueConstraintOp)

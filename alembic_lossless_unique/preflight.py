@@ -159,6 +159,12 @@ class Report:
         return asdict(self)
 
 
+def replication_lines(db: Database, schemas: list[str], ddl_command: str) -> list[str]:
+    """The run's replication refusal, where a run creating tables in `schemas` would refuse."""
+    refusal = surroundings.unready_subscribers(db, schemas, ddl_command)
+    return [f"the upgrade refuses unless declared ready: {refusal}"] if refusal else []
+
+
 def catalog_lock(settings: MigrationSettings) -> str:
     return (
         "ACCESS EXCLUSIVE for a catalog change only (milliseconds), under lock_timeout"
@@ -170,11 +176,6 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
     """The report for one target; `db` is inside a read-only transaction. `ddl_command` is the
     command that prints what logical subscribers need (default: the library's)."""
     report = Report(table=target.display_table)
-    report.replication = surroundings.replication_announcements(
-        surroundings.carrying_publications(db, [target.private_schema]),
-        [target.private_schema],
-        ddl_command or surroundings.subscriber_ddl_command(target),
-    )
     report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
     if not db.relation_exists(target.qualified_table):
         return report
@@ -207,6 +208,10 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
         step.description for step in plan.steps if step.index_name and step.action != "build"
     ]
     report.state, report.state_description = plan.state()
+    if not plan.converged and not ledger.exists(db, target):  # the upgrade creates its tables
+        report.replication = replication_lines(
+            db, [target.private_schema], ddl_command or surroundings.subscriber_ddl_command(target)
+        )
     if plan.refusal:
         report.problems.append(plan.refusal)
     neighbours = surroundings.read(db, target)

@@ -5,7 +5,10 @@ One plpgsql block, the same online and offline, inside the downgrade's single tr
 one that also drops the constraint and stamps the revision): it either all happens or none of it.
 Where the role may, user triggers do not fire (session_replication_role = replica); foreign
 keys are then not checked by triggers either, so the block checks and locks the restored rows'
-parents itself. Generated columns are recomputed; identity values come back as they were.
+parents itself. Where it may not lock a parent (no rights on the referenced table: the upgrade
+needed none), the triggers fire instead, so that PostgreSQL's own foreign key check, which runs
+as the parent's owner, checks and locks those parent rows: the downgrade needs no privilege the
+upgrade did not. Generated columns are recomputed; identity values come back as they were.
 The restore checks its own effect: every archived row back, identical; otherwise it rolls back,
 naming the user triggers that changed the rows.
 """
@@ -26,6 +29,7 @@ from alembic_lossless_unique.sqltext import (
     joined_sql,
     literal,
     literal_array,
+    qualified_relation_sql,
 )
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -59,6 +63,18 @@ def missing_parents_sql(target: UniqueTarget) -> str:
 
 def lock_parents_sql(target: UniqueTarget) -> str:
     return _LOCK_PARENTS.format(archive=escape_format(target.archive))
+
+
+def may_lock_parent_sql(fk: str) -> str:
+    """An SQL boolean: the role may read and lock (FOR KEY SHARE) the parent rows of the
+    outbound foreign key `fk`: USAGE on its schema, SELECT on the referenced columns, UPDATE on
+    a column of it."""
+    parent = f"{fk}.parent_table::pg_catalog.regclass"
+    return f"""(pg_catalog.has_schema_privilege(
+                 (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = {parent}), 'USAGE')
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest({fk}.parent_columns) AS c
+                              WHERE NOT pg_catalog.has_column_privilege({parent}, c, 'SELECT'))
+             AND pg_catalog.has_any_column_privilege({parent}, 'UPDATE'))"""
 
 
 def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
@@ -104,6 +120,7 @@ WITH back AS (
      WHERE r.constraint_name = %4$L AND r.child_table = %5$L AND %6$s AND %7$s
     RETURNING 1)
 SELECT pg_catalog.count(*) FROM back"""
+    outbound = foreign_keys.outbound_sql(regclass(target.qualified_table))
     body = f"""
 DECLARE
     triggers_off boolean := false;
@@ -121,6 +138,8 @@ DECLARE
     key_columns text[];
     reference_columns text[];
     interfering text;
+    violated text;
+    violated_parent text;
 BEGIN
     IF pg_catalog.to_regclass({literal(target.archive)}) IS NULL THEN
         RETURN;
@@ -128,14 +147,20 @@ BEGIN
     -- An archive made by an earlier release has no replica identity: deleting from it fails
     -- while a publication carries it.
     {replica_identity_full_plpgsql(target.archive)}
-    {skip_user_triggers_sql()}
+    -- Triggers are skipped only where the block can check and lock every parent itself.
+    IF NOT EXISTS (SELECT 1 FROM ({outbound}) AS parent_fk
+                    WHERE NOT {may_lock_parent_sql("parent_fk")}) THEN
+        {skip_user_triggers_sql()}
+    END IF;
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.name), ', ' ORDER BY c.attnum),
            CASE WHEN pg_catalog.bool_or(c.attidentity = 'a') THEN ' OVERRIDING SYSTEM VALUE'
                 ELSE '' END
       INTO columns, overriding
       FROM ({restorable_columns_sql(target)}) AS c;
-    -- The restored rows' own parents must exist, and stay until the commit.
+    -- The restored rows' own parents must exist, and stay until the commit. Those the role
+    -- may not lock are left to the foreign key's own trigger, which fires for this restore.
     FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
+        CONTINUE WHEN NOT {may_lock_parent_sql("fk")};
         EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")}) INTO missing;
         IF missing > 0 THEN
@@ -151,8 +176,23 @@ BEGIN
                                   fk.parent_table, {foreign_key_parts_sql("fk")});
     END LOOP;
     IF columns IS NOT NULL THEN
-        EXECUTE pg_catalog.format({literal(restore)}, columns, overriding)
-           INTO moved, restored, differing;
+        BEGIN
+            EXECUTE pg_catalog.format({literal(restore)}, columns, overriding)
+               INTO moved, restored, differing;
+        EXCEPTION WHEN foreign_key_violation THEN  -- a parent the block could not check
+            GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
+            SELECT {qualified_relation_sql("con.confrelid")} INTO violated_parent
+              FROM pg_catalog.pg_constraint con
+             WHERE con.conname = violated
+               AND con.conrelid = {regclass(target.qualified_table)};
+            RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
+                MESSAGE = pg_catalog.format(
+                    'archived rows of %s reference rows of %s that no longer exist (foreign'
+                    ' key %s): nothing was changed; restore those rows of %s, or delete the'
+                    ' archived rows that reference them from %s, then downgrade again',
+                    {literal(target.display_table)}, violated_parent, violated,
+                    violated_parent, {literal(target.archive)});
+        END;
     END IF;
     IF restored <> moved OR differing > 0 THEN
         {

@@ -67,6 +67,15 @@ DOWNGRADE_REBUILDS = ("auto", "in_transaction", "concurrently")
 OFFLINE_BUILDS = ("concurrent", "blocking")
 
 
+# The value of subscribers_ready that declares every publication ready.
+EVERY_PUBLICATION = "all"
+
+
+def parse_names(name: str, raw: str) -> tuple[str, ...]:
+    """'pub1, pub2' -> ('pub1', 'pub2'); 'all' declares every one; '' none."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def choice(*options: str) -> Callable[[str, str], str]:
     """A parser for a setting that takes one of `options`."""
 
@@ -80,12 +89,13 @@ def choice(*options: str) -> Callable[[str, str], str]:
 
 _PARSERS = {float: parse_seconds, "float": parse_seconds, str: parse_memory, "str": parse_memory}
 # Settings whose parser is not the one of their type.
-_NAMED_PARSERS = {
+_NAMED_PARSERS: dict[str, Callable[[str, str], object]] = {
     "expect_plan": parse_fingerprint,
     "downgrade_rebuild": choice(*DOWNGRADE_REBUILDS),
     "offline_build": choice(*OFFLINE_BUILDS),
     "max_replica_lag": parse_seconds_or_off,
     "pace_on_logical_slots": choice("off", "on"),
+    "subscribers_ready": parse_names,
 }
 
 
@@ -137,6 +147,12 @@ class MigrationSettings:
     # by the position they confirm. Off by default: a consumer may be away for hours, and
     # only keeps WAL on the primary's disk meanwhile.
     pace_on_logical_slots: str = "off"
+    # Publications whose subscribers are ready for the tables a run creates in the private
+    # schema (each logical subscriber ran the subscriber DDL, or the publication only feeds a
+    # CDC stream, which just sees new tables), or "all". A publication that would carry those
+    # tables and is not named here makes the run refuse before it writes anything: a logical
+    # subscriber lacking them stops replicating every table at their first row.
+    subscribers_ready: tuple[str, ...] = ()
 
     @classmethod
     def from_sources(

@@ -4,7 +4,9 @@ A publication FOR ALL TABLES (or FOR TABLES IN SCHEMA the private schema) carrie
 operation's private tables to every subscriber: the archive, the ledger, the record of
 re-pointed child rows, and the version table where env.py keeps it there. A subscriber that
 lacks one of them (or one of its columns) stops applying every change, of every table, at the
-first row the migration writes there. So run this on each subscriber first:
+first row the migration writes there. So the run refuses, before it writes anything, until
+this has run on each logical subscriber and the publication is declared ready
+(`-x subscribers_ready=NAME`, or MIGRATION_SUBSCRIBERS_READY; settings.py):
 
     python -m alembic_lossless_unique.subscriber_ddl --table orders \\
         --columns customer_id,number --private-schema orders_migration \\

@@ -1,14 +1,18 @@
 """What else sees the table move: foreign keys into it, user triggers, publications (Supabase
 Realtime), columns that are generated or identity. Announced before the upgrade changes a row,
-in the run's log, in preflight and in the offline script: never hidden."""
+in the run's log, in preflight and in the offline script: never hidden. A publication that
+would carry the private schema's new tables to subscribers that lack them is refused."""
 
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique.comparisons import regclass
 from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.settings import EVERY_PUBLICATION
 from alembic_lossless_unique.sqltext import literal, literal_array, qualified_relation_sql
 from alembic_lossless_unique.target import UniqueTarget
 
@@ -127,79 +131,104 @@ def announcements(neighbours: list[Neighbour], triggers_skipped: bool) -> list[s
     return lines
 
 
-# Publications that carry the package's private tables: a logical subscriber of one needs those
-# tables (with their columns) before the first change to them arrives, or its apply worker
-# stops on "logical replication target relation ... does not exist" and replicates nothing.
+# Publications that will carry the tables a run creates in a private schema: FOR ALL TABLES,
+# or FOR TABLES IN SCHEMA that schema (FOR TABLE can only name a table that exists already, which
+# its subscribers have had since they subscribed). A logical subscriber lacking a new table stops
+# applying every change, of every table, at its first row ("logical replication target relation
+# ... does not exist"), and a warning in a deploy log does not stop that. So the run refuses,
+# before it writes anything, unless `subscribers_ready` declares each such publication ready:
+# its subscribers ran the subscriber DDL, or it only feeds a CDC stream, which just sees new
+# tables. Written once, in SQL, for the online run, preflight and the offline script.
+
+# The refusal, for Python's % and PostgreSQL's format() alike: the publications as
+# "publication NAME (HOW), ...", then their names twice, comma-separated.
+_REFUSAL = (
+    "%s would carry the tables this run creates in {schemas} (version table, ledger, archive)"
+    " to subscribers, and a logical subscriber that lacks them stops replicating every"
+    " table at their first row, so this run refuses before it writes anything. Run the DDL"
+    " that `{command}` prints on each logical subscriber, then run alembic again with"
+    " -x subscribers_ready=%s (or MIGRATION_SUBSCRIBERS_READY=%s); a publication that only"
+    " feeds a CDC stream, which just sees new tables, needs only that declaration"
+)
 
 
-def carrying_publications(db: Database, schemas: list[str]) -> list[tuple[str, str]]:
-    """(publication, how) for each publication that publishes, or will publish, the tables of
-    `schemas`: FOR ALL TABLES, FOR TABLES IN SCHEMA (PostgreSQL 15+), or FOR TABLE naming
-    one of their tables. Read-only."""
-    by_schema = int(db.scalar("SELECT pg_catalog.current_setting('server_version_num')")) >= 150000
-    rows = db.rows(
-        """
-SELECT p.pubname::text AS name, 'FOR ALL TABLES' AS how
-  FROM pg_catalog.pg_publication p WHERE p.puballtables
-UNION ALL
-SELECT pt.pubname::text, 'FOR TABLE ' || pg_catalog.string_agg(
-           pg_catalog.format('%I.%I', pt.schemaname, pt.tablename), ', ' ORDER BY pt.tablename)
-  FROM pg_catalog.pg_publication_tables pt
- WHERE pt.schemaname = ANY (:schemas)
-   AND pt.pubname NOT IN (SELECT pubname FROM pg_catalog.pg_publication WHERE puballtables)
- GROUP BY pt.pubname"""
-        + (
-            """
-UNION ALL
+def refusal_format(schemas: Sequence[str], ddl_command: str) -> str:
+    """The refusal's format string (three %s: see _REFUSAL); a % of the names is kept."""
+    return _REFUSAL.format(
+        schemas=", ".join(schemas).replace("%", "%%"), command=ddl_command.replace("%", "%%")
+    )
+
+
+def unready_publications_sql(schemas: Sequence[str], ready: Sequence[str], by_schema: bool) -> str:
+    """One row: the publications that would carry new tables of `schemas` and that `ready` (the
+    subscribers_ready setting) does not name, as (described, names), both NULL when none.
+    `by_schema`: the server has FOR TABLES IN SCHEMA (PostgreSQL 15+)."""
+    in_schema = f"""
+UNION
 SELECT p.pubname::text, 'FOR TABLES IN SCHEMA ' || pg_catalog.quote_ident(n.nspname)
   FROM pg_catalog.pg_publication p
   JOIN pg_catalog.pg_publication_namespace pn ON pn.pnpubid = p.oid
   JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
- WHERE n.nspname = ANY (:schemas)"""
-            if by_schema
-            else ""
-        )
-        + "\nORDER BY 1, 2",
-        {"schemas": list(schemas)},
+ WHERE n.nspname = ANY ({literal_array(schemas)}) AND NOT p.puballtables"""
+    ready_array = literal_array(ready)
+    return f"""
+SELECT pg_catalog.string_agg(pg_catalog.format('publication %s (%s)', c.name, c.how), ', '
+                             ORDER BY c.name, c.how),
+       pg_catalog.string_agg(DISTINCT c.name, ',' ORDER BY c.name)
+  FROM (SELECT p.pubname::text AS name, 'FOR ALL TABLES' AS how
+          FROM pg_catalog.pg_publication p WHERE p.puballtables{in_schema if by_schema else ""}
+       ) AS c
+ WHERE NOT (c.name = ANY ({ready_array}) OR {literal(EVERY_PUBLICATION)} = ANY ({ready_array}))"""
+
+
+def table_exists_sql(schema: str, table: str) -> str:
+    """An SQL boolean: `schema`.`table` exists. From the catalog, which needs no privilege on
+    the schema (to_regclass fails without USAGE on it, before the checks could name that)."""
+    return (
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        f" ON n.oid = c.relnamespace WHERE n.nspname = {literal(schema)}"
+        f" AND c.relname = {literal(table)})"
     )
-    found: dict[str, str] = {}
-    for row in rows:  # FOR TABLES IN SCHEMA lists the schema's tables too: say it once
-        if row.name not in found or not row.how.startswith("FOR TABLE "):
-            found[row.name] = row.how
-    return list(found.items())
 
 
-def replication_announcements(
-    publications: list[tuple[str, str]], schemas: list[str], ddl_command: str
-) -> list[str]:
-    """What the subscribers of those publications need, one line per publication."""
-    where = ", ".join(schemas)
-    return [
-        f"publication {name} ({how}) carries the tables this migration writes in {where} (version"
-        " table, ledger, archive) to its subscribers: a logical replica needs them, with their"
-        " columns, before this run writes them, or its apply worker stops replicating every"
-        f" table; print their DDL with `{ddl_command}` and run it on each subscriber first (a"
-        " CDC stream just sees new tables)"
-        for name, how in publications
-    ]
+def unready_publications(
+    db: Database, schemas: Sequence[str], ready: Sequence[str]
+) -> tuple[str | None, str | None]:
+    """(described, names) of the publications that would carry new tables of `schemas` and
+    that `ready` does not name; both None when there are none. Read-only."""
+    by_schema = int(db.scalar("SELECT pg_catalog.current_setting('server_version_num')")) >= 150000
+    described, names = db.execute(unready_publications_sql(schemas, ready, by_schema)).one()
+    return described, names
 
 
-def announce_replication(
-    db: Database, schemas: list[str], ddl_command: str, log: logging.Logger
-) -> None:
-    """Log the replication announcements, each publication once per migrator connection (the
-    environment and the operation both ask, before each writes its tables)."""
-    said = db.connection.info.setdefault(_ANNOUNCED, set())
-    for publication in carrying_publications(db, schemas):
-        if publication[0] not in said:
-            log.warning("%s", *replication_announcements([publication], schemas, ddl_command))
-            said.add(publication[0])
+def unready_subscribers(db: Database, schemas: Sequence[str], ddl_command: str) -> str | None:
+    """The refusal for a run about to create tables in `schemas`, or None when every publication
+    that would carry them is declared ready (or there is none). Read-only."""
+    described, names = unready_publications(db, schemas, db.settings.subscribers_ready)
+    if described is None:
+        return None
+    return refusal_format(schemas, ddl_command) % (described, names, names)
 
 
-_ANNOUNCED = "lossless_unique_replication_announced"
+def refuse_unready_subscribers(db: Database, schemas: Sequence[str], ddl_command: str) -> None:
+    """Before a run creates tables in `schemas`: refuse, changing nothing, while a publication
+    that would carry them is not declared ready."""
+    refusal = unready_subscribers(db, schemas, ddl_command)
+    if refusal:
+        raise MigrationAbort(refusal)
 
 
 SUBSCRIBER_DDL = "python -m alembic_lossless_unique.subscriber_ddl"
+
+# Where run_migrations keeps the project's own command for the subscriber DDL (its keyword
+# subscriber_ddl_command), so that the operations' refusals name it too.
+DDL_COMMAND_ATTRIBUTE = "lossless_unique_subscriber_ddl_command"
+
+
+def project_ddl_command(config: Any, default: str) -> str:
+    """The project's command for the subscriber DDL, given to run_migrations, else `default`."""
+    attributes = getattr(config, "attributes", None) or {}
+    return str(attributes.get(DDL_COMMAND_ATTRIBUTE) or default)
 
 
 def subscriber_ddl_command(target: UniqueTarget) -> str:

@@ -4,7 +4,7 @@ the one-time move of a version table left in `public` by the first releases."""
 
 import logging
 
-from alembic_lossless_unique import offline, private_schema, surroundings
+from alembic_lossless_unique import offline, private_schema
 from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.dedupe import REFUSED
 from alembic_lossless_unique.errors import MigrationAbort
@@ -13,7 +13,6 @@ from app.names import (
     BASELINE_LEDGER,
     LEGACY_REVISIONS,
     PRIVATE_SCHEMA,
-    SUBSCRIBER_DDL_COMMAND,
     TABLE,
     TABLE_SCHEMA,
     UNIQUE_PAIR_LEDGER,
@@ -85,13 +84,11 @@ def require_privileges(db: Database) -> None:
 
 
 def prepare(db: Database) -> None:
-    """Run by env.py under the migrator lock, before Alembic reads its version table (which
-    env.py then makes sure of, in the private schema): the checks first (nothing is created
-    when one fails), then the version table moved from public if an earlier release left it
-    there."""
+    """Run by env.py under the migrator lock, after its replication refusal and before Alembic
+    reads its version table (which env.py then makes sure of, in the private schema): the
+    checks first (nothing is created when one fails), then the version table moved from public
+    if an earlier release left it there."""
     require_privileges(db)
-    # Before the version table or anything else in the private schema is written.
-    surroundings.announce_replication(db, [PRIVATE_SCHEMA], SUBSCRIBER_DDL_COMMAND, log)
     if not db.concurrent:
         return  # inside a caller's transaction: nothing is committed early
     if db.relation_exists("public.alembic_version"):

@@ -18,6 +18,7 @@ from alembic_lossless_unique import preflight
 from alembic_lossless_unique.database import Database
 from app.baseline import PRIVILEGE_PROBLEM
 from app.names import (
+    PRIVATE_SCHEMA,
     SEED_INDEX_NAME,
     SUBSCRIBER_DDL_COMMAND,
     TABLE,
@@ -74,6 +75,8 @@ def gather(db: Database) -> Report:
         pair.state, pair.state_description = "blocked", privileges
         return Report(facts.database, facts.role, facts.server_version, None, pair)
     pair = preflight.gather(db, TARGET, SUBSCRIBER_DDL_COMMAND)
+    if not db.relation_exists(VERSION_TABLE):  # env.py creates it first, in the private schema
+        pair.replication = preflight.replication_lines(db, [PRIVATE_SCHEMA], SUBSCRIBER_DDL_COMMAND)
     report = Report(facts.database, facts.role, facts.server_version, revision(db), pair)
     if not pair.table_exists:
         pair.problems = [p for p in pair.problems if "does not exist" not in p]

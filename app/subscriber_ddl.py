@@ -6,8 +6,9 @@
 A publication FOR ALL TABLES (as CDC tools and hand-made replicas use) carries
 meta_assets_migration's tables (the version table, the baseline's ledger, the unique pair's
 ledger, archive and re-pointing record) to every subscriber; one that lacks them stops
-replicating every table at the first row the migration writes there. See
-alembic_lossless_unique.subscriber_ddl.
+replicating every table at the first row the migration writes there. Until each is declared
+ready (`alembic -x subscribers_ready=PUBLICATION upgrade head`), the run refuses before it
+writes anything. See alembic_lossless_unique.subscriber_ddl.
 """
 
 import sys

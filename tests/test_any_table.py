@@ -43,7 +43,7 @@ from tests.online_support import (
     start_alembic,
     wait_until,
 )
-from tests.support import AlembicResult, MigrationHarness, run_child
+from tests.support import AlembicResult, MigrationHarness, failed_lines, run_child
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 UNIQUE_REVISION = TEMPLATE / "migrations" / "versions" / "0002_stock_counts_unique.py"
@@ -586,13 +586,16 @@ def test_a_publication_carrying_the_version_tables_schema_is_named_before_it_is_
     project, harness
 ):
     """A publication FOR ALL TABLES would carry the project's own version table
-    (inventory_private.alembic_version) to its subscribers: the run names it before the version
-    table is created, not first in the revision, when its first row is already written."""
+    (inventory_private.alembic_version) to its subscribers: the run refuses before the version
+    table is created, naming the DDL command for it; declared ready, it runs."""
     harness.admin("CREATE PUBLICATION carrier FOR ALL TABLES")
 
-    result = project.succeed("upgrade", "head")
+    refused = project.alembic("upgrade", "head")
 
-    assert result.output.count("publication carrier (") == 1
-    assert result.output.index("publication carrier (") < result.output.index("Running upgrade")
-    assert "--version-table inventory_private.alembic_version" in result.output
+    assert refused.returncode != 0
+    [line] = failed_lines(refused)
+    assert "publication carrier (FOR ALL TABLES)" in line
+    assert "--version-table inventory_private.alembic_version" in line
+    assert not harness.scalar("SELECT to_regclass(:table) IS NOT NULL", table=VERSION_TABLE)
+    project.succeed("-x", "subscribers_ready=carrier", "upgrade", "head")
     assert harness.scalar("SELECT to_regclass(:table) IS NOT NULL", table=VERSION_TABLE)

@@ -3,9 +3,10 @@
 A real subscriber on a second server replicates the app's database through a publication FOR
 ALL TABLES (as CDC tools and hand-made replicas use), which carries the private schema's
 tables too, and a second one through Supabase Realtime's `supabase_realtime FOR TABLE
-public.meta_assets_cache`. The subscriber gets the DDL that `python -m app.subscriber_ddl`
-prints before the first migration runs. After each direction: no apply-worker error, a row
-written afterwards arrives, and the subscriber holds exactly the publisher's rows.
+public.meta_assets_cache`. A plain upgrade refuses before it writes anything, naming the
+publication, the command that prints the subscriber's DDL and the setting that declares it run;
+the subscriber gets that DDL, and the declared upgrade runs. After each step: no apply-worker
+error, a row written afterwards arrives, and the subscriber holds exactly the publisher's rows.
 """
 
 import json
@@ -21,19 +22,23 @@ from app.names import ARCHIVE, UNIQUE_PAIR_LEDGER
 from devtools.logical_replica import PUBLISHER_SETTINGS, Subscription
 from devtools.starting_states import SUPABASE_SCHEMA
 from devtools.throwaway_postgres import throwaway_postgres
+from tests.offline_support import apply_script, offline_script, run_psql, schema_dump
 from tests.support import (
     BASELINE,
     HEAD,
     MIGRATOR,
     PROJECT_ROOT,
     MigrationHarness,
+    failed_lines,
     prepare_cluster,
+    succeed,
 )
 
 pytestmark = pytest.mark.slow
 
 TABLE = "public.meta_assets_cache"
 APP_TABLES = ("public.workspaces", TABLE)
+PRIVATE_SCHEMA_EXISTS = "SELECT count(*) FROM pg_namespace WHERE nspname = 'meta_assets_migration'"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,8 @@ def admin(server, sql: str, database: str = "postgres") -> None:
 @pytest.fixture
 def replicated(servers, monkeypatch):
     """A drifted app database on the publisher with both publications; its two subscriber
-    databases, one prepared with the subscriber DDL, and their subscriptions, synced."""
+    databases and their subscriptions, synced; and what runs the subscriber DDL on the one
+    subscribing FOR ALL TABLES."""
     publisher, replica = servers
     name = f"r{uuid.uuid4().hex[:10]}"
     admin(publisher, f"CREATE DATABASE {name} OWNER {MIGRATOR}")
@@ -73,7 +79,6 @@ def replicated(servers, monkeypatch):
         [sys.executable, "-m", "app.subscriber_ddl"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    admin(replica, ddl, f"{name}_all")
     subscriptions = [
         Subscription(replica, f"{name}_all", publisher, name, f"{name}_all", ["all_tables"]),
         Subscription(
@@ -85,7 +90,7 @@ def replicated(servers, monkeypatch):
             subscription.create()
         for subscription in subscriptions:
             subscription.wait_until_synced()
-        yield harness, subscriptions
+        yield harness, subscriptions, lambda: admin(replica, ddl, f"{name}_all")
     finally:
         for subscription in subscriptions:
             subscription.drop()
@@ -121,15 +126,24 @@ def assert_streaming(harness, subscriptions, tables_of_all: tuple[str, ...]) -> 
 
 
 def test_subscribers_keep_streaming_through_the_upgrade_and_the_downgrade(replicated):
-    harness, subscriptions = replicated
+    harness, subscriptions, run_subscriber_ddl = replicated
     everything, _ = subscriptions
+    before = schema_dump(harness)
 
-    upgraded = harness.cli("upgrade", "head")
+    refused = harness.cli("upgrade", "head")
 
-    assert upgraded.returncode == 0, upgraded.output
-    assert "publication all_tables (FOR ALL TABLES) carries the tables" in upgraded.output
-    assert "python -m app.subscriber_ddl" in upgraded.output
-    assert "publication supabase_realtime (" not in upgraded.output
+    assert refused.returncode != 0
+    [line] = failed_lines(refused)
+    assert "publication all_tables (FOR ALL TABLES) would carry the tables" in line
+    assert "`python -m app.subscriber_ddl`" in line and "-x subscribers_ready=all_tables" in line
+    assert "CDC stream" in line and "supabase_realtime" not in line
+    assert schema_dump(harness) == before and harness.scalar(PRIVATE_SCHEMA_EXISTS) == 0
+    assert_streaming(harness, subscriptions, APP_TABLES)
+
+    run_subscriber_ddl()
+    upgraded = harness.cli("-x", "subscribers_ready=all_tables", "upgrade", "head")
+
+    succeed(upgraded)
     assert harness.version() == HEAD and harness.count(ARCHIVE) > 0
     assert_streaming(harness, subscriptions, APP_TABLES)
     # From here the private tables replicate too: the downgrade's deletes from the archive
@@ -148,6 +162,16 @@ def test_subscribers_keep_streaming_through_the_upgrade_and_the_downgrade(replic
     assert version == [(BASELINE,)]
 
 
+def preflight_replication(harness) -> list[str]:
+    report = subprocess.run(
+        [sys.executable, "-m", "app.preflight", "--json"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env={**os.environ, "DATABASE_URL": harness.url},
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    return json.loads(report.stdout)["replication"]
+
+
 @pytest.mark.parametrize(
     "publication",
     [
@@ -156,26 +180,49 @@ def test_subscribers_keep_streaming_through_the_upgrade_and_the_downgrade(replic
         "FOR TABLE meta_assets_migration.alembic_version",
     ],
 )
-def test_preflight_and_the_upgrade_name_publications_that_carry_the_private_tables(
+def test_a_publication_that_would_carry_the_new_private_tables_refuses_until_declared(
     harness, publication
 ):
+    """At the baseline the version table exists; the upgrade creates the ledger and archive.
+    A publication that would carry them refuses the upgrade, online and offline, before it
+    writes anything, as preflight says; declared, it runs. One that names only existing tables
+    (its subscribers have had them since they subscribed) is no reason to refuse."""
     harness.build_state("drifted")
     harness.upgrade(BASELINE)
     harness.admin(f"CREATE PUBLICATION carrier {publication}")
     harness.admin("CREATE PUBLICATION supabase_realtime FOR TABLE public.meta_assets_cache")
+    if publication.startswith("FOR TABLE "):
+        assert preflight_replication(harness) == []
+        succeed(harness.cli("upgrade", "head"))
+        return
+    [line] = preflight_replication(harness)
+    assert line.startswith("the upgrade refuses unless declared ready: publication carrier (")
+    before = schema_dump(harness)
 
-    report = subprocess.run(
-        [sys.executable, "-m", "app.preflight", "--json"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True,
-        env={**os.environ, "DATABASE_URL": harness.url},
-    )  # fmt: skip
-    assert report.returncode == 0, report.stderr
-    [line] = json.loads(report.stdout)["replication"]
-    assert line.startswith(f"publication carrier ({publication.split(' meta')[0]}")
-    assert "python -m app.subscriber_ddl" in line
+    online = harness.cli("upgrade", "head")
+    offline = run_psql(harness, offline_script("upgrade", "head"))
 
-    result = harness.cli("upgrade", "head")
-    assert result.returncode == 0, result.output
-    # Said once, before the run writes a thing to the private schema.
-    assert result.output.count("publication carrier (") == 1
-    assert result.output.index("publication carrier (") < result.output.index("inspect")
+    [failed] = failed_lines(online)
+    assert failed.removeprefix("FAILED: ") == line.split("declared ready: ", 1)[1]
+    assert "supabase_realtime" not in failed and "-x subscribers_ready=carrier" in failed
+    assert offline.returncode != 0 and "-x subscribers_ready=carrier" in offline.stderr
+    assert schema_dump(harness) == before and harness.version() == BASELINE
+    succeed(harness.cli("upgrade", "head", env={"MIGRATION_SUBSCRIBERS_READY": "carrier"}))
+    assert harness.version() == HEAD
+
+
+def test_the_offline_script_refuses_at_its_top_until_declared(harness):
+    """A fresh database: the script's first statement refuses, before its preamble creates the
+    private schema; generated with the declaration, the same script runs."""
+    harness.build_state("drifted")
+    harness.admin("CREATE PUBLICATION carrier FOR ALL TABLES")
+    before = schema_dump(harness)
+
+    refused = run_psql(harness, offline_script("upgrade", "head"))
+
+    assert refused.returncode != 0
+    assert "publication carrier (FOR ALL TABLES) would carry" in refused.stderr
+    assert "`python -m app.subscriber_ddl`" in refused.stderr
+    assert schema_dump(harness) == before and harness.scalar(PRIVATE_SCHEMA_EXISTS) == 0
+    apply_script(harness, offline_script("-x", "subscribers_ready=all", "upgrade", "head"))
+    assert harness.version() == HEAD
