@@ -55,6 +55,15 @@ class Timeline:
     def __init__(self, samples: list[Sample]) -> None:
         self.samples = samples
         self.times = [sample.at for sample in samples]
+        self.replay_lags = replay_lags(samples)
+
+    def max_replay_lag(self, start: float, end: float) -> float | None:
+        """The standby's worst replay lag in the samples between start and end; None without a
+        standby."""
+        first = bisect.bisect_left(self.times, start)
+        last = bisect.bisect_right(self.times, end)
+        lags = [lag for lag in self.replay_lags[first:last] if lag is not None]
+        return max(lags, default=None)
 
     def wal_at(self, at: float) -> float:
         """The WAL position at `at`, interpolated between the samples around it."""
@@ -84,6 +93,30 @@ class Timeline:
         return found.most_common(1)[0][0] if found else NOT_SAMPLED
 
 
+# An idle primary's insert position counts the next page's header, which no standby replays.
+PAGE_HEADER_BYTES = 40
+
+
+def replay_lags(samples: list[Sample]) -> list[float | None]:
+    """Per sample, how old the oldest WAL the standby had not replayed was: the time since the
+    first sample whose WAL position lies past its replay position (0 when it had replayed all).
+    From the primary's own positions over time, not pg_stat_replication's replay_lag, which
+    only moves when the standby replies."""
+    lags: list[float | None] = []
+    oldest = 0  # the first sample whose WAL the standby may not have replayed
+    for sample in samples:
+        if sample.replayed_bytes is None:
+            lags.append(None)
+            continue
+        while (
+            oldest < len(samples)
+            and samples[oldest].wal_bytes <= sample.replayed_bytes + PAGE_HEADER_BYTES
+        ):
+            oldest += 1
+        lags.append(max(0.0, sample.at - samples[oldest].at) if oldest < len(samples) else 0.0)
+    return lags
+
+
 @dataclass
 class PhaseSummary:
     name: str
@@ -100,6 +133,8 @@ class PhaseSummary:
     stream_inserts: int = 0
     stream_rejected: int = 0
     stream_worst_ms: float = 0.0
+    # The streaming standby's worst replay lag in the phase (seconds); None without one.
+    max_replay_lag: float | None = None
 
 
 def summarise_phase(
@@ -121,6 +156,7 @@ def summarise_phase(
         stream_inserts=len(stream_here),
         stream_rejected=sum(1 for attempt in stream_here if attempt.outcome == REJECTED),
         stream_worst_ms=max(wait_ms(stream_here), default=0.0),
+        max_replay_lag=timeline.max_replay_lag(span.start, span.end),
     )
 
 

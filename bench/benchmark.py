@@ -4,6 +4,7 @@
                               [--server-setting NAME=VALUE ...] [--duplicate-rate PER_SECOND]
                               [--out DIR] [--write-benchmarks-md]
     python bench/benchmark.py --growth 1M,10M,30M [--mix ...] [--fast] ...
+    python bench/benchmark.py --race [--rows 10M] [--link-rate MB_PER_S] [--mix ...] ...
 
 A drifted meta_assets_cache (duplicates, ties, NULL last_synced_at, NULL-phone rows) is built
 once on a throwaway PostgreSQL, durable unless --fast, then cloned with CREATE DATABASE ...
@@ -16,7 +17,7 @@ say what each insert waited on and how much WAL each phase wrote.
 import argparse
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,14 +33,18 @@ from bench.report import (  # noqa: E402
     growth_report,
     machine,
     print_blocks,
+    race_report,
     run_label,
     save_comparison,
     save_growth,
+    save_race,
     write_benchmarks_md,
 )
 from bench.runs import (  # noqa: E402
-    CONTENDERS,
+    COMPARISON_CONTENDERS,
     GROWTH_CONTENDERS,
+    RACE_CONTENDERS,
+    RACE_WITHOUT_STANDBY,
     Contender,
     Result,
     Workload,
@@ -63,6 +68,7 @@ from bench.starting_tables import (  # noqa: E402
     table_facts,
 )
 from bench.writers import DUPLICATE_RATE  # noqa: E402
+from devtools.standby import streaming_standby  # noqa: E402
 from devtools.throwaway_postgres import ThrowawayServer, throwaway_postgres  # noqa: E402
 
 DEFAULT_ROWS = 1_000_000
@@ -112,6 +118,22 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=parse_sizes,
         metavar="SIZES",
         help="ours and the reference at each size, e.g. 1M,10M,30M: seconds per million rows",
+    )
+    sizes.add_argument(
+        "--race",
+        type=parse_size,
+        nargs="?",
+        const=10_000_000,
+        metavar="ROWS",
+        help="the race (default 10M rows): the reference, ours and the recipe by hand, then"
+        " beside a streaming standby on a capped link ours paced and unpaced too",
+    )
+    parser.add_argument(
+        "--link-rate",
+        type=float,
+        default=20.0,
+        metavar="MB_PER_S",
+        help="the race's standby link, in MB/s (as between zones)",
     )
     parser.add_argument("--mix", choices=sorted(MIXES), default="heavy", help="duplicate mix")
     parser.add_argument(
@@ -194,12 +216,14 @@ def run_rounds(
     workload: Workload,
     before: dict[str, Census],
     repeat: int,
+    settle: Callable[[], None] = lambda: None,
 ) -> dict[str, Result]:
     """Every contender once per round, in the same order, so a slow spell of the machine hits
-    them all alike; each contender's median round is its result."""
+    them all alike; each contender's median round is its result. `settle` runs before each."""
     repeats: dict[str, list[Result]] = {contender.key: [] for contender in contenders}
     for round_number in range(1, repeat + 1):
         for contender in contenders:
+            settle()
             print(f"round {round_number}/{repeat}: {contender.label} ...", end=" ", flush=True)
             result = run_contender(server, contender, workload, before[contender.template])
             repeats[contender.key].append(result)
@@ -216,7 +240,8 @@ def run_comparison(
     build_deduped_and_constrained(server)
     build_upgraded(server, PROJECT_ROOT)
     workload = Workload(shape, info.duplicate_rate)
-    return run_rounds(server, CONTENDERS, workload, templates_census(server, CONTENDERS), repeat)
+    contenders = COMPARISON_CONTENDERS
+    return run_rounds(server, contenders, workload, templates_census(server, contenders), repeat)
 
 
 def run_growth(
@@ -236,6 +261,47 @@ def run_growth(
         results = run_rounds(server, GROWTH_CONTENDERS, workload, before, repeat)
         points.append(GrowthPoint(size_label(rows).upper(), facts.rows, results))
     return points
+
+
+def run_race(
+    server: ThrowawayServer, info: RunInfo, rows: int, mix: Mix, repeat: int, link_rate: float
+) -> tuple[dict[str, Result], dict[str, Result]]:
+    """The race without a standby, then beside one streaming through a capped link (each
+    contender starts once it has replayed everything before)."""
+    shape = build_drifted(server, rows, mix)
+    info.tables.append(table_facts(server, mix, shape))
+    workload = Workload(shape, info.duplicate_rate)
+    before = templates_census(server, RACE_CONTENDERS)
+    without = run_rounds(server, RACE_WITHOUT_STANDBY, workload, before, repeat)
+    print(f"\na streaming standby behind a {link_rate:g} MB/s link ...", flush=True)
+    with streaming_standby(server, "zone_b", rate=int(link_rate * 1e6)) as standby:
+        beside = run_rounds(
+            server,
+            RACE_CONTENDERS,
+            workload,
+            before,
+            repeat,
+            settle=lambda: standby.wait_replayed(timeout=1800),
+        )
+    return without, beside
+
+
+def race_main(arguments: argparse.Namespace, out: Path) -> list[str]:
+    with benchmark_server(arguments) as (server, info):
+        without, beside = run_race(
+            server,
+            info,
+            arguments.race,
+            MIXES[arguments.mix],
+            arguments.repeat,
+            arguments.link_rate,
+        )
+    print_blocks(race_report(info, without, beside, arguments.race, arguments.link_rate))
+    label = run_label(size_label(arguments.race), info)
+    save_race(
+        info, without, beside, arguments.race, arguments.link_rate, out / f"race_{label}.json"
+    )
+    return failed_contenders(without) + failed_contenders(beside)
 
 
 def failed_contenders(results: dict[str, Result]) -> list[str]:
@@ -271,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     out: Path = arguments.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    failed = growth_main(arguments, out) if arguments.growth else comparison_main(arguments, out)
+    if arguments.race:
+        failed = race_main(arguments, out)
+    elif arguments.growth:
+        failed = growth_main(arguments, out)
+    else:
+        failed = comparison_main(arguments, out)
     if arguments.write_benchmarks_md:
         write_benchmarks_md(out, PROJECT_ROOT / "BENCHMARKS.md")
     if failed:

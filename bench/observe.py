@@ -113,10 +113,13 @@ class Sample:
     # Per writer: its wait event while inside an insert (CPU when running with none), or None
     # when idle between inserts.
     events: dict[str, str | None]
+    # How far the slowest streaming standby has replayed, on the same scale; None without one.
+    replayed_bytes: int | None = None
 
 
 ACTIVITY_SQL = """
-SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint,
+       (SELECT pg_wal_lsn_diff(min(replay_lsn), '0/0')::bigint FROM pg_stat_replication),
        a.pid, a.state, a.wait_event_type, a.wait_event
   FROM (VALUES (1)) AS one(x)
   LEFT JOIN pg_stat_activity a ON a.pid = ANY (%s)
@@ -162,7 +165,7 @@ class ActivitySampler:
         cursor.execute(ACTIVITY_SQL, (list(self.writers),))
         rows = cursor.fetchall()
         events: dict[str, str | None] = dict.fromkeys(self.writers.values())
-        for _, pid, state, event_type, event in rows:
+        for _, _, pid, state, event_type, event in rows:
             if pid is not None:
                 events[self.writers[pid]] = event_label(state, event_type, event)
-        self.samples.append(Sample(at, rows[0][0], events))
+        self.samples.append(Sample(at, rows[0][0], events, rows[0][1]))

@@ -29,6 +29,7 @@ from bench.targets import (
     comparison_targets,
     kinds_text,
     megabytes,
+    race_targets,
     ratio,
     target_lines,
 )
@@ -124,8 +125,8 @@ def result_table(results: dict[str, Result]) -> str:
     lines = [
         "| contender | outcome | seconds | x reference | x limit | worst insert wait (ms)"
         " | p99 insert wait (ms) | failed writes | rows deleted | NULL-phone rows lost"
-        " | rows lost overall | WAL |",
-        "|" + "---|" * 12,
+        " | rows lost overall | WAL | standby's worst replay lag (s) |",
+        "|" + "---|" * 13,
     ]
     limit = results.get("limit")  # growth runs only ours and the reference
     for key, result in results.items():
@@ -136,9 +137,13 @@ def result_table(results: dict[str, Result]) -> str:
             f" | {ratio(result.seconds, reference.seconds):.2f} | {of_limit}"
             f" | {result.worst_wait_ms:.1f} | {result.p99_wait_ms:.1f} | {result.failed_writes:,}"
             f" | {result.rows_deleted:,} | {result.null_phone_lost:,} | {result.rows_lost:,}"
-            f" | {megabytes(result.wal_bytes)} |"
+            f" | {megabytes(result.wal_bytes)} | {seconds_or_dash(result.max_replay_lag)} |"
         )
     return "\n".join(lines)
+
+
+def seconds_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def stream_table(results: dict[str, Result]) -> str:
@@ -161,15 +166,15 @@ def phase_table(result: Result) -> str:
     lines = [
         "| phase | kind | starts at (s) | seconds | WAL | probe inserts | worst wait (ms)"
         f" | p99 wait (ms) | inserts over {SLOW_MS:g} ms | probe wait events (samples)"
-        " | duplicates rejected | duplicate worst wait (ms) |",
-        "|" + "---|" * 12,
+        " | duplicates rejected | duplicate worst wait (ms) | standby's worst replay lag (s) |",
+        "|" + "---|" * 13,
     ]
     lines += [
         f"| {phase.name} | {phase.kind} | {phase.start:.2f} | {phase.seconds:.2f}"
         f" | {megabytes(phase.wal_bytes)} | {phase.probe_inserts:,} | {phase.probe_worst_ms:.1f}"
         f" | {phase.probe_p99_ms:.1f} | {phase.probe_slow:,}"
         f" | {format_events(phase.probe_events) or '-'} | {phase.stream_rejected:,}"
-        f" | {phase.stream_worst_ms:.1f} |"
+        f" | {phase.stream_worst_ms:.1f} | {seconds_or_dash(phase.max_replay_lag)} |"
         for phase in result.phases
     ]
     return "\n".join(lines)
@@ -251,6 +256,31 @@ def comparison_report(info: RunInfo, results: dict[str, Result], rows: int) -> l
     return blocks
 
 
+def race_report(
+    info: RunInfo,
+    without: dict[str, Result],
+    beside: dict[str, Result],
+    rows: int,
+    link_rate: float,
+) -> list[Block]:
+    standby = f"a streaming standby (pg_basebackup -R) behind a {link_rate:g} MB/s link"
+    blocks = [
+        Block("run", "\n".join([*info.header_lines(), f"standby: {standby}"]), fenced=True),
+        Block("without a standby", result_table(without)),
+        Block(f"beside {standby}", result_table(beside)),
+        Block(
+            f"{without['ours'].label}, without a standby, per phase", phase_table(without["ours"])
+        ),
+        *(
+            Block(f"{beside[key].label}, beside the standby, per phase", phase_table(beside[key]))
+            for key in ("ours", "ours_unpaced", "by_hand")
+        ),
+    ]
+    checked = target_lines(race_targets(without, beside, link_rate * 1e6))
+    blocks.append(Block(f"targets at {rows:,} rows", "\n".join(checked), fenced=True))
+    return blocks
+
+
 def growth_report(info: RunInfo, points: list[GrowthPoint]) -> list[Block]:
     blocks = [
         Block("run", "\n".join(info.header_lines()), fenced=True),
@@ -310,6 +340,27 @@ def save_comparison(
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def save_race(
+    info: RunInfo,
+    without: dict[str, Result],
+    beside: dict[str, Result],
+    rows: int,
+    link_rate: float,
+    path: Path,
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "kind": "race",
+        "rows": rows,
+        "link_rate": link_rate,
+        "info": asdict(info),
+        "results": {key: result_to_json(result) for key, result in without.items()},
+        "beside_standby": {key: result_to_json(result) for key, result in beside.items()},
+        "targets": target_lines(race_targets(without, beside, link_rate * 1e6)),
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def save_growth(info: RunInfo, points: list[GrowthPoint], path: Path) -> None:
     payload = {
         "format": FORMAT,
@@ -334,6 +385,10 @@ def stored_report(run: dict) -> tuple[str, list[Block]]:
         sizes = ", ".join(point.size for point in points)
         return f"Growth ({sizes}), {info.mix} mix, {info.mode}", growth_report(info, points)
     results = {key: result_from_json(values) for key, values in run["results"].items()}
+    if run["kind"] == "race":
+        beside = {key: result_from_json(values) for key, values in run["beside_standby"].items()}
+        heading = f"The race at {run['rows']:,} rows, {info.mix} mix, {info.mode}"
+        return heading, race_report(info, results, beside, run["rows"], run["link_rate"])
     heading = f"{run['rows']:,} rows, {info.mix} mix, {info.mode}"
     if info.duplicate_rate != DUPLICATE_RATE:
         heading += (
@@ -381,7 +436,11 @@ OFFLINE_FORMS = "offline_forms.md"
 
 def load_runs(out: Path) -> list[dict]:
     runs = []
-    for path in sorted(out.glob("results_*.json")) + sorted(out.glob("growth_*.json")):
+    for path in (
+        sorted(out.glob("results_*.json"))
+        + sorted(out.glob("race_*.json"))
+        + sorted(out.glob("growth_*.json"))
+    ):
         run = json.loads(path.read_text())
         if run.get("format") != FORMAT:
             print(f"skipping {path.name}: written by an older benchmark, run it again")
@@ -392,7 +451,8 @@ def load_runs(out: Path) -> list[dict]:
 
 def run_order(run: dict) -> tuple:
     info = run["info"]
-    return (run["kind"] == "growth", info["mode"], info["mix"], run.get("rows", 0))
+    kinds = ("comparison", "race", "growth")
+    return (kinds.index(run["kind"]), info["mode"], info["mix"], run.get("rows", 0))
 
 
 def write_benchmarks_md(out: Path, destination: Path) -> None:

@@ -1,5 +1,6 @@
 """One contender, run once on a fresh clone while the app writes, and summed up as a Result."""
 
+import re
 import shutil
 import time
 from collections import Counter
@@ -127,6 +128,15 @@ CONTENDERS = (
     Contender(
         "ours_rerun", "ours re-run (constrained)", TEMPLATE_CONSTRAINED, "start-up", "start-up"
     ),
+    # Ours with its pacing on standby lag off: beside a standby, what pacing costs and saves.
+    Contender(
+        "ours_unpaced",
+        "ours unpaced (alembic -x max_replica_lag=off upgrade head)",
+        TEMPLATE_DRIFTED,
+        "start-up",
+        "start-up",
+        alembic_arguments=("-x", "max_replica_lag=off", "upgrade", "head"),
+    ),
     # The incident path: ours' upgrade of the drifted table, rolled back.
     Contender(
         "ours_rollback",
@@ -139,6 +149,13 @@ CONTENDERS = (
     ),
 )
 GROWTH_CONTENDERS = tuple(c for c in CONTENDERS if c.key in ("reference", "ours", "ours_rollback"))
+# The comparison without a standby (ours is unpaced there: it has none to wait for).
+COMPARISON_CONTENDERS = tuple(c for c in CONTENDERS if c.key != "ours_unpaced")
+# The race at 10M, with and without a streaming standby.
+RACE_CONTENDERS = tuple(
+    c for c in CONTENDERS if c.key in ("reference", "ours", "ours_unpaced", "by_hand")
+)
+RACE_WITHOUT_STANDBY = tuple(c for c in RACE_CONTENDERS if c.key != "ours_unpaced")
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,10 @@ class Result:
     runs: list[float] = field(default_factory=list)
     # Whether the run must leave a unique on the pair (a rollback must not).
     leaves_unique: bool = True
+    # The streaming standby's worst replay lag over the run (seconds); None without one.
+    max_replay_lag: float | None = None
+    # The batches ours moved its duplicates in (its log's "moved batch i of N"); 0 if none.
+    batches: int = 0
     trace: Trace | None = field(default=None, repr=False)
 
     @property
@@ -266,6 +287,9 @@ def combine(repeats: list[Result]) -> Result:
         slowest_inserts=worst.slowest_inserts,
         trace=worst.trace,
         runs=[result.seconds for result in repeats],
+        max_replay_lag=max(
+            (r.max_replay_lag for r in repeats if r.max_replay_lag is not None), default=None
+        ),
     )
 
 
@@ -307,6 +331,14 @@ def start_duplicate_stream(
     )
 
 
+MOVED_BATCH = re.compile(r"moved batch \d+ of (\d+)")
+
+
+def batches_moved(log_lines: list[str]) -> int:
+    found = [int(match.group(1)) for line in log_lines if (match := MOVED_BATCH.search(line))]
+    return max(found, default=1 if any("move duplicates" in line for line in log_lines) else 0)
+
+
 @dataclass(frozen=True)
 class Observed:
     """What one run of a contender saw."""
@@ -314,6 +346,7 @@ class Observed:
     seconds: float
     exit_code: int
     failure: str
+    batches: int
     probe: InsertProbe
     stream: DuplicateStream | None
     spans: list[Span]
@@ -364,6 +397,7 @@ def run_contender(
         seconds=seconds,
         exit_code=exit_code,
         failure=command.failure() if exit_code != 0 else "",
+        batches=batches_moved(command.stderr_lines),
         probe=probe,
         stream=stream,
         spans=phase_spans(command.phases, seconds, stopped),
@@ -403,6 +437,8 @@ def summarise(contender: Contender, observed: Observed, rows: RowAccount) -> Res
         key=contender.key,
         label=contender.label,
         leaves_unique=contender.leaves_unique,
+        max_replay_lag=timeline.max_replay_lag(0.0, observed.seconds),
+        batches=observed.batches,
         seconds=observed.seconds,
         exit_code=observed.exit_code,
         failure=observed.failure,

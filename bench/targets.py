@@ -13,6 +13,10 @@ RERUN_VS_REFERENCE = 0.3
 GROWTH_PER_ROW = 1.2
 ROLLBACK_VS_UPGRADE = 1.0
 TIME_VS_BY_HAND = 1.0
+PACED_VS_UNPACED = 1.25
+WORST_WAIT_MS = 200.0
+# The pacing's default limit (max_replica_lag), which the race runs with.
+MAX_REPLICA_LAG = 1.0
 
 
 @dataclass(frozen=True)
@@ -196,4 +200,69 @@ def by_hand_target(ours: Result, by_hand: Result) -> Target:
         + (", by hand failed on a late duplicate" if by_hand.stream_broke_reference else ""),
         f"ours by phase kind: {kinds_text(ours.kind_seconds)};"
         f" by hand: {kinds_text(by_hand.kind_seconds)}",
+    )
+
+
+def race_targets(
+    without: dict[str, Result], with_standby: dict[str, Result], link_rate: float
+) -> list[Target]:
+    """The race at 10M: ours against the recipe by hand, with and without a standby; what the
+    pacing costs; how far the standby falls behind during the move; the app's insert waits."""
+    paced, unpaced = with_standby["ours"], with_standby["ours_unpaced"]
+    checked = [by_hand_target(without["ours"], without["by_hand"])]
+    named = by_hand_target(paced, with_standby["by_hand"])
+    checked.append(
+        Target(named.name + ", with a standby", named.value, named.limit, named.measured, named.why)
+    )
+    value = ratio(paced.seconds, unpaced.seconds)
+    checked.append(
+        Target(
+            f"ours paced / ours unpaced, with a standby (target ≤ {PACED_VS_UNPACED:g}x)",
+            value,
+            PACED_VS_UNPACED,
+            f"{value:.2f}x ({paced.seconds:.2f} s / {unpaced.seconds:.2f} s)",
+            f"paced by phase kind: {kinds_text(paced.kind_seconds)};"
+            f" unpaced: {kinds_text(unpaced.kind_seconds)}",
+        )
+    )
+    moving = [phase for phase in paced.phases if phase.kind == "dedupe"]
+    lag = move_replay_lag(paced)
+    move_wal = sum(phase.wal_bytes for phase in moving if phase.name.startswith("move"))
+    one_batch = move_wal / max(paced.batches, 1) / link_rate
+    checked.append(
+        Target(
+            "standby's replay lag during the move, ours paced"
+            f" (target ≤ max_replica_lag {MAX_REPLICA_LAG:g} s + one batch on the link)",
+            lag,
+            MAX_REPLICA_LAG + one_batch,
+            f"{lag:.2f} s (one batch: {megabytes(move_wal / max(paced.batches, 1))} of WAL,"
+            f" {one_batch:.2f} s on the link; {paced.batches} batches);"
+            f" unpaced {move_replay_lag(unpaced):.2f} s",
+        )
+    )
+    for where, ours in (("without a standby", without["ours"]), ("with a standby", paced)):
+        checked += [
+            Target(
+                f"p99 insert wait, ours, {where} (target ≤ {P99_WAIT_MS:g} ms)",
+                ours.p99_wait_ms,
+                P99_WAIT_MS,
+                f"{ours.p99_wait_ms:.1f} ms",
+                why_p99(ours),
+            ),
+            Target(
+                f"worst insert wait, ours, {where} (target ≤ {WORST_WAIT_MS:g} ms)",
+                ours.worst_wait_ms,
+                WORST_WAIT_MS,
+                f"{ours.worst_wait_ms:.1f} ms",
+                why_worst_wait(ours),
+            ),
+        ]
+    return checked
+
+
+def move_replay_lag(ours: Result) -> float:
+    """The standby's worst replay lag while ours listed and moved duplicates."""
+    return max(
+        (phase.max_replay_lag or 0.0 for phase in ours.phases if phase.kind == "dedupe"),
+        default=0.0,
     )

@@ -144,6 +144,35 @@ def test_growth_at_tiny_sizes(tmp_path):
     assert markdown.index("Growth is linear.") < markdown.index("## Growth (5K, 10K)")
 
 
+def test_race_at_a_tiny_size(tmp_path):
+    """The race runs its contenders without a standby, then beside a real streaming standby
+    on a capped link (ours paced and unpaced too), and reports the standby's replay lag per
+    phase and its targets."""
+    completed = run_benchmark(tmp_path, "--race", "20k", "--link-rate", "1")
+
+    assert completed.returncode == 0, failure_output(completed)
+    run = json.loads((tmp_path / "race_20k_heavy_fast.json").read_text())
+    without, beside = run["results"], run["beside_standby"]
+    assert set(without) == {"reference", "ours", "by_hand"}
+    assert set(beside) == {"reference", "ours", "ours_unpaced", "by_hand"}
+    for key in ("ours", "ours_unpaced"):
+        assert beside[key]["exit_code"] == 0 and beside[key]["unique_on_pair"]
+        assert beside[key]["batches"] >= 1
+        assert beside[key]["max_replay_lag"] is not None
+        assert any(phase["max_replay_lag"] is not None for phase in beside[key]["phases"])
+    assert without["ours"]["max_replay_lag"] is None
+    for words in (
+        "ours paced / ours unpaced, with a standby",
+        "standby's replay lag during the move, ours paced",
+        "total time, ours / by hand",
+        "worst insert wait, ours, with a standby",
+    ):
+        assert words in completed.stdout
+    written = tmp_path / "BENCHMARKS.md"
+    write_benchmarks_md(tmp_path, written)
+    assert "## The race at 20,000 rows, heavy mix, fast" in written.read_text()
+
+
 def test_phase_lines_are_read_by_shape_and_sorted_by_keyword():
     logger = "INFO  [alembic_lossless_unique]"
     phases = {
