@@ -445,6 +445,7 @@ class Undo:
             return False
         to_rebuild = [s for s in self.steps if s.action in ("dropped_redundant", "promoted")]
         if not to_rebuild:
+            self._restore_in_batches(db)
             return True
         self.build_in_transaction = db.concurrent and indexes.rebuild_in_transaction(db, target)
         how = "inside the final transaction" if self.build_in_transaction else "concurrently"
@@ -462,6 +463,43 @@ class Undo:
                 " no upsert fails",
             )
         return True
+
+    def _restore_in_batches(self, db: Database) -> None:
+        """A large archive comes back in batches of `restore_batch_rows` rows, each its own
+        transaction paced on the standbys, so the table is not locked while all of it moves and
+        no standby receives all of it at once. The constraint the upgrade built goes first (the
+        archived rows duplicate its key), in a short transaction under the lock timeout; the
+        final transaction then points child rows back and removes the archive. Stopped between
+        batches, the rollback is finished by running it again."""
+        target, settings = self.target, db.settings
+        if self._undo_constraint_statements() != [
+            indexes.drop_constraint_sql(target, target.constraint_name)
+        ] or not db.relation_exists(target.archive):
+            return
+        archived = int(db.scalar(f"SELECT count(*) FROM {target.archive}"))
+        if archived <= settings.restore_batch_rows:
+            return
+        batches = -(-archived // settings.restore_batch_rows)
+        with self.report.step("drop the constraint"):
+            under_lock_retries(
+                db,
+                target,
+                f"drop constraint {target.constraint_name}",
+                indexes.drop_constraint_sql(target, target.constraint_name),
+            )
+        pacer = replicas.ReplicaPacer(db, settings, log)
+        with self.report.step("restore in batches"), db.session_setting("statement_timeout", "0"):
+            for batch in range(batches):
+                pacer.wait()
+                try:
+                    with db.transaction():
+                        for statement in restore.restore_batch_sql(
+                            target, settings.restore_batch_rows
+                        ):
+                            db.execute(statement)
+                except DBAPIError as error:
+                    raise as_abort(error) from None
+                log.info("restored batch %d of %d", batch + 1, batches)
 
     def _rebuild(self, db: Database, detail: dict[str, Any], build_as: str) -> None:
         """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
@@ -516,12 +554,11 @@ class Undo:
             for statement in self.in_transaction:
                 db.execute(statement)
             db.execute(restore.restore_sql(target))
-            restored = [s for s in ledger.steps(db, target) if s.action == "restored"]
-            self.report.fact("rows restored", restored[-1].detail["rows"] if restored else 0)
-            if restored and restored[-1].detail["pointed_back"]:
-                self.report.fact(
-                    "pointed back", f"{restored[-1].detail['pointed_back']} child rows"
-                )
+            restored = [s.detail for s in ledger.steps(db, target) if s.action == "restored"]
+            self.report.fact("rows restored", sum(detail["rows"] for detail in restored))
+            pointed_back = sum(detail["pointed_back"] for detail in restored)
+            if pointed_back:
+                self.report.fact("pointed back", f"{pointed_back} child rows")
             db.execute(restore.cleanup_sql(target))
 
         with self.report.step("restore in one transaction"):

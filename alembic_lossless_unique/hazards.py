@@ -78,7 +78,14 @@ CODES = tuple(hazard.code for hazard in HAZARDS)
 _AFTER_UPGRADE = "after this upgrade, the downgrade would refuse: "
 _TABLE_MISSING_PROBLEM = "does not exist"
 # Steps whose strong lock is held for a catalog change only.
-_CATALOG_STEPS = ("drop_invalid", "install_guard", "promote", "rename", "drop_redundant")
+_CATALOG_STEPS = (
+    "drop_invalid",
+    "install_guard",
+    "promote",
+    "rename",
+    "drop_redundant",
+    "drop_constraint",
+)
 
 
 @dataclass(frozen=True)

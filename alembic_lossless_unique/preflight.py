@@ -479,6 +479,30 @@ def planned_downgrade(
             )
         )
     restored = report.rows_already_archived
+    in_batches = restored > settings.restore_batch_rows and not rebuilt
+    if in_batches:
+        batches = -(-restored // settings.restore_batch_rows)
+        per_batch = settings.restore_batch_rows / MOVE_ROWS_PER_SECOND
+        steps += [
+            Step(
+                f"drop constraint {target.constraint_name}",
+                catalog_lock(settings),
+                f"{lock_waits(settings)}; afterwards no unique serves ON CONFLICT upserts (42P10),"
+                " as before"
+                " the upgrade",
+                "drop_constraint",
+            ),
+            Step(
+                f"restore {restored} archived rows in {batches} batches of up to"
+                f" {settings.restore_batch_rows} rows, each its own transaction, paced on the"
+                " standbys",
+                "ROW EXCLUSIVE: inserts the archived rows, locks their parents FOR KEY SHARE",
+                f"nothing waits on the table (about {about_seconds(per_batch)} a batch)",
+                "restore_batches",
+                per_batch,
+            ),
+        ]
+        restored = 0
     lock_for = [f"{restored} archived rows move back"] if restored else []
     held = restored / MOVE_ROWS_PER_SECOND
     if inside:

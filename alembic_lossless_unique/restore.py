@@ -34,15 +34,16 @@ from alembic_lossless_unique.sqltext import (
 from alembic_lossless_unique.target import UniqueTarget
 
 
-def restorable_columns_sql(target: UniqueTarget) -> str:
-    """The columns a restore writes: in both the table and the archive, not generated."""
+def restorable_columns_sql(target: UniqueTarget, source: str | None = None) -> str:
+    """The columns a restore writes: in both the table and the archive (or `source`, a copy of
+    its rows), not generated."""
     return f"""
         SELECT a.attname::text AS name, a.attnum, a.attidentity
           FROM pg_catalog.pg_attribute a
          WHERE a.attrelid = {regclass(target.qualified_table)} AND a.attnum > 0
            AND NOT a.attisdropped AND a.attgenerated = ''
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
-                        WHERE b.attrelid = {regclass(target.archive)}
+                        WHERE b.attrelid = {regclass(source or target.archive)}
                           AND b.attname = a.attname AND NOT b.attisdropped)"""
 
 
@@ -57,12 +58,12 @@ SELECT 1 FROM %1$s p WHERE EXISTS (SELECT 1 FROM {archive} a WHERE %3$s AND %4$s
    FOR KEY SHARE OF p"""
 
 
-def missing_parents_sql(target: UniqueTarget) -> str:
-    return _MISSING_PARENTS.format(archive=escape_format(target.archive))
+def missing_parents_sql(target: UniqueTarget, source: str | None = None) -> str:
+    return _MISSING_PARENTS.format(archive=escape_format(source or target.archive))
 
 
-def lock_parents_sql(target: UniqueTarget) -> str:
-    return _LOCK_PARENTS.format(archive=escape_format(target.archive))
+def lock_parents_sql(target: UniqueTarget, source: str | None = None) -> str:
+    return _LOCK_PARENTS.format(archive=escape_format(source or target.archive))
 
 
 def may_lock_parent_sql(fk: str) -> str:
@@ -96,10 +97,28 @@ def foreign_key_parts_sql(fk: str, archive_alias: str = "a") -> str:
     }"""
 
 
-def restore_sql(target: UniqueTarget) -> str:
-    """Move every archived row back, point re-pointed child rows back, record how many."""
+def restore_batch_sql(target: UniqueTarget, rows: int) -> list[str]:
+    """One batch of a restore in batches, inside its own transaction: up to `rows` archived
+    rows taken out of the archive into a table that lives inside the transaction (no other
+    session ever sees it), then restored from there
+    (their parents checked and locked, the rows compared), without pointing child rows back:
+    their parents may be in a later batch. Moves nothing once the archive is empty."""
+    return [
+        f"DROP TABLE IF EXISTS {target.restoring}",
+        f"CREATE UNLOGGED TABLE {target.restoring} (LIKE {target.archive})",
+        f"WITH batch AS (DELETE FROM {target.archive} WHERE ctid = ANY (ARRAY("
+        f"SELECT ctid FROM {target.archive} LIMIT {int(rows)})) RETURNING *)"
+        f" INSERT INTO {target.restoring} SELECT * FROM batch",
+        restore_sql(target, source=target.restoring),
+        f"DROP TABLE {target.restoring}",
+    ]
+
+
+def restore_sql(target: UniqueTarget, source: str | None = None) -> str:
+    """Move every archived row back, point re-pointed child rows back, record how many. With
+    `source` (a batch of the archive's rows, restore_batch_sql), move those back only."""
     child = "fk.child_table::pg_catalog.regclass"
-    archive = escape_format(target.archive)
+    archive = escape_format(source or target.archive)
     restore = f"""
 WITH moved AS (DELETE FROM {archive} RETURNING %1$s),
      restored AS (INSERT INTO {escape_format(target.qualified_table)} (%1$s)%2$s
@@ -156,12 +175,12 @@ BEGIN
            CASE WHEN pg_catalog.bool_or(c.attidentity = 'a') THEN ' OVERRIDING SYSTEM VALUE'
                 ELSE '' END
       INTO columns, overriding
-      FROM ({restorable_columns_sql(target)}) AS c;
+      FROM ({restorable_columns_sql(target, source)}) AS c;
     -- The restored rows' own parents must exist, and stay until the commit. Those the role
     -- may not lock are left to the foreign key's own trigger, which fires for this restore.
     FOR fk IN {foreign_keys.outbound_sql(regclass(target.qualified_table))} LOOP
         CONTINUE WHEN NOT {may_lock_parent_sql("fk")};
-        EXECUTE pg_catalog.format({literal(missing_parents_sql(target))},
+        EXECUTE pg_catalog.format({literal(missing_parents_sql(target, source))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")}) INTO missing;
         IF missing > 0 THEN
             RAISE EXCEPTION USING ERRCODE = {literal(CHECK_FAILED)},
@@ -172,7 +191,7 @@ BEGIN
                     {literal(target.display_table)}, missing, fk.parent_table,
                     fk.constraint_name, fk.parent_table, {literal(target.archive)});
         END IF;
-        EXECUTE pg_catalog.format({literal(lock_parents_sql(target))},
+        EXECUTE pg_catalog.format({literal(lock_parents_sql(target, source))},
                                   fk.parent_table, {foreign_key_parts_sql("fk")});
     END LOOP;
     IF columns IS NOT NULL THEN
@@ -208,8 +227,10 @@ BEGIN
     }
     END IF;
     -- Child rows back to the rows they pointed at before the upgrade, where the app has not
-    -- pointed them elsewhere (or deleted them) since.
-    IF pg_catalog.to_regclass({literal(target.repointed)}) IS NOT NULL THEN
+    -- pointed them elsewhere (or deleted them) since; once every archived row is back.
+    IF pg_catalog.to_regclass({literal(target.repointed)}) IS NOT NULL AND {
+        "false" if source else "true"
+    } THEN
         FOR fk IN SELECT constraint_name, child_table, pg_catalog.count(*) AS recorded,
                          (pg_catalog.array_agg(child_row))[1] AS sample_key,
                          (pg_catalog.array_agg(old_reference))[1] AS sample_reference

@@ -125,6 +125,11 @@ class MigrationSettings:
     # batch at most, and each batch's WAL is one burst for the standbys; larger batches move
     # a little faster. The offline script moves all keys in one transaction.
     move_batch_keys: int = 10_000
+    # Archived rows the downgrade moves back per transaction, when there are more than this
+    # (fewer come back in its one final transaction). The table's constraint goes first, in
+    # a transaction of its own; a rollback stopped between batches is finished by running
+    # it again. Each batch waits for the standbys as the move's do.
+    restore_batch_rows: int = 20_000
     # The downgrade rebuilds the uniques the upgrade dropped beside the constraint. Built
     # concurrently, PostgreSQL (18 and older) fails some ON CONFLICT upserts of the key while
     # the build runs (23505, 40P01); built inside the downgrade's transaction, no upsert fails,

@@ -133,6 +133,11 @@ class UniqueTarget:
         return self.private(self.work_table)
 
     @property
+    def restoring(self) -> str:
+        """A batch of a restore in batches on its way back; it lives inside its transaction."""
+        return self.private(derived_name(self.constraint_name, "restoring"))
+
+    @property
     def batches(self) -> str:
         """The listed rows, each with the batch of keys it moves in; it lives from the list to
         the last batch of the online move."""

@@ -466,6 +466,45 @@ def test_crash_between_batches_then_rerun_converges(project, harness, stocked):
     rerun_converges_and_downgrades_exactly(project, harness, stocked)
 
 
+def test_a_large_archive_comes_back_in_batches_and_a_stopped_rollback_finishes_on_rerun(
+    project, harness, stocked
+):
+    """More archived rows than restore_batch_rows: the constraint goes first, then the rows
+    come back a batch per transaction. Killed while a later batch waits for an archived row
+    someone holds, the batches before it stay restored and the revision stays; running the
+    rollback again finishes it, every row byte for byte and the schema as before."""
+    project.succeed("upgrade", "head")
+    archived = archived_rows(harness)
+    assert len(archived) > 4
+    # A row half way through the archive: batches take its rows in their order on disk.
+    halfway = harness.scalar(
+        f"SELECT id FROM {TARGET.archive} ORDER BY ctid OFFSET {len(archived) // 2} LIMIT 1"
+    )
+    row_lock = holding(harness, f"SELECT 1 FROM {TARGET.archive} WHERE id = {halfway} FOR UPDATE")
+    try:
+        running = project.start("-x", "restore_batch_rows=2", "downgrade", "-1")
+        wait_until(
+            "a later batch to wait for the held archived row",
+            lambda: migrator_waiting_on_lock(harness, "WITH batch AS%", APPLICATION_NAME),
+            migrator=running,
+        )
+        crash_migrator(harness, running, APPLICATION_NAME)
+    finally:
+        row_lock.rollback()
+        row_lock.close()
+
+    assert version(harness) == "0002"
+    assert uniques_on_the_key(harness) == []
+    assert 0 < len(archived_rows(harness)) < len(archived)
+    assert_rows_conserved(harness, stocked)
+
+    finished = project.succeed("-x", "restore_batch_rows=2", "downgrade", "-1")
+
+    assert "restored batch 1 of" in finished.output
+    assert version(harness) == "0001"
+    assert_restored(harness, stocked)
+
+
 def test_crash_during_concurrent_build_then_rerun_converges(project, harness, stocked):
     """Killed while CREATE UNIQUE INDEX CONCURRENTLY waits for an old snapshot: the INVALID
     index it leaves is recognised, dropped and built again by the re-run, which converges and

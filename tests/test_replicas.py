@@ -249,19 +249,19 @@ def test_pacing_off_never_reads_the_standbys(zone_b, connect, caplog):
 SLOW_LINK_RATE = 150_000  # bytes per second: one batch of the move below takes about a second
 BATCH_KEYS = 100
 CONSTRAINT_NAME = "meta_assets_cache_workspace_id_phone_number_id_key"
-CONTENTS = (
-    "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM public.meta_assets_cache t),"
-    " (SELECT md5(string_agg(a::text, ',' ORDER BY id))"
-    "    FROM meta_assets_migration.meta_assets_cache_archive a)"
+TABLE_CONTENTS = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM public.meta_assets_cache t"
+ARCHIVE_CONTENTS = (
+    "SELECT md5(string_agg(a::text, ',' ORDER BY id))"
+    " FROM meta_assets_migration.meta_assets_cache_archive a"
 )
 
 
-def test_the_upgrade_moves_batch_by_batch_as_a_capped_standby_replays(primary, zone_b):
+def test_the_move_and_the_restore_go_batch_by_batch_as_a_capped_standby_replays(primary, zone_b):
     """`alembic -x move_batch_keys=100 -x max_replica_lag=500ms upgrade head` on a drifted
     table, with a synchronous standby and one behind a 150 kB/s link: each batch waits for the
     slow one, whose replay lag while the move runs stays within the limit and about one batch
     (unpaced, it would grow with every batch), and both standbys end with the primary's rows
-    and archive."""
+    and archive. The rollback's restore, in batches of 200 rows, is paced the same way."""
     prepare_cluster(primary)
     admin = create_engine(primary.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -273,48 +273,59 @@ def test_the_upgrade_moves_batch_by_batch_as_a_capped_standby_replays(primary, z
         harness.build_state("drifted", keys=12_000)
         succeed(harness.cli("upgrade", BASELINE))
         with streaming_standby(primary, "slow_zone", rate=SLOW_LINK_RATE) as slow:
-            with LagSampler(primary, "slow_zone", "paced") as lags:
-                result = harness.cli(
-                    "-x",
-                    f"move_batch_keys={BATCH_KEYS}",
-                    "-x",
-                    "max_replica_lag=500ms",
-                    "upgrade",
-                    "head",
+            for arguments, done_when, batch_line, contents in (
+                (
+                    ("-x", f"move_batch_keys={BATCH_KEYS}", "upgrade", "head"),
+                    # The unique index's catalog entry, committed as its concurrent build starts.
+                    f"SELECT count(*) > 0 FROM pg_class WHERE relname = '{CONSTRAINT_NAME}'",
+                    "moved batch",
+                    (TABLE_CONTENTS, ARCHIVE_CONTENTS),
+                ),
+                (
+                    ("-x", "restore_batch_rows=200", "downgrade", "-1"),
+                    # The archive goes in the final transaction, after the last batch.
+                    "SELECT count(*) = 0 FROM pg_class WHERE relname = 'meta_assets_cache_archive'",
+                    "restored batch",
+                    (TABLE_CONTENTS,),
+                ),
+            ):
+                with LagSampler(primary, "slow_zone", "paced", done_when) as lags:
+                    result = harness.cli("-x", "max_replica_lag=500ms", *arguments)
+                succeed(result)
+                batches = int(re.search(rf"{batch_line} \d+ of (\d+)", result.output).group(1))
+                assert batches >= 5, result.output
+                # One batch's WAL on the link, from what all the batches wrote.
+                batch_seconds = lags.paced_wal_bytes / batches / SLOW_LINK_RATE
+                unpaced = lags.paced_wal_bytes / SLOW_LINK_RATE
+                assert lags.worst_lag <= 0.5 + batch_seconds + 1.0 < unpaced, (
+                    arguments,
+                    lags.worst_lag,
+                    batch_seconds,
+                    unpaced,
                 )
-            succeed(result)
-            batches = int(re.search(r"moved batch \d+ of (\d+)", result.output).group(1))
-            assert batches >= 5, result.output
-            # One batch's WAL on the link, from what the whole move wrote.
-            batch_seconds = lags.move_wal_bytes / batches / SLOW_LINK_RATE
-            unpaced = lags.move_wal_bytes / SLOW_LINK_RATE
-            assert lags.worst_lag <= 0.5 + batch_seconds + 1.0 < unpaced, (
-                lags.worst_lag,
-                batch_seconds,
-                unpaced,
-            )
-            assert "waiting for standby 'slow_zone'" in result.output
-            for standby in (slow, zone_b):
-                standby.wait_replayed()
-                assert standby.sql(CONTENTS, "paced") == harness.rows(CONTENTS)
+                assert "waiting for standby 'slow_zone'" in result.output
+                for standby in (slow, zone_b):
+                    standby.wait_replayed()
+                    for query in contents:
+                        assert standby.sql(query, "paced") == harness.rows(query)
     finally:
         harness.close()
         admin.dispose()
 
 
 class LagSampler:
-    """How old the newest rows one standby serves are, sampled every 50 ms while the move runs:
-    from before the migration until the standby has replayed everything written before the
-    index build started (in `database`). Measured from the primary's own WAL positions over
-    time (the age of the oldest WAL the standby has not replayed), not from
-    pg_stat_replication's replay_lag, which only moves when replies arrive. Also the WAL the
-    move wrote."""
+    """How old the newest rows one standby serves are, sampled every 50 ms while the paced part
+    of a run goes on: from before the migration until the standby has replayed everything
+    written before `done_when` (a query in `database`) turned true. Measured from the primary's
+    own WAL positions over time (the age of the oldest WAL the standby has not replayed), not
+    from pg_stat_replication's replay_lag, which only moves when replies arrive. Also the WAL
+    the paced part wrote."""
 
-    def __init__(self, primary, standby: str, database: str) -> None:
+    def __init__(self, primary, standby: str, database: str, done_when: str) -> None:
         self.engine = create_engine(primary.url(database), isolation_level="AUTOCOMMIT")
-        self.standby = standby
+        self.standby, self.done_when = standby, done_when
         self.worst_lag = 0.0
-        self.move_wal_bytes = 0
+        self.paced_wal_bytes = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
@@ -331,13 +342,11 @@ class LagSampler:
 
     def sample(self) -> None:
         position = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8"
-        # The unique index's catalog entry, committed as its concurrent build starts.
-        building = f"SELECT count(*) FROM pg_class WHERE relname = '{CONSTRAINT_NAME}'"
         with self.engine.connect() as connection:
             db = Database(connection, settings())
             written: list[tuple[float, int]] = []  # (when, the primary's WAL position)
             start = db.scalar(position)
-            move_end = None
+            paced_end = None
             while not self.stop.wait(0.05):
                 now, end = time.monotonic(), db.scalar(position)
                 written.append((now, end))
@@ -345,9 +354,9 @@ class LagSampler:
                 # An idle primary's insert position counts the next page's header (40 bytes).
                 oldest = next((when for when, lsn in written if lsn > replayed + 40), now)
                 self.worst_lag = max(self.worst_lag, now - oldest)
-                if move_end is None and db.scalar(building):
-                    # Where the WAL was before the build began: the build's own is not paced.
-                    move_end = written[-2][1] if len(written) > 1 else start
-                    self.move_wal_bytes = move_end - start
-                if move_end is not None and replayed >= move_end:
+                if paced_end is None and db.scalar(self.done_when):
+                    # Where the WAL was before: what follows (a build) is not paced.
+                    paced_end = written[-2][1] if len(written) > 1 else start
+                    self.paced_wal_bytes = paced_end - start
+                if paced_end is not None and replayed >= paced_end:
                     return
