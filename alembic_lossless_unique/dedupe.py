@@ -5,7 +5,9 @@ Of each group of rows sharing a key, the row that stays is the greatest by `keep
 (NULL oldest), then by `row_identity`: stable across dumps, restores and replicas, unlike ctid.
 Rows with a NULL in a key column never conflict on a unique and are never touched.
 
-The dedupe is one transaction of two plpgsql blocks, the same text online and offline:
+The dedupe is two plpgsql blocks, the same text online and offline (offline in one
+transaction; online the list in one, then the move a batch of keys per transaction, each batch
+its own work table: see convergence.archive_duplicates):
 
 1. list: a parallel hash semi-join of the table with itself finds the rows that share their key
    with another row. Parallel workers never run a statement that writes, so the list goes into

@@ -3,6 +3,9 @@ that the upgrade re-pointed points at its original row again.
 
 One plpgsql block, the same online and offline, inside the downgrade's single transaction (the
 one that also drops the constraint and stamps the revision): it either all happens or none of it.
+Online, a large archive comes back before that transaction, a batch per transaction
+(restore_batch_sql), once the constraint is gone; the final block then finds the archive empty
+and points the child rows back.
 Where the role may, user triggers do not fire (session_replication_role = replica); foreign
 keys are then not checked by triggers either, so the block checks and locks the restored rows'
 parents itself. Where it may not lock a parent (no rights on the referenced table: the upgrade
