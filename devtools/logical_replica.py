@@ -15,9 +15,7 @@ CREATE SUBSCRIPTION needs a superuser on the subscriber: the replica's administr
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import create_engine, text
-
-from devtools.throwaway_postgres import ThrowawayServer
+from devtools.throwaway_postgres import ThrowawayServer, sql_rows
 
 # What a publisher needs for logical replication; the rest of the defaults suffice for a few
 # subscriptions.
@@ -37,18 +35,9 @@ class Subscription:
     name: str
     publications: list[str]
 
-    def _engine(self):
-        return create_engine(self.replica.url(self.replica_database), isolation_level="AUTOCOMMIT")
-
     def sql(self, statement: str, **params):
         """Run `statement` on the replica's database as its superuser; rows, if any."""
-        engine = self._engine()
-        try:
-            with engine.connect() as connection:
-                result = connection.execute(text(statement), params)
-                return list(result) if result.returns_rows else []
-        finally:
-            engine.dispose()
+        return sql_rows(self.replica, statement, self.replica_database, **params)
 
     def create(self) -> None:
         publisher = self.publisher

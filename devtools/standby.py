@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 from devtools.postgres_binaries import pg_basebackup
 from devtools.throwaway_postgres import (
     FAST_SETTINGS,
@@ -40,6 +38,7 @@ from devtools.throwaway_postgres import (
     free_port,
     run_server_command,
     server_os_user,
+    sql_rows,
     start_server,
     stop_server,
 )
@@ -137,7 +136,7 @@ class Standby:
 
     def sql(self, statement: str, database: str = "postgres", **params: Any) -> list[Any]:
         """Rows of `statement` on the standby."""
-        return _sql(self.server, statement, database, **params)
+        return sql_rows(self.server, statement, database, **params)
 
     def delay_apply(self, delay: str) -> None:
         """recovery_min_apply_delay from now on. Set once the standby is consistent: a commit
@@ -155,7 +154,7 @@ class Standby:
     def wait_streaming(self, timeout: float = 30) -> None:
         _wait(
             f"standby {self.name} to stream",
-            lambda: _sql(
+            lambda: sql_rows(
                 self.primary,
                 "SELECT 1 FROM pg_stat_replication WHERE application_name = :name"
                 " AND state = 'streaming'",
@@ -166,7 +165,7 @@ class Standby:
 
     def wait_replayed(self, timeout: float = 60) -> None:
         """Until the standby has replayed everything the primary has written so far."""
-        target = _sql(self.primary, "SELECT pg_current_wal_lsn()::text")[0][0]
+        target = sql_rows(self.primary, "SELECT pg_current_wal_lsn()::text")[0][0]
         _wait(
             f"standby {self.name} to replay up to {target}",
             lambda: self.sql(
@@ -261,20 +260,10 @@ def _base_backup(primary: ThrowawayServer, data_dir: Path, as_user: str | None) 
 
 def _set_synchronous_standbys(primary: ThrowawayServer, names: str | None) -> None:
     if names is None:
-        _sql(primary, "ALTER SYSTEM RESET synchronous_standby_names")
+        sql_rows(primary, "ALTER SYSTEM RESET synchronous_standby_names")
     else:
-        _sql(primary, f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
-    _sql(primary, "SELECT pg_reload_conf()")
-
-
-def _sql(server: ThrowawayServer, statement: str, database: str = "postgres", **params: Any):
-    engine = create_engine(server.url(database), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            result = connection.execute(text(statement), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
+        sql_rows(primary, f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+    sql_rows(primary, "SELECT pg_reload_conf()")
 
 
 def _wait(what: str, done: Any, timeout: float) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from devtools import postgres_binaries
@@ -198,3 +199,14 @@ def stop_server(bin_dir: Path, data_dir: Path, as_user: str | None) -> None:
             [str(bin_dir / "pg_ctl"), "--pgdata", str(data_dir), "-m", "immediate", "stop"],
             as_user,
         )
+
+
+def sql_rows(server: ThrowawayServer, statement: str, database: str = "postgres", **params):
+    """Run `statement` on `database` of `server` as its superuser, in autocommit; rows, if any."""
+    engine = create_engine(server.url(database), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            result = connection.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()

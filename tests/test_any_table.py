@@ -391,6 +391,23 @@ def test_upgrade_converges_and_downgrade_restores_exactly(project, harness, stoc
 # 2. A crash anywhere converges on re-run (SIGKILL of the migrator, its backends ended).
 
 
+def crash_while_held(project, harness, held: str, waiting_in: str, what: str, *args: str) -> None:
+    """`alembic ARGS` in the project, SIGKILLed once it waits, in a statement like
+    `waiting_in`, for the row lock `held` (a SELECT ... FOR UPDATE) holds."""
+    row_lock = holding(harness, held)
+    try:
+        running = project.start(*args)
+        wait_until(
+            what,
+            lambda: migrator_waiting_on_lock(harness, waiting_in, APPLICATION_NAME),
+            migrator=running,
+        )
+        crash_migrator(harness, running, APPLICATION_NAME)
+    finally:
+        row_lock.rollback()
+        row_lock.close()
+
+
 def rerun_converges_and_downgrades_exactly(project, harness, stock: Stocked) -> None:
     project.succeed("upgrade", "head")
     assert_converged(harness, stock)
@@ -407,18 +424,15 @@ def test_crash_during_dedupe_then_rerun_converges(project, harness, stocked):
     loser = min(
         row["id"] for row in ranking_rows(harness) if keyed(row) and row["id"] not in survivor_ids
     )
-    row_lock = holding(harness, f"SELECT 1 FROM {TABLE} WHERE id = {loser} FOR UPDATE")
-    try:
-        running = project.start("upgrade", "head")
-        wait_until(
-            "the dedupe to wait for the locked row",
-            lambda: migrator_waiting_on_lock(harness, "DO $move$%", APPLICATION_NAME),
-            migrator=running,
-        )
-        crash_migrator(harness, running, APPLICATION_NAME)
-    finally:
-        row_lock.rollback()
-        row_lock.close()
+    crash_while_held(
+        project,
+        harness,
+        f"SELECT 1 FROM {TABLE} WHERE id = {loser} FOR UPDATE",
+        "DO $move$%",
+        "the dedupe to wait for the locked row",
+        "upgrade",
+        "head",
+    )
 
     assert version(harness) == "0001"
     assert archived_rows(harness) == {}
@@ -441,18 +455,14 @@ def test_crash_between_batches_then_rerun_converges(project, harness, stocked):
     in_last_key = 'warehouse_id = {} AND sku = {} AND "Batch Code" = {}'.format(
         *(harness.scalar("SELECT quote_literal(:v)", v=str(value)) for value in last_key)
     )
-    row_lock = holding(harness, f"SELECT 1 FROM {TABLE} WHERE {in_last_key} FOR UPDATE")
-    try:
-        running = project.start("-x", "move_batch_keys=1", "upgrade", "head")
-        wait_until(
-            "the last batch to wait for the locked rows",
-            lambda: migrator_waiting_on_lock(harness, "DO $move$%", APPLICATION_NAME),
-            migrator=running,
-        )
-        crash_migrator(harness, running, APPLICATION_NAME)
-    finally:
-        row_lock.rollback()
-        row_lock.close()
+    crash_while_held(
+        project,
+        harness,
+        f"SELECT 1 FROM {TABLE} WHERE {in_last_key} FOR UPDATE",
+        "DO $move$%",
+        "the last batch to wait for the locked rows",
+        *("-x", "move_batch_keys=1", "upgrade", "head"),
+    )
 
     assert version(harness) == "0001"
     archived = archived_rows(harness)
@@ -480,18 +490,14 @@ def test_a_large_archive_comes_back_in_batches_and_a_stopped_rollback_finishes_o
     halfway = harness.scalar(
         f"SELECT id FROM {TARGET.archive} ORDER BY ctid OFFSET {len(archived) // 2} LIMIT 1"
     )
-    row_lock = holding(harness, f"SELECT 1 FROM {TARGET.archive} WHERE id = {halfway} FOR UPDATE")
-    try:
-        running = project.start("-x", "restore_batch_rows=2", "downgrade", "-1")
-        wait_until(
-            "a later batch to wait for the held archived row",
-            lambda: migrator_waiting_on_lock(harness, "WITH batch AS%", APPLICATION_NAME),
-            migrator=running,
-        )
-        crash_migrator(harness, running, APPLICATION_NAME)
-    finally:
-        row_lock.rollback()
-        row_lock.close()
+    crash_while_held(
+        project,
+        harness,
+        f"SELECT 1 FROM {TARGET.archive} WHERE id = {halfway} FOR UPDATE",
+        "WITH batch AS%",
+        "a later batch to wait for the held archived row",
+        *("-x", "restore_batch_rows=2", "downgrade", "-1"),
+    )
 
     assert version(harness) == "0002"
     assert uniques_on_the_key(harness) == []
