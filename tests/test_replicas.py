@@ -96,6 +96,14 @@ def timed_wait(pacer: ReplicaPacer) -> float:
     return time.monotonic() - started
 
 
+@pytest.fixture(autouse=True)
+def package_log_reaches_caplog(caplog, monkeypatch):
+    """An earlier test's migration may have given the package's logger a handler of its own
+    (environment.show_progress), which stops its records from reaching pytest's."""
+    monkeypatch.setattr(logging.getLogger(LOGGER), "propagate", True)
+    caplog.set_level(logging.INFO, LOGGER)
+
+
 def messages(caplog, level=logging.INFO) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
 
@@ -294,10 +302,13 @@ def test_the_move_and_the_restore_go_batch_by_batch_as_a_capped_standby_replays(
                 succeed(result)
                 batches = int(re.search(rf"{batch_line} \d+ of (\d+)", result.output).group(1))
                 assert batches >= 5, result.output
-                # One batch's WAL on the link, from what all the batches wrote.
+                # One batch's WAL on the link, from what all the batches wrote. Paced, the
+                # standby is at most the limit and the batch in flight behind (with room for a
+                # second batch and a second on a loaded machine); unpaced, it falls behind by
+                # all of them.
                 batch_seconds = lags.paced_wal_bytes / batches / SLOW_LINK_RATE
                 unpaced = lags.paced_wal_bytes / SLOW_LINK_RATE
-                assert lags.worst_lag <= 0.5 + batch_seconds + 1.0 < unpaced, (
+                assert lags.worst_lag <= 0.5 + 2 * batch_seconds + 1.0 < unpaced, (
                     arguments,
                     lags.worst_lag,
                     batch_seconds,
