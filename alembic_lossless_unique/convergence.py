@@ -295,16 +295,13 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
                     for statement in dedupe.batches_sql(target, db.settings.move_batch_keys):
                         db.execute(statement)
                 batches = int(db.scalar(dedupe.batch_count_sql(target)))
-            pacer = replicas.ReplicaPacer(db, db.settings, log)
             with report.step("move duplicates"), indexes.watching(db, "moving duplicates"):
-                for batch in range(batches):
-                    # Each batch starts once the standbys have replayed what came before it.
-                    pacer.wait()
-                    with db.transaction():
-                        db.execute(dedupe.batch_work_sql(target, batch))
-                        db.execute(dedupe.move_sql(target))
-                    if batches > 1:
-                        log.info("moved batch %d of %d", batch + 1, batches)
+                in_paced_batches(
+                    db,
+                    batches,
+                    lambda batch: [dedupe.batch_work_sql(target, batch), dedupe.move_sql(target)],
+                    "moved",
+                )
         except DBAPIError as error:
             raise as_abort(error) from None
         finally:
@@ -326,6 +323,22 @@ def archive_duplicates(db: Database, target: UniqueTarget, report: RunReport) ->
         f" meanwhile, {gone} it had deleted)",
     )
     return archived
+
+
+def in_paced_batches(
+    db: Database, batches: int, statements: Callable[[int], list[str]], done: str
+) -> None:
+    """`batches` transactions, the statements of each from `statements(batch)`, each begun once
+    the physical standbys have replayed the one before (replicas.ReplicaPacer); the log says
+    `<done> batch i of n` after each."""
+    pacer = replicas.ReplicaPacer(db, db.settings, log)
+    for batch in range(batches):
+        pacer.wait()
+        with db.transaction():
+            for statement in statements(batch):
+                db.execute(statement)
+        if batches > 1:
+            log.info("%s batch %d of %d", done, batch + 1, batches)
 
 
 def summed_moves(moved: list[dict[str, Any]]) -> dict[str, Any]:
@@ -487,19 +500,16 @@ class Undo:
                 f"drop constraint {target.constraint_name}",
                 indexes.drop_constraint_sql(target, target.constraint_name),
             )
-        pacer = replicas.ReplicaPacer(db, settings, log)
         with self.report.step("restore in batches"), db.session_setting("statement_timeout", "0"):
-            for batch in range(batches):
-                pacer.wait()
-                try:
-                    with db.transaction():
-                        for statement in restore.restore_batch_sql(
-                            target, settings.restore_batch_rows
-                        ):
-                            db.execute(statement)
-                except DBAPIError as error:
-                    raise as_abort(error) from None
-                log.info("restored batch %d of %d", batch + 1, batches)
+            try:
+                in_paced_batches(
+                    db,
+                    batches,
+                    lambda _: restore.restore_batch_sql(target, settings.restore_batch_rows),
+                    "restored",
+                )
+            except DBAPIError as error:
+                raise as_abort(error) from None
 
     def _rebuild(self, db: Database, detail: dict[str, Any], build_as: str) -> None:
         """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
