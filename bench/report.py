@@ -410,7 +410,11 @@ each contender right after a `CHECKPOINT` while the app writes: a probe inserts 
 5 ms on its own autocommit connection, and a second writer inserts duplicates of existing pairs
 (a plain `INSERT`, older than the kept row) about 50 times a second. A duplicate rejected with
 SQLSTATE 23505 is expected (the migration guards the table as the finished constraint will); any
-other error is a failed write. `--growth 1M,10M,30M` runs ours and the reference at each size.
+other error is a failed write. `--growth 1M,10M,30M` runs ours, its rollback (`alembic downgrade
+-1` of ours' upgrade) and the reference at each size. `--race` runs the reference, ours and the
+recipe a DBA runs by hand (`DELETE ... USING`, `CREATE UNIQUE INDEX CONCURRENTLY`, `ADD CONSTRAINT
+... USING INDEX`) at 10M rows, then again beside a streaming standby (`pg_basebackup -R`) behind a
+relay capped at `--link-rate` MB/s, with ours unpaced (`-x max_replica_lag=off`) too.
 
 The server is durable unless a section says `fast`: fsync, full_page_writes and
 synchronous_commit on, a quarter of memory as shared_buffers, PostgreSQL's default work_mem and
@@ -426,7 +430,10 @@ maintenance_work_mem; each section prints the settings it ran with.
 - *probe wait events*: the probe's `wait_event_type/wait_event` in `pg_stat_activity`, sampled
   every 10 ms while it is inside an insert (`CPU`: running, no wait event).
 - *WAL*: `pg_current_wal_lsn()` sampled every 10 ms, interpolated at phase boundaries.
-- *rows lost overall*: rows before + accepted inserts of both writers - (table + archive)."""
+- *rows lost overall*: rows before + accepted inserts of both writers - (table + archive).
+- *standby's replay lag*: sampled every 10 ms with the WAL position: how old the oldest WAL the
+  standby had not replayed was (from the primary's own WAL positions over time, not
+  `pg_stat_replication.replay_lag`, which only moves when the standby replies)."""
 
 
 # What the saved runs found, written by hand from them: read after the introduction.
