@@ -189,6 +189,9 @@ def streaming_standby(
     apply_delay: str | None = None,
 ) -> Iterator[Standby]:
     as_user = server_os_user()
+    # A physical slot keeps the WAL the standby still needs: a long write on a slow link would
+    # otherwise outrun max_wal_size and leave the standby unable to go on.
+    slot = "standby_" + "".join(c if c.isalnum() else "_" for c in name.lower())
     root = Path(tempfile.mkdtemp(prefix="standby-pg-"))
     data_dir, log_file = root / "data", root / "server.log"
     if as_user is not None:
@@ -198,7 +201,7 @@ def streaming_standby(
     started = made_synchronous = False
     try:
         with CappedRelay(primary.host, primary.port, rate) as relay:
-            _base_backup(primary, data_dir, as_user)
+            _base_backup(primary, data_dir, as_user, slot)
             # -R wrote the primary's own address; the standby streams through the relay instead
             # (the last setting in the file wins), and names itself.
             with (data_dir / "postgresql.auto.conf").open("a") as conf:
@@ -232,12 +235,19 @@ def streaming_standby(
             _set_synchronous_standbys(primary, None)
         if started:
             stop_server(primary.bin_dir, data_dir, as_user)
+        sql_rows(
+            primary,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE slot_name = :slot",
+            slot=slot,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _base_backup(primary: ThrowawayServer, data_dir: Path, as_user: str | None) -> None:
+def _base_backup(primary: ThrowawayServer, data_dir: Path, as_user: str | None, slot: str) -> None:
     """pg_basebackup -R of the primary, straight (not through the relay: only the stream that
-    follows is capped), as the user the standby runs as."""
+    follows is capped), as the user the standby runs as, creating the physical `slot` it
+    streams from (-R names it in primary_slot_name)."""
     command = [
         "env",
         f"PGPASSWORD={primary.password}",
@@ -254,6 +264,8 @@ def _base_backup(primary: ThrowawayServer, data_dir: Path, as_user: str | None) 
         "--wal-method=stream",
         "--checkpoint=fast",
         "--write-recovery-conf",
+        "--create-slot",
+        f"--slot={slot}",
         "--no-sync",
     ]
     try:
