@@ -30,6 +30,7 @@ from alembic_lossless_unique.indexes import under_lock_retries
 from alembic_lossless_unique.locks import with_table_lock_retries
 from alembic_lossless_unique.plan import Plan, Step, plan_sql
 from alembic_lossless_unique.report import RunReport
+from alembic_lossless_unique.settings import MigrationSettings
 from alembic_lossless_unique.target import UniqueTarget
 
 log = logging.getLogger("alembic_lossless_unique")
@@ -485,12 +486,10 @@ class Undo:
         final transaction then points child rows back and removes the archive. Stopped between
         batches, the rollback is finished by running it again."""
         target, settings = self.target, db.settings
-        if self._undo_constraint_statements() != [
-            indexes.drop_constraint_sql(target, target.constraint_name)
-        ] or not db.relation_exists(target.archive):
+        if not db.relation_exists(target.archive):
             return
         archived = int(db.scalar(f"SELECT count(*) FROM {target.archive}"))
-        if archived <= settings.restore_batch_rows:
+        if not restores_in_batches(self.steps, archived, settings):
             return
         batches = -(-archived // settings.restore_batch_rows)
         with self.report.step("drop the constraint"):
@@ -602,6 +601,26 @@ class Undo:
                 indexes.drop_index(db, self.target, name)
             except (DBAPIError, MigrationAbort) as error:
                 log.warning("could not drop %s, built for the failed downgrade: %s", name, error)
+
+
+# What the upgrade did to get the constraint, and what it did beside it that the downgrade
+# rebuilds: the latest of these decides how the constraint is undone.
+_CONSTRAINT_STEPS = ("built", "renamed", "promoted")
+_REBUILT_STEPS = ("dropped_redundant", "promoted")
+
+
+def restores_in_batches(
+    steps: list[ledger.Step], archived_rows: int, settings: MigrationSettings
+) -> bool:
+    """The one decision, for the downgrade and preflight alike: the archived rows come back in
+    batches, after the constraint is dropped on its own, when the upgrade built that constraint
+    (no unique to rebuild beside it) and they are more than `restore_batch_rows`."""
+    made = next((s.action for s in reversed(steps) if s.action in _CONSTRAINT_STEPS), None)
+    return (
+        made == "built"
+        and not any(s.action in _REBUILT_STEPS for s in steps)
+        and archived_rows > settings.restore_batch_rows
+    )
 
 
 def run_undo(

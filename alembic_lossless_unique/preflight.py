@@ -35,7 +35,7 @@ from alembic_lossless_unique import (
     surroundings,
 )
 from alembic_lossless_unique.comparisons import regclass
-from alembic_lossless_unique.convergence import read_plan
+from alembic_lossless_unique.convergence import read_plan, restores_in_batches
 from alembic_lossless_unique.database import AnyRow, Database
 from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
 from alembic_lossless_unique.errors import MigrationAbort
@@ -479,7 +479,7 @@ def planned_downgrade(
             )
         )
     restored = report.rows_already_archived
-    in_batches = restored > settings.restore_batch_rows and not rebuilt
+    in_batches = restores_in_batches(steps_done, restored, settings)
     if in_batches:
         batches = -(-restored // settings.restore_batch_rows)
         per_batch = settings.restore_batch_rows / MOVE_ROWS_PER_SECOND
