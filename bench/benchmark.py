@@ -68,7 +68,7 @@ from bench.starting_tables import (  # noqa: E402
     table_facts,
 )
 from bench.writers import DUPLICATE_RATE  # noqa: E402
-from devtools.standby import streaming_standby  # noqa: E402
+from devtools.standby import StandbyTimeout, streaming_standby  # noqa: E402
 from devtools.throwaway_postgres import ThrowawayServer, throwaway_postgres  # noqa: E402
 
 DEFAULT_ROWS = 1_000_000
@@ -263,6 +263,11 @@ def run_growth(
     return points
 
 
+# The longest a contender waits for the standby to replay the one before it (a 10M move's WAL
+# at 20 MB/s takes about two minutes); a standby that stops streaming fails at once.
+SETTLE_TIMEOUT = 1800
+
+
 def run_race(
     server: ThrowawayServer, info: RunInfo, rows: int, mix: Mix, repeat: int, link_rate: float
 ) -> tuple[dict[str, Result], dict[str, Result]]:
@@ -281,7 +286,7 @@ def run_race(
             workload,
             before,
             repeat,
-            settle=lambda: standby.wait_replayed(timeout=1800),
+            settle=lambda: standby.wait_replayed(timeout=SETTLE_TIMEOUT),
         )
     return without, beside
 
@@ -338,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = arguments.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if arguments.race:
-        failed = race_main(arguments, out)
+        try:
+            failed = race_main(arguments, out)
+        except StandbyTimeout as error:
+            print(f"FAILED: {error}", file=sys.stderr)
+            return 1
     elif arguments.growth:
         failed = growth_main(arguments, out)
     else:

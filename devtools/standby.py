@@ -163,19 +163,45 @@ class Standby:
             timeout,
         )
 
-    def wait_replayed(self, timeout: float = 60) -> None:
+    def wait_replayed(self, timeout: float = 60, silent_for: float = 30) -> None:
         """Until the standby has replayed everything the primary has written so far: up to the
         insert position, since a commit with synchronous_commit off may not be written out yet
         (the WAL writer does within wal_writer_delay). On an idle primary whose WAL ends at a
-        page boundary that position counts the next page's header, which nothing replays."""
+        page boundary that position counts the next page's header, which nothing replays.
+        A standby the primary has not seen streaming for `silent_for` seconds will not catch up:
+        StandbyTimeout at once, rather than at the end of a long timeout."""
         target = sql_rows(self.primary, "SELECT pg_current_wal_insert_lsn()::text")[0][0]
-        _wait(
-            f"standby {self.name} to replay up to {target}",
-            lambda: self.sql(
-                "SELECT pg_wal_lsn_diff(CAST(:target AS pg_lsn), pg_last_wal_replay_lsn()) <= 40",
-                target=target,
-            )[0][0],
-            timeout,
+        last_seen = time.monotonic()
+
+        def replayed() -> bool:
+            nonlocal last_seen
+            if self.streams():
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > silent_for:
+                raise StandbyTimeout(
+                    f"standby {self.name} has not streamed for {silent_for:g} s"
+                    f" (no row in the primary's pg_stat_replication); its log:"
+                    f" {self.data_dir.parent / 'server.log'}"
+                )
+            return bool(
+                self.sql(
+                    "SELECT pg_wal_lsn_diff(CAST(:target AS pg_lsn), pg_last_wal_replay_lsn())"
+                    " <= 40",
+                    target=target,
+                )[0][0]
+            )
+
+        _wait(f"standby {self.name} to replay up to {target}", replayed, timeout)
+
+    def streams(self) -> bool:
+        """Whether the primary sees this standby streaming (or catching up) now."""
+        return bool(
+            sql_rows(
+                self.primary,
+                "SELECT count(*) > 0 FROM pg_stat_replication"
+                " WHERE application_name = :name AND state IN ('streaming', 'catchup')",
+                name=self.name,
+            )[0][0]
         )
 
 

@@ -18,7 +18,7 @@ from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.replicas import ReplicaPacer, StandbyLag, standby_lags
 from alembic_lossless_unique.settings import MigrationSettings
-from devtools.standby import streaming_standby
+from devtools.standby import StandbyTimeout, streaming_standby
 from devtools.throwaway_postgres import throwaway_postgres
 from tests.support import BASELINE, MIGRATOR, MigrationHarness, prepare_cluster, succeed
 
@@ -371,3 +371,17 @@ class LagSampler:
                     self.paced_wal_bytes = paced_end - start
                 if paced_end is not None and replayed >= paced_end:
                     return
+
+
+def test_waiting_for_a_standby_whose_link_is_down_fails_at_once(primary, connect):
+    """A standby the primary no longer sees streaming will never catch up: the devtools wait
+    (the benchmark's settle between contenders) says so within `silent_for`, not at the end of
+    its timeout."""
+    db = connect(settings())
+    with streaming_standby(primary, "cut_off") as cut_off:
+        cut_off.relay.close()
+        db.execute(BIG_WRITE)
+        started = time.monotonic()
+        with pytest.raises(StandbyTimeout, match="standby cut_off has not streamed for 2 s"):
+            cut_off.wait_replayed(timeout=600, silent_for=2)
+        assert time.monotonic() - started < 30
