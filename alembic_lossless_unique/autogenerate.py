@@ -92,7 +92,6 @@ def _make_safe(
     def ensure(op: ops.CreateUniqueConstraintOp) -> ops.MigrateOperation:
         if (op.schema, op.table_name) in created:
             return op  # no rows yet: the plain form is safe, and what Alembic writes
-        _refuse_options(op)
         safe = EnsureUniqueConstraintOp(
             _constraint_name(op),
             op.table_name,
@@ -101,6 +100,7 @@ def _make_safe(
             keep_newest_by=list(_for_table(newest, op.schema, op.table_name)),
             row_identity=_primary_key(metadata, op.schema, op.table_name),
             private_schema=private_schema,
+            **_constraint_options(op),
         )
         ensured[(op.schema, op.table_name, op.constraint_name)] = safe
         return safe
@@ -175,16 +175,30 @@ def _schema(schema: str | None) -> dict[str, str]:
     return {"schema": schema} if schema else {}
 
 
-def _refuse_options(op: ops.CreateUniqueConstraintOp) -> None:
-    """A deferrable unique, one whose NULLs conflict (postgresql_nulls_not_distinct) or one with
-    INCLUDE columns is not what ensure_unique_constraint makes: refused rather than written as
-    something else."""
-    if op.kw:
+# The UniqueConstraint options ensure_unique_constraint makes, under SQLAlchemy's names.
+PASSED_THROUGH = (
+    "deferrable",
+    "initially",
+    "postgresql_include",
+    "postgresql_nulls_not_distinct",
+)
+
+
+def _constraint_options(op: ops.CreateUniqueConstraintOp) -> dict[str, Any]:
+    """The model's options for the constraint, passed through as they are set; any other
+    (another dialect's, say) is refused rather than written as something else."""
+    others = sorted(name for name in op.kw if name not in PASSED_THROUGH)
+    if others:
         raise CommandError(
             f"autogenerate: the unique constraint on {_display(op.schema, op.table_name)}"
-            f" ({', '.join(op.columns)}) sets {', '.join(sorted(op.kw))}, which"
+            f" ({', '.join(op.columns)}) sets {', '.join(others)}, which"
             " ensure_unique_constraint does not make; write that revision by hand"
         )
+    return {
+        name: list(value) if name == "postgresql_include" else value
+        for name, value in op.kw.items()
+        if value not in (None, False, (), [])
+    }
 
 
 def _constraint_name(op: ops.CreateUniqueConstraintOp) -> str:

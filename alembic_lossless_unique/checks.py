@@ -16,7 +16,7 @@ from alembic_lossless_unique.restore import (
     missing_parents_sql,
 )
 from alembic_lossless_unique.restore import may_lock_parent_sql as _may_lock_parent
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, joined_sql, literal, literal_array
+from alembic_lossless_unique.sqltext import dollar_quoted, joined_sql, literal, literal_array
 from alembic_lossless_unique.target import UniqueTarget
 
 # Where a block run to report leaves its problems, as a JSON array, until its transaction
@@ -84,6 +84,7 @@ def _table_problems(target: UniqueTarget) -> str:
                 ' constraint %s', found, {display}, {literal(target.constraint_name)});
         END LOOP;
     END IF;
+{_option_problems(target)}
     found := {problem_sql(literal(target.private_schema))};
     IF found IS NOT NULL THEN
         problems := problems || found;
@@ -91,8 +92,21 @@ def _table_problems(target: UniqueTarget) -> str:
 """
 
 
+def _option_problems(target: UniqueTarget) -> str:
+    """The constraint's options the server must know."""
+    if not target.nulls_not_distinct:
+        return ""
+    return f"""
+    IF pg_catalog.current_setting('server_version_num')::int < 150000 THEN
+        problems := problems || pg_catalog.format(
+            'unique constraint %s is NULLS NOT DISTINCT, which PostgreSQL has from 15 on; this'
+            ' server runs %s', {literal(target.constraint_name)},
+            pg_catalog.current_setting('server_version'));
+    END IF;"""
+
+
 def _named_columns(target: UniqueTarget) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(target.columns + target.ranking))
+    return tuple(dict.fromkeys(target.columns + target.ranking + target.include))
 
 
 _DECLARE = """
@@ -253,17 +267,44 @@ def _not_null(columns: str) -> str:
     )
 
 
+# A format() template: column %1$I of x and y alike, with operator %2$s, NULLs alike too.
+NULLS_ALIKE = "({x}.%1$I %2$s {y}.%1$I OR {x}.%1$I IS NULL AND {y}.%1$I IS NULL)"
+
+
+def _keyed(index_row: str) -> str:
+    """A plpgsql text expression: the rows `x` that the unique `index_row` judges (all, where
+    NULLs conflict; else those with no NULL in its columns)."""
+    return (
+        f"CASE WHEN {index_row}.nulls_not_distinct THEN 'true'"
+        f" ELSE {_not_null(f'{index_row}.columns')} END"
+    )
+
+
+def _index_key_match(template: str) -> str:
+    """A plpgsql text expression: `template` (a format() of column %1$I and operator %2$s) for
+    each column of `index_row`, joined by AND."""
+    return joined_sql(
+        template,
+        " AND ",
+        c="index_row.columns",
+        op=operators_sql("index_row.columns", "relation"),
+    )
+
+
 def _key_not_null(target: UniqueTarget, alias: str) -> str:
-    """A plpgsql text expression: `alias.k IS NOT NULL AND ...` for the key columns."""
-    return literal(" AND ".join(f"{alias}.{ident(c)} IS NOT NULL" for c in target.columns))
+    """A plpgsql text expression: the rows of `alias` that the target's unique judges."""
+    return literal(target.key_is_set(alias))
 
 
 def _key_match(target: UniqueTarget, left: str, right: str) -> str:
-    """A plpgsql text expression: the key columns of `left` and `right` equal."""
+    """A plpgsql text expression: the key columns of `left` and `right` alike, as the
+    target's unique judges them."""
     operators = operators_sql(literal_array(target.columns), regclass(target.qualified_table))
-    return joined_sql(
-        f"{left}.%1$I %2$s {right}.%1$I", " AND ", c=literal_array(target.columns), op=operators
-    )
+    if target.nulls_not_distinct:
+        template = NULLS_ALIKE.format(x=left, y=right)
+    else:
+        template = f"{left}.%1$I %2$s {right}.%1$I"
+    return joined_sql(template, " AND ", c=literal_array(target.columns), op=operators)
 
 
 def downgrade_checks_sql(
@@ -361,7 +402,11 @@ BEGIN
                            FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(n, p)
                            JOIN pg_catalog.pg_attribute a
                              ON a.attrelid = i.indrelid AND a.attnum = k.n
-                          ORDER BY k.p) AS columns
+                          WHERE k.p <= i.indnkeyatts  -- INCLUDE columns are not compared
+                          ORDER BY k.p) AS columns,
+                   -- Read through jsonb: the column exists from PostgreSQL 15 on.
+                   coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)
+                       AS nulls_not_distinct
               FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
              WHERE i.indrelid = relation AND i.indisunique AND i.indisvalid
                AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -381,15 +426,10 @@ BEGIN
             EXECUTE pg_catalog.format(
                 'SELECT pg_catalog.count(*) FROM %1$s x WHERE %2$s AND EXISTS ('
                 'SELECT 1 FROM {escape_format(target.qualified_table)} y WHERE %3$s)',
-                {archive}, {_not_null("index_row.columns")},
-                {
-        joined_sql(
-            "x.%1$I %2$s y.%1$I",
-            " AND ",
-            c="index_row.columns",
-            op=operators_sql("index_row.columns", "relation"),
-        )
-    })
+                {archive}, {_keyed("index_row")},
+                CASE WHEN index_row.nulls_not_distinct
+                     THEN {_index_key_match(NULLS_ALIKE.format(x="x", y="y"))}
+                     ELSE {_index_key_match("x.%1$I %2$s y.%1$I")} END)
                INTO counted;
             IF counted > 0 THEN
                 problems := problems || pg_catalog.format(
@@ -405,7 +445,7 @@ BEGIN
                 'SELECT coalesce(pg_catalog.sum(copies), 0) FROM (SELECT pg_catalog.count(*)'
                 ' AS copies FROM %1$s x WHERE %2$s GROUP BY %3$s'
                 ' HAVING pg_catalog.count(*) > 1) AS shared',
-                {archive}, {_not_null("index_row.columns")},
+                {archive}, {_keyed("index_row")},
                 (SELECT pg_catalog.string_agg(pg_catalog.format('x.%I', c), ', ')
                    FROM pg_catalog.unnest(index_row.columns) AS c))
                INTO counted;

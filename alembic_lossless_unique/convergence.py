@@ -538,7 +538,13 @@ class Undo:
             )
         if constraint:
             self.in_transaction.append(
-                indexes.add_constraint_using_index_sql(target, constraint, name)
+                indexes.add_constraint_using_index_sql(
+                    # Ledgers written before deferrals were recorded have none.
+                    target,
+                    constraint,
+                    name,
+                    detail.get("deferral") or "",
+                )
             )
 
     def _rebuild_promoted(self, db: Database, detail: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from alembic_lossless_unique.target import UniqueTarget
 # Internal column names of the work table; unusual enough not to meet a user's column.
 ROW_CTID = "lossless_row_ctid"
 POSITION = "lossless_position"
+GROUP_SIZE = "lossless_group_size"
 BATCH = "lossless_batch"
 BOOKKEEPING_PREFIX = "lossless_unique_"
 # SQLSTATEs of this package's own refusals and failed checks, so callers tell them apart.
@@ -150,14 +151,29 @@ def _in_duplicate_groups(target: UniqueTarget) -> str:
     compare = comparisons(target)
     table = escape_format(target.qualified_table)
     keys_not_null = " AND ".join(f"{{alias}}.{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+    members = fmt_idents(member_columns(target), "c.")
+    with_nulls = ""
+    if target.nulls_not_distinct:
+        # Keys holding NULLs conflict too, but equality never matches a NULL: those rows (few,
+        # as a rule) are grouped apart, where PARTITION BY finds NULLs alike, as the index does.
+        any_null = " OR ".join(f"c.{fmt_ident(c)} IS NULL" for c in target.columns)
+        with_nulls = f"""
+    UNION ALL
+    SELECT {ROW_CTID}, {fmt_idents(member_columns(target))}
+      FROM (SELECT c.ctid AS {ROW_CTID}, {members},
+                   pg_catalog.count(*) OVER (PARTITION BY {fmt_idents(target.columns, "c.")})
+                       AS {GROUP_SIZE}
+              FROM {table} c
+             WHERE {any_null}) AS keyed_with_nulls
+     WHERE {GROUP_SIZE} > 1"""
     return f"""
-    SELECT c.ctid AS {ROW_CTID}, {fmt_idents(member_columns(target), "c.")}
+    SELECT c.ctid AS {ROW_CTID}, {members}
       FROM {table} c
      WHERE {keys_not_null.format(alias="c")}
        AND EXISTS (SELECT 1 FROM {table} other
                     WHERE {keys_not_null.format(alias="other")}
                       AND {compare.equal("other", "c", target.columns)}
-                      AND other.ctid <> c.ctid)"""
+                      AND other.ctid <> c.ctid){with_nulls}"""
 
 
 def _losers_of(target: UniqueTarget, members: str) -> str:
@@ -170,7 +186,11 @@ def _losers_of(target: UniqueTarget, members: str) -> str:
         for c in target.row_identity
     )
     columns = fmt_idents(member_columns(target))
-    keys_not_null = " AND ".join(f"{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+    keys_not_null = (
+        "true"
+        if target.nulls_not_distinct
+        else " AND ".join(f"{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+    )
     return f"""
 SELECT {ROW_CTID}, {columns}, {fmt_idents(work_kept(c) for c in target.row_identity)}
   FROM (SELECT {ROW_CTID}, {columns},

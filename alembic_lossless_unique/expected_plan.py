@@ -25,6 +25,7 @@ from alembic_lossless_unique.database import Database
 from alembic_lossless_unique.errors import MigrationAbort
 from alembic_lossless_unique.settings import FINGERPRINT_DIGITS
 from alembic_lossless_unique.sqltext import qualified_relation_sql
+from alembic_lossless_unique.target import UniqueTarget
 
 PLAN_COMMAND = "python -m alembic_lossless_unique plan"
 
@@ -99,9 +100,20 @@ def depended_on(db: Database, operation: pending.PendingOperation) -> dict[str, 
             "archive_table": target.archive_table,
             "ledger_table": target.ledger_table,
             "adopt_first": list(target.adopt_first),
+            # Only where set: fingerprints made before the options existed stay valid.
+            **constraint_options(target),
         },
         "catalog": catalog,
     }
+
+
+def constraint_options(target: UniqueTarget) -> dict[str, object]:
+    options = {
+        "nulls_not_distinct": target.nulls_not_distinct,
+        "include": list(target.include),
+        "deferral": target.deferral,
+    }
+    return {name: value for name, value in options.items() if value}
 
 
 def fingerprint(db: Database, operations: list[pending.PendingOperation]) -> str:

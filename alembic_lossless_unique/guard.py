@@ -47,12 +47,23 @@ def install_statements(target: UniqueTarget, operators: dict[str, str]) -> list[
         *drop_statements(target),
         f"CREATE UNLOGGED TABLE {target.guard_claims} AS"
         f" SELECT {idents(target.columns)} FROM {target.qualified_table} WITH NO DATA",
-        f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})",
+        claims_key_sql(target),
         function_sql(target, operators),
         *trigger_statements(target),
         # Whatever default privileges granted on them, to PUBLIC or anyone.
         private_schema.lock_down_sql(target.private_schema),
     ]
+
+
+def claims_key_sql(target: UniqueTarget) -> str:
+    """The claims' own unique, which makes a second writer of a new key wait for the first: a
+    primary key, or where NULLs conflict a unique that finds them alike."""
+    if target.nulls_not_distinct:
+        return (
+            f"ALTER TABLE {target.guard_claims}"
+            f" ADD UNIQUE NULLS NOT DISTINCT ({idents(target.columns)})"
+        )
+    return f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})"
 
 
 def install(db: Database, target: UniqueTarget) -> None:
@@ -96,7 +107,7 @@ def record_removed_sql(target: UniqueTarget) -> str:
 
 
 def trigger_statements(target: UniqueTarget) -> list[str]:
-    keyed = " AND ".join(f"NEW.{ident(c)} IS NOT NULL" for c in target.columns)
+    keyed = target.key_is_set("NEW")
     key_changed = " OR ".join(
         f"OLD.{ident(c)} IS DISTINCT FROM NEW.{ident(c)}" for c in target.columns
     )
@@ -111,8 +122,10 @@ def trigger_statements(target: UniqueTarget) -> list[str]:
 
 
 def function_sql(target: UniqueTarget, operators: dict[str, str]) -> str:
-    same_key = " AND ".join(f"t.{ident(c)} {operators[c]} NEW.{ident(c)}" for c in target.columns)
-    key_text = " || ', ' || ".join(f"NEW.{ident(c)}::text" for c in target.columns)
+    # PostgreSQL writes a NULL in the key as `null` in its DETAIL.
+    key_text = " || ', ' || ".join(
+        f"coalesce(NEW.{ident(c)}::text, 'null')" for c in target.columns
+    )
     # Word for word what the constraint will say, so that the app handles both alike.
     message = f'duplicate key value violates unique constraint "{target.constraint_name}"'
     hint = (
@@ -125,8 +138,7 @@ BEGIN
     INSERT INTO {target.guard_claims} ({idents(target.columns)})
     VALUES ({idents(target.columns, "NEW.")})
     ON CONFLICT DO NOTHING;
-    IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {target.qualified_table} t
-                                          WHERE {same_key} LIMIT 2) AS same) > 1 THEN
+    IF {_rows_of_the_key(target, operators)} > 1 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'unique_violation',
             MESSAGE = {literal(message)},
@@ -145,3 +157,25 @@ END
         " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
         f" AS {dollar_quoted(body, 'guard')}"
     )
+
+
+def _rows_of_the_key(target: UniqueTarget, operators: dict[str, str]) -> str:
+    """A plpgsql expression: how many rows (up to 2) hold NEW's key. Where NULLs conflict
+    (NULLS NOT DISTINCT), a key with a NULL is looked up apart, so that the common case keeps
+    a plain equality the table's indexes serve."""
+
+    def rows(where: str) -> str:
+        return (
+            f"(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {target.qualified_table} t"
+            f" WHERE {where} LIMIT 2) AS same)"
+        )
+
+    equal = [f"t.{ident(c)} {operators[c]} NEW.{ident(c)}" for c in target.columns]
+    plain = rows(" AND ".join(equal))
+    if not target.nulls_not_distinct:
+        return plain
+    alike = " AND ".join(
+        f"(t.{ident(c)} IS NULL AND NEW.{ident(c)} IS NULL OR {equal_c})"
+        for c, equal_c in zip(target.columns, equal, strict=True)
+    )
+    return f"(CASE WHEN {target.key_has_null('NEW')} THEN {rows(alike)} ELSE {plain} END)"

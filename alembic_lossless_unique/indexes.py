@@ -29,7 +29,7 @@ def unique_index_definition(target: UniqueTarget, name: str) -> str:
     """The target's unique index as pg_get_indexdef() would print it."""
     return (
         f"CREATE UNIQUE INDEX {ident(name)} ON {target.qualified_table}"
-        f" USING btree ({idents(target.columns)})"
+        f" USING btree ({idents(target.columns)}){target.index_options}"
     )
 
 
@@ -143,17 +143,21 @@ def set_index_comment_sql(target: UniqueTarget, name: str, comment: str | None) 
 
 
 def promote_sql(target: UniqueTarget, index_name: str) -> str:
-    """ADD CONSTRAINT ... UNIQUE USING INDEX: a catalog change, no scan; renames the index."""
+    """ADD CONSTRAINT ... UNIQUE USING INDEX: a catalog change, no scan; renames the index.
+    The index carries INCLUDE and NULLS NOT DISTINCT; the constraint its deferral."""
     return (
         f"ALTER TABLE {target.qualified_table} ADD CONSTRAINT {ident(target.constraint_name)}"
-        f" UNIQUE USING INDEX {ident(index_name)}"
+        f" UNIQUE USING INDEX {ident(index_name)}{target.deferral}"
     )
 
 
-def add_constraint_using_index_sql(target: UniqueTarget, constraint: str, index: str) -> str:
+def add_constraint_using_index_sql(
+    target: UniqueTarget, constraint: str, index: str, deferral: str = ""
+) -> str:
+    """A unique put back as it was: `deferral` its DEFERRABLE clause, as the plan read it."""
     return (
         f"ALTER TABLE {target.qualified_table} ADD CONSTRAINT {ident(constraint)}"
-        f" UNIQUE USING INDEX {ident(index)}"
+        f" UNIQUE USING INDEX {ident(index)}{deferral}"
     )
 
 

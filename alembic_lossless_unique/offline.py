@@ -300,7 +300,8 @@ def _recreation_record(variable: str) -> str:
     return (
         f"pg_catalog.jsonb_build_object('index_name', {variable}.index_name,"
         f" 'constraint_name', {variable}.constraint_name,"
-        f" 'definition', {variable}.definition, 'comment', {variable}.comment)"
+        f" 'definition', {variable}.definition, 'comment', {variable}.comment,"
+        f" 'deferral', {variable}.deferral)"
     )
 
 
@@ -452,8 +453,9 @@ BEGIN{_read_built_before(target)}
             IF NOT step.ours THEN
                 {_record(target, "promoted", _recreation_record("step"))}
             END IF;
-            EXECUTE pg_catalog.format('ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                                      {name}, step.index_name);
+            EXECUTE pg_catalog.format(
+                'ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I{target.deferral}',
+                {name}, step.index_name);
             IF step.comment IS NOT NULL THEN
                 EXECUTE {comment_off};
             END IF;
@@ -637,7 +639,7 @@ def concurrent_build_sql(target: UniqueTarget) -> str:
         "-- Not schema-qualified on purpose: the block above chose the table through the\n"
         "-- search_path (this table where this run builds; otherwise a temporary stand-in).\n"
         f"{CONCURRENT_BUILD} {ident(target.constraint_name)} ON {ident(target.table)}"
-        f" USING btree ({idents(target.columns)})"
+        f" USING btree ({idents(target.columns)}){target.index_options}"
     )
 
 
@@ -706,7 +708,8 @@ def _recreate(target: UniqueTarget, detail: str) -> str:
             IF {detail}->>'constraint_name' IS NOT NULL THEN
                 EXECUTE pg_catalog.format(
                     'ALTER TABLE {table} ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                    {detail}->>'constraint_name', {detail}->>'index_name');
+                    {detail}->>'constraint_name', {detail}->>'index_name')
+                    || coalesce({detail}->>'deferral', '');
             END IF;
             RAISE NOTICE 'recreated %', {detail}->>'index_name';
         END IF;"""

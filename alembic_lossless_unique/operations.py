@@ -35,8 +35,13 @@ def target_from_arguments(
     archive_table: str | None = None,
     ledger_table: str | None = None,
     adopt_first: Sequence[str] = (),
+    deferrable: bool | None = None,
+    initially: str | None = None,
+    postgresql_include: Sequence[str] = (),
+    postgresql_nulls_not_distinct: bool = False,
 ) -> UniqueTarget:
-    """The operation's arguments as a UniqueTarget (the names Alembic users expect)."""
+    """The operation's arguments as a UniqueTarget (the names Alembic users expect; the
+    constraint's options as SQLAlchemy's UniqueConstraint takes them)."""
     return UniqueTarget(
         constraint_name=constraint_name,
         table=table_name,
@@ -48,6 +53,10 @@ def target_from_arguments(
         archive_table=archive_table or "",
         ledger_table=ledger_table or "",
         adopt_first=tuple(adopt_first),
+        deferrable=deferrable,
+        initially=initially,
+        include=tuple(postgresql_include),
+        nulls_not_distinct=postgresql_nulls_not_distinct,
     )
 
 
@@ -67,8 +76,13 @@ class UniqueConstraintOp(MigrateOperation):
     def to_diff_tuple(self) -> tuple[Any, ...]:
         """The change as `alembic check` lists it when autogenerate proposes this operation."""
         constraint_name, table_name, columns = self.arguments
+        options = {
+            name: value
+            for name, value in self.options.items()
+            if name in ("schema", "deferrable", "initially") or name.startswith("postgresql_")
+        }
         constraint = ops.CreateUniqueConstraintOp(
-            constraint_name, table_name, columns, schema=self.options.get("schema")
+            constraint_name, table_name, columns, **options
         ).to_constraint()
         return (self.diff_kind, constraint)
 

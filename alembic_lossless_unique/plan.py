@@ -10,8 +10,13 @@ Actions, in the order they run:
 - rename: a unique constraint on the key under another name is renamed
 - promote: a unique index on the key becomes the constraint (ADD CONSTRAINT ... USING INDEX)
 - build: nothing covers the key: archive duplicates, build the index concurrently, promote it
-- drop_redundant: every other unique that covers the key
-- leave_alone: partial or expression uniques on the key, which do not serve ON CONFLICT
+- drop_redundant: every other unique on the key's plain columns (one without INCLUDE
+  columns; whatever its NULLs rule or deferral)
+- leave_alone: partial, expression or INCLUDE uniques on the key that do not fit the target
+
+A unique fits the target, and is kept, renamed or promoted, when it has the key's columns in
+order and the target's options: the same INCLUDE columns, NULLS NOT DISTINCT or not, and (a
+constraint) the same deferral; promotion gives an index the target's deferral.
 """
 
 from dataclasses import dataclass
@@ -30,12 +35,22 @@ SELECT ic.relname::text COLLATE "C" AS index_name,
                JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
               WHERE k.position <= i.indnkeyatts
               ORDER BY k.position) AS columns,
+       ARRAY(SELECT a.attname::text
+               FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE k.position > i.indnkeyatts
+              ORDER BY k.position) AS include,
+       -- Read through jsonb: the column exists from PostgreSQL 15 on.
+       coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)
+           AS nulls_not_distinct,
+       CASE WHEN con.condeferrable THEN ' DEFERRABLE'
+                 || CASE WHEN con.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
+            ELSE '' END AS deferral,
        i.indisvalid AND i.indisready AS valid,
-       (i.indpred IS NULL AND i.indexprs IS NULL AND i.indnatts = i.indnkeyatts
-        AND am.amname = 'btree'
+       (i.indpred IS NULL AND i.indexprs IS NULL AND am.amname = 'btree'
         AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(i.indoption::int2[]) AS o(flag)
                          WHERE o.flag <> 0))
-           AS plain,
+           AS plain_key,
        pg_catalog.pg_get_indexdef(i.indexrelid) AS definition,
        pg_catalog.obj_description(i.indexrelid, 'pg_class') AS comment
   FROM pg_catalog.pg_index i
@@ -48,17 +63,26 @@ SELECT ic.relname::text COLLATE "C" AS index_name,
 
 def plan_sql(target: UniqueTarget, built_before: str) -> str:
     """The plan as rows (action, index_name, constraint_name, definition, comment, ours,
-    description). `built_before` is an SQL boolean: whether this target's ledger records a build
-    of its own, which makes an index under the target's name ours to promote without record."""
+    description, deferral). `built_before` is an SQL boolean: whether this target's ledger
+    records a build of its own, which makes an index under the target's name ours to promote
+    without record."""
     table = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
     name = literal(target.constraint_name)
     key = literal_array(target.columns)
+    include = literal_array(target.include)
+    nulls_not_distinct = "true" if target.nulls_not_distinct else "false"
+    deferral = literal(target.deferral)
     preferred = literal_array(target.adopt_first)
     return f"""
 WITH found AS (
     SELECT u.*,
-           u.valid AND u.plain AS serves,
-           u.columns = {key} AS exact,
+           -- On plain columns and nothing more: it serves ON CONFLICT on the key.
+           u.valid AND u.plain_key AND u.include = '{{}}' AS serves,
+           -- It can become the target constraint as it is: the key in the constraint's order
+           -- and the constraint's options.
+           u.valid AND u.plain_key AND u.columns = {key} AND u.include = {include}
+               AND u.nulls_not_distinct = {nulls_not_distinct}
+               AND (u.constraint_name IS NULL OR u.deferral = {deferral}) AS fits,
            pg_catalog.format('%s %s (%s)%s',
                   CASE WHEN u.constraint_name IS NULL THEN 'index'
                        ELSE 'constraint ' || u.constraint_name END,
@@ -71,7 +95,7 @@ WITH found AS (
     -- The target constraint itself, else an index under the target name, else a constraint
     -- to rename, else an index to promote: the preferred ones in order, then by name.
     SELECT index_name FROM found
-     WHERE serves AND exact
+     WHERE fits
      ORDER BY constraint_name IS NOT DISTINCT FROM {name} DESC,
               index_name = {name} DESC,
               constraint_name IS NOT NULL DESC,
@@ -101,29 +125,29 @@ WITH found AS (
 )
 SELECT planned.* FROM (
     SELECT 1 AS position, 'drop_invalid' AS action, index_name, constraint_name, definition,
-           comment, false AS ours, description
+           comment, false AS ours, description, deferral
       FROM found WHERE NOT valid AND constraint_name IS NULL
     UNION ALL
-    SELECT 2, 'refuse', NULL, NULL, NULL, NULL, false, problem FROM name_taken
+    SELECT 2, 'refuse', NULL, NULL, NULL, NULL, false, problem, '' FROM name_taken
     UNION ALL
     SELECT 3, CASE WHEN f.constraint_name = {name} THEN 'keep'
                    WHEN f.constraint_name IS NOT NULL THEN 'rename'
                    ELSE 'promote' END,
            f.index_name, f.constraint_name, f.definition, f.comment,
            f.constraint_name IS NULL AND f.index_name = {name} AND ({built_before}),
-           f.description
+           f.description, f.deferral
       FROM found f JOIN chosen USING (index_name)
     UNION ALL
-    SELECT 3, 'build', {name}, NULL, NULL, NULL, true, 'no unique covers the key'
+    SELECT 3, 'build', {name}, NULL, NULL, NULL, true, 'no unique covers the key', ''
      WHERE NOT EXISTS (SELECT 1 FROM chosen) AND NOT EXISTS (SELECT 1 FROM name_taken)
     UNION ALL
     SELECT 4, 'drop_redundant', index_name, constraint_name, definition, comment, false,
-           description
+           description, deferral
       FROM found WHERE serves AND index_name NOT IN (SELECT index_name FROM chosen)
     UNION ALL
     SELECT 5, 'leave_alone', index_name, constraint_name, definition, comment, false,
-           description
-      FROM found WHERE valid AND NOT plain
+           description, deferral
+      FROM found WHERE valid AND NOT serves AND index_name NOT IN (SELECT index_name FROM chosen)
 ) AS planned
 ORDER BY planned.position, planned.index_name"""
 
@@ -137,6 +161,8 @@ class Step:
     comment: str | None
     ours: bool
     description: str
+    # A constraint's DEFERRABLE clause ('' when it has none, or for an index alone).
+    deferral: str = ""
 
     def recreation_record(self) -> dict[str, str | None]:
         """What a downgrade needs to build this unique again, exactly as it was."""
@@ -145,6 +171,7 @@ class Step:
             "constraint_name": self.constraint_name,
             "definition": self.definition,
             "comment": self.comment,
+            "deferral": self.deferral,
         }
 
 

@@ -138,6 +138,8 @@ class Report:
     table_bytes: int = 0
     total_bytes: int = 0
     null_key_rows: int = 0
+    # What becomes of them: never touched, unless the unique is NULLS NOT DISTINCT.
+    null_key_rule: str = "kept: NULLs never conflict"
     duplicate_groups: int = 0
     rows_to_archive: int = 0
     rows_already_archived: int = 0
@@ -190,9 +192,11 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
     ).one()
     report.table_bytes, report.total_bytes = facts.table_bytes, facts.total_bytes
     report.estimated_rows = facts.estimated_rows
-    any_key_null = " OR ".join(f"{ident(c)} IS NULL" for c in target.columns)
+    if target.nulls_not_distinct:
+        report.null_key_rule = "judged like any key: NULLS NOT DISTINCT"
     report.null_key_rows = db.scalar(
-        f"SELECT pg_catalog.count(*) FROM {target.qualified_table} WHERE {any_key_null}"
+        f"SELECT pg_catalog.count(*) FROM {target.qualified_table} t"
+        f" WHERE {target.key_has_null('t')}"
     )
     archived = db.relation_exists(target.archive)
     if archived:
@@ -549,7 +553,7 @@ def text_lines(report: Report, *, upgrade: bool = True) -> list[str]:
         lines += [
             f"  duplicate groups     {report.duplicate_groups}",
             f"  rows to archive      {report.rows_to_archive} (restored by the downgrade)",
-            f"  NULL-key rows        {report.null_key_rows} (kept: NULLs never conflict)",
+            f"  NULL-key rows        {report.null_key_rows} ({report.null_key_rule})",
         ]
     if report.rows_already_archived:
         lines.append(f"  already archived     {report.rows_already_archived}")
@@ -655,6 +659,14 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private-schema", default=DEFAULT_PRIVATE_SCHEMA)
     parser.add_argument("--archive-table", default="", help="default: CONSTRAINT_archive")
     parser.add_argument("--ledger-table", default="", help="default: CONSTRAINT_steps")
+    parser.add_argument(
+        "--nulls-not-distinct",
+        action="store_true",
+        help="NULLs in the key conflict (postgresql_nulls_not_distinct)",
+    )
+    parser.add_argument("--include", default="", help="INCLUDE columns, comma-separated")
+    parser.add_argument("--deferrable", action="store_true", help="DEFERRABLE")
+    parser.add_argument("--initially", choices=("IMMEDIATE", "DEFERRED"), type=str.upper)
 
 
 def target_of(arguments: argparse.Namespace) -> UniqueTarget:
@@ -669,6 +681,10 @@ def target_of(arguments: argparse.Namespace) -> UniqueTarget:
         private_schema=arguments.private_schema,
         archive_table=arguments.archive_table,
         ledger_table=arguments.ledger_table,
+        postgresql_nulls_not_distinct=arguments.nulls_not_distinct,
+        postgresql_include=_names(arguments.include),
+        deferrable=arguments.deferrable or None,
+        initially=arguments.initially,
     )
 
 

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.sqltext import MAX_IDENTIFIER_BYTES, derived_name, qualified
+from alembic_lossless_unique.sqltext import (
+    MAX_IDENTIFIER_BYTES,
+    derived_name,
+    ident,
+    idents,
+    qualified,
+)
 
 DEFAULT_PRIVATE_SCHEMA = "lossless_unique"
 
@@ -40,10 +46,20 @@ class UniqueTarget:
     adopt_first: tuple[str, ...] = ()
     # Why the rows were archived, as the archive records it.
     archive_reason: str = field(default="", compare=False)
+    # The constraint's options, as SQLAlchemy's UniqueConstraint takes them.
+    # NULLS NOT DISTINCT (PostgreSQL 15+): rows whose keys hold NULLs in the same places
+    # conflict, so they are duplicates of each other like any others.
+    nulls_not_distinct: bool = False
+    # Columns stored in the index beside the key (INCLUDE), not part of what is unique.
+    include: tuple[str, ...] = ()
+    deferrable: bool | None = None
+    initially: str | None = None  # IMMEDIATE or DEFERRED
 
     def __post_init__(self) -> None:
-        for attribute in ("columns", "keep_newest_by", "row_identity", "adopt_first"):
+        for attribute in ("columns", "keep_newest_by", "row_identity", "adopt_first", "include"):
             object.__setattr__(self, attribute, tuple(getattr(self, attribute)))
+        if self.initially is not None:
+            object.__setattr__(self, "initially", self.initially.upper())
         defaults = {
             "archive_table": derived_name(self.constraint_name, "archive"),
             "ledger_table": derived_name(self.constraint_name, "steps"),
@@ -63,6 +79,21 @@ class UniqueTarget:
             raise MigrationAbort(f"unique constraint {self.constraint_name}: no row_identity")
         if len(set(self.columns)) != len(self.columns):
             raise MigrationAbort(f"unique constraint {self.constraint_name}: a key column repeats")
+        if len(set(self.include)) != len(self.include):
+            raise MigrationAbort(
+                f"unique constraint {self.constraint_name}: an INCLUDE column repeats"
+            )
+        if self.initially not in (None, "IMMEDIATE", "DEFERRED"):
+            raise MigrationAbort(
+                f"unique constraint {self.constraint_name}: initially={self.initially!r};"
+                " PostgreSQL knows IMMEDIATE and DEFERRED"
+            )
+        if self.initially == "DEFERRED" and self.deferrable is False:
+            raise MigrationAbort(
+                f"unique constraint {self.constraint_name}: initially='DEFERRED' needs"
+                " deferrable=True (PostgreSQL: a constraint declared INITIALLY DEFERRED must be"
+                " DEFERRABLE)"
+            )
         names: tuple[str, ...] = (
             self.constraint_name,
             self.table,
@@ -70,6 +101,7 @@ class UniqueTarget:
             self.private_schema,
         )
         names += self.columns + self.keep_newest_by + self.row_identity + self.adopt_first
+        names += self.include
         for name in (*names, self.archive_table, self.ledger_table):
             if not name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
                 raise MigrationAbort(
@@ -95,7 +127,36 @@ class UniqueTarget:
 
     @property
     def key_description(self) -> str:
-        return f"{self.display_table} ({', '.join(self.columns)})"
+        nulls = " NULLS NOT DISTINCT" if self.nulls_not_distinct else ""
+        return f"{self.display_table}{nulls} ({', '.join(self.columns)})"
+
+    # The key's rule: which rows conflict. Every statement that judges duplicates asks here.
+
+    def key_is_set(self, alias: str) -> str:
+        """An SQL boolean: the row `alias` has a key the unique judges (a NULL in a key column
+        takes a row out of it, unless NULLS NOT DISTINCT)."""
+        if self.nulls_not_distinct:
+            return "true"
+        return " AND ".join(f"{alias}.{ident(c)} IS NOT NULL" for c in self.columns)
+
+    def key_has_null(self, alias: str) -> str:
+        """An SQL boolean: a key column of `alias` is NULL."""
+        return "(" + " OR ".join(f"{alias}.{ident(c)} IS NULL" for c in self.columns) + ")"
+
+    @property
+    def deferral(self) -> str:
+        """The constraint's DEFERRABLE clause as pg_get_constraintdef() prints it ('' if none)."""
+        if self.deferrable or self.initially == "DEFERRED":
+            deferred = " INITIALLY DEFERRED" if self.initially == "DEFERRED" else ""
+            return " DEFERRABLE" + deferred
+        return ""
+
+    @property
+    def index_options(self) -> str:
+        """What the unique index carries after its key columns, as pg_get_indexdef() prints it."""
+        include = f" INCLUDE ({idents(self.include)})" if self.include else ""
+        nulls = " NULLS NOT DISTINCT" if self.nulls_not_distinct else ""
+        return include + nulls
 
     @property
     def ranking(self) -> tuple[str, ...]:

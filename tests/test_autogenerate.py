@@ -131,24 +131,50 @@ def test_an_unnamed_unique_gets_the_name_postgresql_would_give_it():
         (ORDERS_NUMBER, models(primary_key=False), "table orders has no primary key"),
         (
             ops.CreateUniqueConstraintOp(
-                "uq", "orders", ["customer_id", "number"], deferrable=True
+                "uq", "orders", ["customer_id", "number"], sqlite_on_conflict="IGNORE"
             ),
             models(),
-            "sets deferrable, which ensure_unique_constraint does not make",
-        ),
-        (
-            ops.CreateUniqueConstraintOp(
-                "uq", "orders", ["customer_id"], deferrable=True, initially="DEFERRED"
-            ),
-            models(),
-            "sets deferrable, initially,",
+            "sets sqlite_on_conflict, which ensure_unique_constraint does not make",
         ),
     ],
-    ids=["no-primary-key", "deferrable", "initially-deferred"],
+    ids=["no-primary-key", "another-dialects-option"],
 )
 def test_what_the_operation_cannot_make_is_refused_in_one_line(constraint, metadata, expected):
     with pytest.raises(CommandError, match=expected):
         rewritten(script_adding(constraint), metadata)
+
+
+def test_the_constraints_options_pass_through_to_both_operations():
+    """deferrable, initially, postgresql_include and postgresql_nulls_not_distinct, as the
+    model sets them, in ensure_unique_constraint and in the undo alike."""
+    constraint = ops.CreateUniqueConstraintOp(
+        "uq",
+        "orders",
+        ["customer_id", "number"],
+        deferrable=True,
+        initially="DEFERRED",
+        postgresql_include=("updated_at",),
+        postgresql_nulls_not_distinct=True,
+    )
+    script, context = rewritten(script_adding(constraint), models())
+
+    [ensure], [undo] = flat(script.upgrade_ops), flat(script.downgrade_ops)
+    target = ensure.target
+    assert (target.deferral, target.include, target.nulls_not_distinct) == (
+        " DEFERRABLE INITIALLY DEFERRED",
+        ("updated_at",),
+        True,
+    )
+    assert undo.target == target
+    for container in (script.upgrade_ops, script.downgrade_ops):
+        code, _ = rendered(container, context)
+        for option in (
+            "deferrable=True,",
+            "initially='DEFERRED',",
+            "postgresql_include=['updated_at'],",
+            "postgresql_nulls_not_distinct=True,",
+        ):
+            assert option in code
 
 
 def test_it_chains_with_another_rewriter():

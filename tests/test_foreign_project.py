@@ -635,6 +635,51 @@ def test_autogenerate_writes_the_safe_operation_and_it_runs_online(shop, harness
     assert harness.schema_dump() == schema_before
 
 
+def test_autogenerate_passes_the_constraints_options_through(shop, harness):
+    """The model's UniqueConstraint with deferrable, initially, postgresql_include and
+    postgresql_nulls_not_distinct: autogenerate writes them into both operations, the upgrade
+    ends with the constraint those options make, `alembic check` is clean, and the downgrade
+    gives back the schema exactly."""
+    shop.succeed("upgrade", "head")
+    harness.execute(UNIQUE_ORDERS)
+    harness.execute(DUPLICATE_LINES)
+    models = shop.directory / "app" / "models.py"
+    models.write_text(
+        models.read_text().replace(
+            '    __tablename__ = "order_lines"\n',
+            ORDER_LINE_UNIQUE.replace(
+                'name="order_lines_order_id_product_key"',
+                'name="order_lines_order_id_product_key", deferrable=True, initially="DEFERRED",'
+                ' postgresql_include=["quantity"], postgresql_nulls_not_distinct=True',
+            ),
+        )
+    )
+    shop.succeed("revision", "--autogenerate", "--rev-id", "0003", "-m", "options")
+    [revision] = (shop.directory / "migrations" / "versions").glob("0003_*.py")
+    upgrade, downgrade = (body_of(revision.read_text(), name) for name in ("upgrade", "downgrade"))
+    options = (
+        "        deferrable=True,\n        initially='DEFERRED',\n"
+        "        postgresql_include=['quantity'],\n        postgresql_nulls_not_distinct=True,\n"
+    )
+    assert options in upgrade and options in downgrade
+    schema_before = harness.schema_dump()
+
+    shop.succeed("upgrade", "head")
+
+    assert harness.scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conname = 'order_lines_order_id_product_key'"
+    ) == (
+        "UNIQUE NULLS NOT DISTINCT (order_id, product) INCLUDE (quantity)"
+        " DEFERRABLE INITIALLY DEFERRED"
+    )
+    assert "No new upgrade operations detected." in shop.succeed("check").output
+
+    shop.succeed("downgrade", "-1")
+
+    assert harness.schema_dump() == schema_before
+
+
 # 7. Alembic's async template (migrations/env_async.py), with asyncpg and psycopg's async mode.
 
 ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
