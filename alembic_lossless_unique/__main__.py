@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from alembic_lossless_unique import revision_plan
+from alembic_lossless_unique.reports import revision_plan
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace, argparse.ArgumentParser], int]

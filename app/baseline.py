@@ -4,11 +4,12 @@ the one-time move of a version table left in `public` by the first releases."""
 
 import logging
 
-from alembic_lossless_unique import offline, private_schema
-from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.dedupe import REFUSED
-from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.sqltext import dollar_quoted, ident, literal, qualified
+from alembic_lossless_unique.ddl import private_schema
+from alembic_lossless_unique.ddl.dedupe import REFUSED
+from alembic_lossless_unique.ddl.sqltext import dollar_quoted, ident, literal, qualified
+from alembic_lossless_unique.operations import offline
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
 from app.names import (
     BASELINE_LEDGER,
     LEGACY_REVISIONS,

@@ -2,11 +2,12 @@
 
     DATABASE_URL=postgresql://... python -m app.preflight [--json]
 
-The unique pair's report from alembic_lossless_unique.preflight (state, size, rows to archive,
-NULL-phone rows kept, foreign keys and child rows to re-point, triggers and publications, each
-step with its lock, anything that would make the upgrade or the downgrade refuse), plus what
-only this package knows: its revision, the baseline for an empty database, and columns of the
-table that its model does not declare. One READ ONLY transaction, rolled back.
+The unique pair's report from alembic_lossless_unique.reports.preflight (state, size, rows to
+archive, NULL-phone rows kept, foreign keys and child rows to re-point, triggers and
+publications, each step with its lock, anything that would make the upgrade or the downgrade
+refuse), plus what only this package knows: its revision, the baseline for an empty
+database, and columns of the table that its model does not declare. One READ ONLY
+transaction, rolled back.
 """
 
 import argparse
@@ -14,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic_lossless_unique import preflight
-from alembic_lossless_unique.database import Database
+from alembic_lossless_unique.reports import preflight
+from alembic_lossless_unique.runtime.database import Database
 from app.baseline import PRIVILEGE_PROBLEM
 from app.names import (
     PRIVATE_SCHEMA,

@@ -13,7 +13,7 @@ writes anything. See alembic_lossless_unique.subscriber_ddl.
 
 import sys
 
-from alembic_lossless_unique import subscriber_ddl
+from alembic_lossless_unique.ddl import subscriber_ddl
 from app.baseline import CREATE_BASELINE_LEDGER
 from app.names import VERSION_TABLE
 from app.unique_pair import TARGET

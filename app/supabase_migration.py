@@ -26,8 +26,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 
-from alembic_lossless_unique import offline, preflight
-from alembic_lossless_unique.errors import MigrationAbort
+from alembic_lossless_unique.operations import offline
+from alembic_lossless_unique.reports import preflight
+from alembic_lossless_unique.runtime.errors import MigrationAbort
 from app.names import CANONICAL_UNIQUE_NAME, PAIR, TABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -27,10 +27,10 @@ import pytest
 from psycopg2.errors import UniqueViolation
 from psycopg2.extras import execute_values
 
-from alembic_lossless_unique import convergence
-from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.operations import target_from_arguments
-from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.operations import convergence
+from alembic_lossless_unique.operations.ops import target_from_arguments
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import apply_script
 from tests.online_support import (
     Migrator,

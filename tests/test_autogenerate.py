@@ -12,8 +12,8 @@ from alembic.util import CommandError
 from sqlalchemy import Column, Integer, MetaData, Table, Text
 
 from alembic_lossless_unique import safe_unique_constraints, safe_unique_constraints_with
-from alembic_lossless_unique.autogenerate import IMPORT
-from alembic_lossless_unique.operations import EnsureUniqueConstraintOp, UndoUniqueConstraintOp
+from alembic_lossless_unique.autogenerate.rewriter import IMPORT
+from alembic_lossless_unique.operations.ops import EnsureUniqueConstraintOp, UndoUniqueConstraintOp
 
 
 def models(*table_args, schema: str | None = None, primary_key: bool = True) -> MetaData:

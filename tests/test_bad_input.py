@@ -10,8 +10,8 @@ import pytest
 from psycopg2.extensions import encrypt_password
 from sqlalchemy.engine import make_url
 
-from alembic_lossless_unique.database_url import database_url
-from alembic_lossless_unique.session import engine_for
+from alembic_lossless_unique.runtime.database_url import database_url
+from alembic_lossless_unique.runtime.session import engine_for
 from devtools.throwaway_postgres import free_port
 from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, AlembicResult, failed_lines
 

@@ -18,10 +18,10 @@ import pytest
 from psycopg2.errors import UniqueViolation
 from sqlalchemy import Column, Integer, MetaData, Table, Text, UniqueConstraint
 
-from alembic_lossless_unique import guard
-from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.operations import target_from_arguments
-from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.ddl import guard
+from alembic_lossless_unique.operations.ops import target_from_arguments
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import apply_script
 from tests.online_support import Session, libpq_dsn
 from tests.test_any_table import (

@@ -4,7 +4,7 @@ that never quote the password."""
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from alembic_lossless_unique.database_url import DatabaseUrlError, database_url, one_line
+from alembic_lossless_unique.runtime.database_url import DatabaseUrlError, database_url, one_line
 
 # Every character that means something in a URL, and a space.
 SPECIAL = "a@b/c?d#e:f%g h"

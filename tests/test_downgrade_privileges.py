@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from alembic_lossless_unique import preflight
-from alembic_lossless_unique.plan import Plan, Step
+from alembic_lossless_unique.ddl.plan import Plan, Step
+from alembic_lossless_unique.reports import preflight
 from app.names import CANONICAL_UNIQUE_NAME, TABLE
 from tests.offline_support import apply_script, offline_script, run_psql, schema_dump
 from tests.support import BASELINE, HEAD, MIGRATOR, PROJECT_ROOT, failed_lines, succeed

@@ -27,8 +27,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import alembic_lossless_unique
-from alembic_lossless_unique.locks import MIGRATOR_LOCK_KEY
-from alembic_lossless_unique.operations import target_from_arguments
+from alembic_lossless_unique.operations.ops import target_from_arguments
+from alembic_lossless_unique.runtime.locks import MIGRATOR_LOCK_KEY
 from tests.offline_support import run_psql
 from tests.online_support import (
     Migrator,

@@ -21,7 +21,7 @@ import json
 import psycopg2
 import pytest
 
-from alembic_lossless_unique.locks import WAITING_SUFFIX
+from alembic_lossless_unique.runtime.locks import WAITING_SUFFIX
 from app.names import ARCHIVE, PRIVATE_SCHEMA
 from app.unique_pair import TARGET
 from devtools.pgbouncer import PgBouncerUnavailable, pgbouncer, pgbouncer_binary

@@ -9,7 +9,7 @@ import time
 import psycopg2
 import pytest
 
-from alembic_lossless_unique.locks import WAITING_SUFFIX
+from alembic_lossless_unique.runtime.locks import WAITING_SUFFIX
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from app.unique_pair import TARGET
 from tests.online_support import (

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from alembic_lossless_unique import hazards
+from alembic_lossless_unique.reports import hazards
 from app.names import CANONICAL_UNIQUE_NAME, PRIVATE_SCHEMA, TABLE
 from tests.support import (
     BASELINE,

@@ -14,10 +14,10 @@ import time
 import pytest
 from sqlalchemy import create_engine
 
-from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.errors import MigrationAbort
-from alembic_lossless_unique.replicas import ReplicaPacer, StandbyLag, standby_lags
-from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
+from alembic_lossless_unique.runtime.replicas import ReplicaPacer, StandbyLag, standby_lags
+from alembic_lossless_unique.runtime.settings import MigrationSettings
 from devtools.standby import StandbyTimeout, streaming_standby
 from devtools.throwaway_postgres import throwaway_postgres
 from tests.support import BASELINE, MIGRATOR, MigrationHarness, prepare_cluster, succeed

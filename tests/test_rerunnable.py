@@ -1,6 +1,6 @@
-"""The hooks on Alembic's offline output (alembic_lossless_unique/rerunnable.py): what they make
-of the script, and a loud failure, not a script that silently stops being re-runnable, when
-the Alembic behaviour they rely on changes."""
+"""The hooks on Alembic's offline output (alembic_lossless_unique/runtime/rerunnable.py): what
+they make of the script, and a loud failure, not a script that silently stops being
+re-runnable, when the Alembic behaviour they rely on changes."""
 
 import io
 import re
@@ -9,7 +9,7 @@ import pytest
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from alembic_lossless_unique.rerunnable import DUE, AlembicChanged, make_rerunnable
+from alembic_lossless_unique.runtime.rerunnable import DUE, AlembicChanged, make_rerunnable
 from tests.offline_support import the_offline_scripts
 from tests.support import BASELINE, HEAD, VERSION_TABLE, alembic_config
 

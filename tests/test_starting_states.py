@@ -5,10 +5,11 @@ from collections import defaultdict
 import pytest
 from sqlalchemy.exc import ProgrammingError
 
-from alembic_lossless_unique import convergence, dedupe
-from alembic_lossless_unique.database import Database
-from alembic_lossless_unique.preflight import losers_sql
-from alembic_lossless_unique.settings import MigrationSettings
+from alembic_lossless_unique.ddl import dedupe
+from alembic_lossless_unique.operations import convergence
+from alembic_lossless_unique.reports.preflight import losers_sql
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from app.unique_pair import TARGET
 from devtools.starting_states import STATES

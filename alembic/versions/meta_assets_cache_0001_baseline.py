@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from alembic import context, op
 
-from alembic_lossless_unique.database import transactional_database
+from alembic_lossless_unique.runtime.database import transactional_database
 from app import baseline
 from app.names import BASELINE_REVISION, BRANCH_LABEL
 

@@ -1,0 +1,169 @@
+"""`op.ensure_unique_constraint(...)` and its inverse `op.undo_unique_constraint(...)`,
+registered the way Alembic documents custom operations (Operations.register_operation and
+Operations.implementation_for). Importing this package registers them.
+
+    op.ensure_unique_constraint(
+        "orders_customer_number_key", "orders", ["customer_id", "number"],
+        keep_newest_by=["updated_at"], row_identity=["id"],
+    )
+
+Online, the table keeps taking reads and writes: duplicates move to an archive in a private
+schema, the unique index is built concurrently and promoted. With `alembic --sql`, the same
+decisions are made by the database while the script runs.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from alembic.operations import MigrateOperation, Operations, ops
+
+from alembic_lossless_unique.operations import convergence, offline
+from alembic_lossless_unique.operations.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
+from alembic_lossless_unique.runtime import pending, surroundings
+from alembic_lossless_unique.runtime.database import Database, autocommit_database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
+
+
+def target_from_arguments(
+    constraint_name: str,
+    table_name: str,
+    columns: Sequence[str],
+    *,
+    schema: str | None = None,
+    keep_newest_by: Sequence[str] = (),
+    row_identity: Sequence[str] = ("id",),
+    private_schema: str = DEFAULT_PRIVATE_SCHEMA,
+    archive_table: str | None = None,
+    ledger_table: str | None = None,
+    adopt_first: Sequence[str] = (),
+    deferrable: bool | None = None,
+    initially: str | None = None,
+    postgresql_include: Sequence[str] = (),
+    postgresql_nulls_not_distinct: bool = False,
+) -> UniqueTarget:
+    """The operation's arguments as a UniqueTarget (the names Alembic users expect; the
+    constraint's options as SQLAlchemy's UniqueConstraint takes them)."""
+    return UniqueTarget(
+        constraint_name=constraint_name,
+        table=table_name,
+        columns=tuple(columns),
+        schema=schema or "public",
+        keep_newest_by=tuple(keep_newest_by),
+        row_identity=tuple(row_identity),
+        private_schema=private_schema,
+        archive_table=archive_table or "",
+        ledger_table=ledger_table or "",
+        adopt_first=tuple(adopt_first),
+        deferrable=deferrable,
+        initially=initially,
+        include=tuple(postgresql_include),
+        nulls_not_distinct=postgresql_nulls_not_distinct,
+    )
+
+
+class UniqueConstraintOp(MigrateOperation):
+    """What both operations take: the arguments of target_from_arguments."""
+
+    # What `alembic check` calls the change, as it calls create/drop_unique_constraint's.
+    diff_kind = ""
+
+    def __init__(
+        self, constraint_name: str, table_name: str, columns: Sequence[str], **kw: Any
+    ) -> None:
+        self.arguments = (constraint_name, table_name, tuple(columns))
+        self.options = kw
+        self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        """The change as `alembic check` lists it when autogenerate proposes this operation."""
+        constraint_name, table_name, columns = self.arguments
+        options = {
+            name: value
+            for name, value in self.options.items()
+            if name in ("schema", "deferrable", "initially") or name.startswith("postgresql_")
+        }
+        constraint = ops.CreateUniqueConstraintOp(
+            constraint_name, table_name, columns, **options
+        ).to_constraint()
+        return (self.diff_kind, constraint)
+
+
+@Operations.register_operation("ensure_unique_constraint")
+class EnsureUniqueConstraintOp(UniqueConstraintOp):
+    """Make `columns` of `table_name` unique under the constraint `constraint_name`, whatever
+    uniques and duplicate rows the table holds: duplicates are archived (the row kept of each
+    key is the greatest by `keep_newest_by`, then `row_identity`), child rows re-pointed, the
+    index built concurrently. Rows with a NULL in a key column are never touched."""
+
+    diff_kind = "add_constraint"
+
+    @classmethod
+    def ensure_unique_constraint(
+        cls,
+        operations: Operations,
+        constraint_name: str,
+        table_name: str,
+        columns: Sequence[str],
+        **kw: Any,
+    ) -> None:
+        """Make `columns` unique, online and without losing a row; see the class."""
+        operations.invoke(cls(constraint_name, table_name, columns, **kw))
+
+    def reverse(self) -> "UndoUniqueConstraintOp":
+        return UndoUniqueConstraintOp(*self.arguments, **self.options)
+
+
+@Operations.register_operation("undo_unique_constraint")
+class UndoUniqueConstraintOp(UniqueConstraintOp):
+    """Undo `ensure_unique_constraint` exactly: the uniques it found come back, every archived
+    row returns unchanged, re-pointed child rows point back, all in one transaction with the
+    revision change. Takes the same arguments as the call it undoes."""
+
+    diff_kind = "remove_constraint"
+
+    @classmethod
+    def undo_unique_constraint(
+        cls,
+        operations: Operations,
+        constraint_name: str,
+        table_name: str,
+        columns: Sequence[str],
+        **kw: Any,
+    ) -> None:
+        """Undo ensure_unique_constraint with the same arguments; see the class."""
+        operations.invoke(cls(constraint_name, table_name, columns, **kw))
+
+    def reverse(self) -> EnsureUniqueConstraintOp:
+        return EnsureUniqueConstraintOp(*self.arguments, **self.options)
+
+
+@Operations.implementation_for(EnsureUniqueConstraintOp)
+def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueConstraintOp) -> None:
+    context = operations.get_context()
+    if pending.recorded(context, "ensure_unique_constraint", operation.target):
+        return
+    if context.as_sql:  # no connection: the script decides in the database
+        offline.write_upgrade(operations, operation.target)
+        return
+    command = surroundings.project_ddl_command(
+        context.config, surroundings.subscriber_ddl_command(operation.target)
+    )
+    with autocommit_database(context) as db:
+        convergence.ensure_unique_constraint(db, operation.target, command)
+
+
+@Operations.implementation_for(UndoUniqueConstraintOp)
+def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstraintOp) -> None:
+    context = operations.get_context()
+    if pending.recorded(context, "undo_unique_constraint", operation.target):
+        return
+    if context.as_sql:
+        offline.write_downgrade(operations, operation.target)
+        return
+    settings = MigrationSettings.from_context(context)
+    convergence.run_undo(
+        operation.target,
+        online=lambda: autocommit_database(context),
+        # The transaction alembic stamps the revision in: the undo and the stamp commit together.
+        in_transaction=lambda: Database(operations.get_bind(), settings, concurrent=False),
+    )
