@@ -219,13 +219,13 @@ def run_rounds(
     settle: Callable[[], None] = lambda: None,
 ) -> dict[str, Result]:
     """Every contender once per round, in the same order, so a slow spell of the machine hits
-    them all alike; each contender's median round is its result. `settle` runs before each."""
+    them all alike; each contender's median round is its result. `settle` runs before each
+    starts, once its database is cloned."""
     repeats: dict[str, list[Result]] = {contender.key: [] for contender in contenders}
     for round_number in range(1, repeat + 1):
         for contender in contenders:
-            settle()
             print(f"round {round_number}/{repeat}: {contender.label} ...", end=" ", flush=True)
-            result = run_contender(server, contender, workload, before[contender.template])
+            result = run_contender(server, contender, workload, before[contender.template], settle)
             repeats[contender.key].append(result)
             verdict = "" if result.exit_code == 0 else f" exit {result.exit_code}"
             print(f"{result.seconds:.2f} s{verdict}{phases_text(result)}", flush=True)

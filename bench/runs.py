@@ -4,6 +4,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.attribution import (
@@ -362,12 +363,20 @@ class Observed:
 
 
 def run_contender(
-    server: ThrowawayServer, contender: Contender, workload: Workload, before: Census
+    server: ThrowawayServer,
+    contender: Contender,
+    workload: Workload,
+    before: Census,
+    settle: Callable[[], None] = lambda: None,
 ) -> Result:
+    """`settle` runs once the contender's database is cloned and checkpointed, right before it
+    starts: a standby then has the clone behind it too (replaying a FILE_COPY clone copies the
+    whole template on the standby, seconds of replay that are not the contender's)."""
     database = f"bench_run_{contender.key}"
     clone(server, contender.template, database)
     with session(server, database) as cursor:
         cursor.execute("CHECKPOINT")
+    settle()
     probe = InsertProbe(server, database, contender.key, workload.shape)
     stream = start_duplicate_stream(server, contender, database, workload)
     writers = [probe, stream] if stream else [probe]
