@@ -159,6 +159,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench", help="results dir")
     parser.add_argument(
+        "--logs", type=Path, help="the race: a folder for each contender's stderr (its log)"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; each result is its contender's median"
     )
     parser.add_argument(
@@ -217,15 +220,19 @@ def run_rounds(
     before: dict[str, Census],
     repeat: int,
     settle: Callable[[], None] = lambda: None,
+    logs: Path | None = None,
 ) -> dict[str, Result]:
     """Every contender once per round, in the same order, so a slow spell of the machine hits
     them all alike; each contender's median round is its result. `settle` runs before each
-    starts, once its database is cloned."""
+    starts, once its database is cloned. `logs`: a folder for each run's stderr."""
     repeats: dict[str, list[Result]] = {contender.key: [] for contender in contenders}
     for round_number in range(1, repeat + 1):
         for contender in contenders:
             print(f"round {round_number}/{repeat}: {contender.label} ...", end=" ", flush=True)
-            result = run_contender(server, contender, workload, before[contender.template], settle)
+            log_file = logs / f"{contender.key}_{round_number}.log" if logs else None
+            result = run_contender(
+                server, contender, workload, before[contender.template], settle, log_file
+            )
             repeats[contender.key].append(result)
             verdict = "" if result.exit_code == 0 else f" exit {result.exit_code}"
             print(f"{result.seconds:.2f} s{verdict}{phases_text(result)}", flush=True)
@@ -269,7 +276,13 @@ SETTLE_TIMEOUT = 1800
 
 
 def run_race(
-    server: ThrowawayServer, info: RunInfo, rows: int, mix: Mix, repeat: int, link_rate: float
+    server: ThrowawayServer,
+    info: RunInfo,
+    rows: int,
+    mix: Mix,
+    repeat: int,
+    link_rate: float,
+    logs: Path | None = None,
 ) -> tuple[dict[str, Result], dict[str, Result]]:
     """The race without a standby, then beside one streaming through a capped link (each
     contender starts once it has replayed everything before)."""
@@ -277,7 +290,14 @@ def run_race(
     info.tables.append(table_facts(server, mix, shape))
     workload = Workload(shape, info.duplicate_rate)
     before = templates_census(server, RACE_CONTENDERS)
-    without = run_rounds(server, RACE_WITHOUT_STANDBY, workload, before, repeat)
+    without = run_rounds(
+        server,
+        RACE_WITHOUT_STANDBY,
+        workload,
+        before,
+        repeat,
+        logs=logs / "without_standby" if logs else None,
+    )
     print(f"\na streaming standby behind a {link_rate:g} MB/s link ...", flush=True)
     with streaming_standby(server, "zone_b", rate=int(link_rate * 1e6)) as standby:
         beside = run_rounds(
@@ -287,6 +307,7 @@ def run_race(
             before,
             repeat,
             settle=lambda: standby.wait_replayed(timeout=SETTLE_TIMEOUT),
+            logs=logs / "beside_standby" if logs else None,
         )
     return without, beside
 
@@ -300,6 +321,7 @@ def race_main(arguments: argparse.Namespace, out: Path) -> list[str]:
             MIXES[arguments.mix],
             arguments.repeat,
             arguments.link_rate,
+            arguments.logs,
         )
     print_blocks(race_report(info, without, beside, arguments.race, arguments.link_rate))
     label = run_label(size_label(arguments.race), info)

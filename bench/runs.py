@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from bench.attribution import (
     PhaseSummary,
@@ -368,10 +369,12 @@ def run_contender(
     workload: Workload,
     before: Census,
     settle: Callable[[], None] = lambda: None,
+    log_file: Path | None = None,
 ) -> Result:
     """`settle` runs once the contender's database is cloned and checkpointed, right before it
     starts: a standby then has the clone behind it too (replaying a FILE_COPY clone copies the
-    whole template on the standby, seconds of replay that are not the contender's)."""
+    whole template on the standby, seconds of replay that are not the contender's).
+    `log_file`: where the command's stderr goes, as it printed it."""
     database = f"bench_run_{contender.key}"
     clone(server, contender.template, database)
     with session(server, database) as cursor:
@@ -393,6 +396,9 @@ def run_contender(
         writer.start(origin)
     exit_code = command.run(origin)
     seconds = time.perf_counter() - origin
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("\n".join(command.stderr_lines) + "\n")
     time.sleep(WRITERS_TAIL)
     for writer in writers:
         writer.stop()
