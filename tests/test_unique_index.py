@@ -6,6 +6,7 @@ Each ends with exactly the index op.create_index(..., unique=True, same argument
 that gets no error but the expected unique_violation while the index is built, and a downgrade
 that gives back pg_dump -s and every row."""
 
+import os
 import shutil
 import sys
 import threading
@@ -342,3 +343,79 @@ def test_a_volatile_expression_is_refused_before_anything_changes(harness):
     assert "\n" not in str(refused.value)
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.accounts") == rows_before
+
+
+# Through the real CLI: `alembic upgrade` / `downgrade`, and `--sql` refused with one line.
+
+TAGS_REVISION = '''"""One tag per lowercase name, as Mastodon's index judges it.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+import alembic_lossless_unique  # noqa: F401 (registers op.ensure_unique_index)
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+TAGS = {
+    "index_name": "index_tags_on_name_lower_btree",
+    "table_name": "tags",
+    "columns": [sa.text("lower((name)::text) text_pattern_ops")],
+    "keep_newest_by": ["updated_at"],
+    "private_schema": "accounts_private",
+}
+
+
+def upgrade() -> None:
+    op.ensure_unique_index(**TAGS)
+
+
+def downgrade() -> None:
+    op.undo_unique_index(**TAGS)
+'''
+
+
+def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
+    directory = tmp_path / "inventory"
+    shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    (directory / "migrations" / "versions" / "0003_tags_unique.py").write_text(TAGS_REVISION)
+
+    def alembic(*args: str, database: bool = True):
+        return run_child(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=directory,
+            env={**os_environ(), **({"DATABASE_URL": harness.url} if database else {})},
+            timeout=120,
+        )
+
+    harness.execute(TAGS)
+    assert alembic("upgrade", "0002").returncode == 0
+    schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
+
+    offline = alembic("upgrade", "0002:head", "--sql", database=False)
+    assert offline.returncode != 0
+    [line] = failed_lines(offline)
+    assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+
+    upgraded = alembic("upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.output
+    assert failed_lines(upgraded) == []
+    assert rows(harness, "public.tags").keys() == {2, 4}
+    assert indexdef(harness, "public.tags", TAGS_INDEX["index_name"]) == (
+        " USING btree (lower((name)::text) text_pattern_ops)"
+    )
+
+    downgraded = alembic("downgrade", "0002")
+    assert downgraded.returncode == 0, downgraded.output
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.tags") == rows_before
+
+
+def os_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
