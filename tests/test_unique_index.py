@@ -22,6 +22,7 @@ from alembic.operations import Operations
 from alembic_lossless_unique.operations import convergence
 from alembic_lossless_unique.operations.ops import target_from_index_arguments
 from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.online_support import Session, holding, libpq_dsn, wait_until
 from tests.support import failed_lines, run_child
@@ -419,3 +420,59 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
 
 def os_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+
+
+# The plan: an index that judges the key as the target will is adopted, whatever its name.
+
+TAGS_INDEXED = """
+CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
+                          updated_at int NOT NULL);
+INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
+CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
+CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
+-- Not the same key: the operator class differs; it stays.
+CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
+"""
+
+
+def index_names(harness, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in harness.rows(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = CAST(:t AS regclass) ORDER BY 1",
+            t=table,
+        )
+    ]
+
+
+def test_a_fitting_index_is_renamed_another_dropped_and_both_come_back(harness):
+    """tags_lower judges the key as the target will (same expression, operator class,
+    collation): renamed, nothing built or scanned; tags_lower_copy is redundant and dropped;
+    tags_lower_plain (another operator class) stays. A second run has nothing to do; the
+    downgrade puts both back exactly. The name taken by another relation is refused."""
+    harness.execute(TAGS_INDEXED)
+    schema_before = harness.schema_dump()
+
+    ensure(harness, TAGS_INDEX)
+
+    assert index_names(harness, "public.tags") == [
+        "index_tags_on_name_lower_btree",
+        "tags_lower_plain",
+        "tags_pkey",
+    ]
+    actions = [r[0] for r in harness.rows(f"SELECT action FROM {PRIVATE}.{LEDGER} ORDER BY seq")]
+    assert actions == ["found", "renamed", "dropped_redundant"]
+    ensure(harness, TAGS_INDEX)  # converged: nothing to do
+    assert harness.scalar(f"SELECT count(*) FROM {PRIVATE}.{LEDGER}") == 3
+
+    undo(harness, TAGS_INDEX)
+    assert harness.schema_dump() == schema_before
+
+    harness.execute("CREATE TABLE public.index_tags_on_name_lower_btree (id int)")
+    with pytest.raises(MigrationAbort) as refused:
+        ensure(harness, TAGS_INDEX)
+    assert "relation index_tags_on_name_lower_btree exists" in str(refused.value)
+
+
+LEDGER = "index_tags_on_name_lower_btree_steps"

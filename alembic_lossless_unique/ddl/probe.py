@@ -30,8 +30,12 @@ def shape_sql(index: str) -> str:
     pg_get_indexdef() prints it: the same for two indexes that judge keys alike, whatever their
     names and tables."""
     return f"""pg_catalog.substr(pg_catalog.pg_get_indexdef({index}),
-        (SELECT pg_catalog.length(pg_catalog.format('CREATE UNIQUE INDEX %I ON %I.%I',
-                                                     ic.relname, n.nspname, tc.relname)) + 1
+        (SELECT pg_catalog.length(pg_catalog.format(
+                    'CREATE UNIQUE INDEX %I ON %I.%I', ic.relname,
+                    -- a temporary table's schema, whichever it is, prints as pg_temp
+                    CASE WHEN n.oid = pg_catalog.pg_my_temp_schema() THEN 'pg_temp'
+                         ELSE n.nspname END,
+                    tc.relname)) + 1
            FROM pg_catalog.pg_index pi
            JOIN pg_catalog.pg_class ic ON ic.oid = pi.indexrelid
            JOIN pg_catalog.pg_class tc ON tc.oid = pi.indrelid
