@@ -3,8 +3,8 @@
 
 Each ends with exactly the index op.create_index(..., unique=True, same arguments) makes
 (pg_get_indexdef compared with a twin table's), every row in the table or the archive, a writer
-that gets no error but the expected unique_violation while the index is built, and a downgrade
-that gives back pg_dump -s and every row."""
+that gets no error but the expected unique_violation (the guard's, judging as the index will)
+while duplicates move, and a downgrade that gives back pg_dump -s and every row."""
 
 import os
 import shutil
@@ -194,14 +194,15 @@ def archived(harness, arguments: dict, table: str) -> dict[int, str]:
     }
 
 
-def converge_with_a_writer(harness, arguments: dict, duplicate: str, welcome: list[str]):
-    """The upgrade, while the app inserts: `duplicate` (an INSERT of a key the index will hold)
-    fails with unique_violation naming the index, each of `welcome` succeeds. An old snapshot
-    holds the concurrent build in "waiting for old snapshots" while they write."""
+def converge_with_a_writer(
+    harness, arguments: dict, locked_id: int, duplicate: str, welcome: list[str]
+):
+    """The upgrade, while the app writes: the app holds row `locked_id` (a duplicate the move
+    must lock) so the migrator waits in the move, guard on and no index yet; meanwhile
+    `duplicate` (an INSERT of a key the index will hold) fails with unique_violation naming the
+    index, the guard's doing, and each of `welcome` succeeds."""
     table = arguments["table_name"]
-    snapshot = holding(
-        harness, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", f"SELECT count(*) FROM {table}"
-    )
+    holder = holding(harness, f"SELECT 1 FROM public.{table} WHERE id = {locked_id} FOR UPDATE")
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -214,16 +215,19 @@ def converge_with_a_writer(harness, arguments: dict, duplicate: str, welcome: li
     migrator.start()
     try:
         wait_until(
-            "the build to wait for the old snapshot",
+            "the move to wait for the app's row lock",
             lambda: (
                 failure
                 or harness.rows(
-                    "SELECT 1 FROM pg_stat_progress_create_index"
-                    " WHERE phase LIKE 'waiting for old snapshots'"
+                    "SELECT 1 FROM pg_stat_activity WHERE :pid = ANY (pg_blocking_pids(pid))",
+                    pid=holder.pid(),
                 )
             ),
         )
         assert not failure, failure
+        assert not harness.scalar(
+            "SELECT count(*) FROM pg_class WHERE relname = :n", n=arguments["index_name"]
+        )
         app = Session(libpq_dsn(harness.url))
         with pytest.raises(psycopg2.errors.UniqueViolation) as rejected:
             app.run(duplicate)
@@ -231,22 +235,28 @@ def converge_with_a_writer(harness, arguments: dict, duplicate: str, welcome: li
             app.run(statement)
         app.close()
     finally:
-        snapshot.rollback()
-        snapshot.close()
+        holder.rollback()
+        holder.close()
         migrator.join(timeout=120)
     assert not failure, failure
     assert rejected.value.diag.constraint_name == arguments["index_name"]
 
 
 def assert_form_converges_and_undoes(
-    harness, setup: str, arguments: dict, duplicate: str, welcome: list[str], kept: set[int]
+    harness,
+    setup: str,
+    arguments: dict,
+    duplicate: str,
+    welcome: list[str],
+    kept: set[int],
+    locked_id: int = 1,
 ) -> None:
     table = arguments["table_name"]
     harness.execute(setup)
     expected = create_index_on_twin(harness, arguments)
     schema_before, rows_before = harness.schema_dump(), rows(harness, f"public.{table}")
 
-    converge_with_a_writer(harness, arguments, duplicate, welcome)
+    converge_with_a_writer(harness, arguments, locked_id, duplicate, welcome)
 
     assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
     assert not harness.scalar(
@@ -329,6 +339,7 @@ def test_nulls_not_distinct_on_an_index_form(harness, pg_major):
         duplicate="INSERT INTO public.users VALUES (100, 'Eve@x.org', NULL, 5, NULL)",
         welcome=["INSERT INTO public.users VALUES (101, 'eve@x.org', NULL, 5, 2)"],
         kept={2, 3, 5},
+        locked_id=4,
     )
 
 
