@@ -507,3 +507,24 @@ def test_a_fitting_index_is_renamed_another_dropped_and_both_come_back(harness):
 
 
 LEDGER = "index_tags_on_name_lower_btree_steps"
+
+
+def test_an_invalid_index_left_by_a_failed_build_is_dropped_and_built_again(harness):
+    """A hand-run CREATE UNIQUE INDEX CONCURRENTLY that met the duplicates left an INVALID index
+    under the target's name: dropped first, the duplicates archived, the index built."""
+    harness.execute(TAGS)
+    app = Session(libpq_dsn(harness.url))
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        app.run(
+            "CREATE UNIQUE INDEX CONCURRENTLY index_tags_on_name_lower_btree"
+            " ON public.tags (lower((name)::text) text_pattern_ops)"
+        )
+    app.close()
+    assert harness.invalid_indexes() == ["index_tags_on_name_lower_btree"]
+
+    ensure(harness, TAGS_INDEX)
+
+    assert harness.invalid_indexes() == []
+    assert rows(harness, "public.tags").keys() == {2, 4}
+    actions = [r[0] for r in harness.rows(f"SELECT action FROM {PRIVATE}.{LEDGER} ORDER BY seq")]
+    assert actions[:2] == ["found", "dropped_invalid"]
