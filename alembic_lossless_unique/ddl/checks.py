@@ -74,7 +74,7 @@ def _table_problems(target: UniqueTarget) -> str:
                 ' drop it for the migration', {display}, found);
         END LOOP;
         FOR found IN SELECT wanted.name
-                       FROM pg_catalog.unnest({literal_array(_named_columns(target))})
+                       FROM pg_catalog.unnest({literal_array(target.named_columns)})
                                 AS wanted(name)
                       WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                                          WHERE a.attrelid = relation AND a.attname = wanted.name
@@ -103,10 +103,6 @@ def _option_problems(target: UniqueTarget) -> str:
             ' server runs %s', {literal(target.constraint_name)},
             pg_catalog.current_setting('server_version'));
     END IF;"""
-
-
-def _named_columns(target: UniqueTarget) -> tuple[str, ...]:
-    return target.named_columns
 
 
 _DECLARE = """
