@@ -2,6 +2,7 @@
 
     from alembic import op
     import alembic_lossless_unique  # registers op.ensure_unique_constraint / undo_unique_constraint
+                                    # and the index form, op.ensure_unique_index / undo_unique_index
 
     def upgrade():
         op.ensure_unique_constraint("orders_customer_number_key", "orders",

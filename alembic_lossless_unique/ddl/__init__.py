@@ -1,6 +1,7 @@
 """The SQL each step runs, written once for the online path, the offline script and preflight.
 
 - ``plan``: the one decision (build, adopt, rename, drop), as a query for every reader
+- ``probe``: the index form's key as PostgreSQL parses it, from a probe index on a temporary copy
 - ``checks``: every refusal, before anything changes (refuse, or report for preflight)
 - ``dedupe``: duplicates moved to the archive, child rows re-pointed, counts checked
 - ``restore``: archived rows back, child rows pointed back, checked

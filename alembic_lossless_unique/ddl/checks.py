@@ -74,7 +74,7 @@ def _table_problems(target: UniqueTarget) -> str:
                 ' drop it for the migration', {display}, found);
         END LOOP;
         FOR found IN SELECT wanted.name
-                       FROM pg_catalog.unnest({literal_array(_named_columns(target))})
+                       FROM pg_catalog.unnest({literal_array(target.named_columns)})
                                 AS wanted(name)
                       WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                                          WHERE a.attrelid = relation AND a.attname = wanted.name
@@ -103,10 +103,6 @@ def _option_problems(target: UniqueTarget) -> str:
             ' server runs %s', {literal(target.constraint_name)},
             pg_catalog.current_setting('server_version'));
     END IF;"""
-
-
-def _named_columns(target: UniqueTarget) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(target.columns + target.ranking + target.include))
 
 
 _DECLARE = """
@@ -238,8 +234,7 @@ def _foreign_key_problems(target: UniqueTarget) -> str:
                     {_key_not_null(target, "p")},
                     {_key_match(target, "o", "p")},
                     (SELECT pg_catalog.string_agg(x, ', ') FROM (
-                        SELECT pg_catalog.format('p.%I', c) AS x
-                          FROM pg_catalog.unnest({literal_array(target.columns)}) AS c
+                        SELECT x FROM pg_catalog.unnest({_key_values(target, "p")}) AS x
                         UNION ALL
                         SELECT pg_catalog.format('ch.%I', c)
                           FROM pg_catalog.unnest(details.others) AS c) AS grouping_columns),
@@ -293,12 +288,30 @@ def _index_key_match(template: str) -> str:
 
 def _key_not_null(target: UniqueTarget, alias: str) -> str:
     """A plpgsql text expression: the rows of `alias` that the target's unique judges."""
-    return literal(target.key_is_set(alias))
+    key = target.key
+    admitted = "" if key.predicate is None else f"{key.admits(alias)} AND "
+    return literal(admitted + key.is_set(alias))
+
+
+def _key_values(target: UniqueTarget, alias: str) -> str:
+    """A text[] expression: the key's element values of the row `alias`, as SQL."""
+    return literal_array(e.of(alias) for e in target.key.elements)
 
 
 def _key_match(target: UniqueTarget, left: str, right: str) -> str:
     """A plpgsql text expression: the key columns of `left` and `right` alike, as the
     target's unique judges them."""
+    key = target.key
+    if not key.plain:  # the index form: every element's operator is known
+        return literal(
+            " AND ".join(
+                f"({e.of(left)} {e.operator} {e.of(right)}"
+                f" OR {e.of(left)} IS NULL AND {e.of(right)} IS NULL)"
+                if key.nulls_not_distinct
+                else f"{e.of(left)} {e.operator} {e.of(right)}"
+                for e in key.elements
+            )
+        )
     operators = operators_sql(literal_array(target.columns), regclass(target.qualified_table))
     if target.nulls_not_distinct:
         template = NULLS_ALIKE.format(x=left, y=right)

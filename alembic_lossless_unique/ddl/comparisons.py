@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from alembic_lossless_unique.ddl.sqltext import ident, literal, literal_array
 
 _OPERATORS = """ARRAY(
-    SELECT coalesce((
+    SELECT coalesce(wanted.known, (
         SELECT pg_catalog.format('OPERATOR(%I.%s)', opn.nspname, o.oprname)
           FROM pg_catalog.pg_opclass oc
           JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'btree'
@@ -26,23 +26,28 @@ _OPERATORS = """ARRAY(
          WHERE oc.opcdefault
            AND oc.opcintype = coalesce(NULLIF(t.typbasetype, 0), t.oid)
          LIMIT 1), 'OPERATOR(pg_catalog.=)')
-      FROM pg_catalog.unnest({columns}) WITH ORDINALITY AS wanted(name, position)
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = {relation} AND a.attname = wanted.name
-      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+      FROM ROWS FROM (pg_catalog.unnest({columns}), pg_catalog.unnest({known}))
+           WITH ORDINALITY AS wanted(name, known, position)
+      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = {relation} AND a.attname = wanted.name
+                                         AND wanted.known IS NULL
+      LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
      ORDER BY wanted.position)"""
 
 
-def operators_sql(columns: str, relation: str) -> str:
+def operators_sql(columns: str, relation: str, known: str = "ARRAY[]::text[]") -> str:
     """A text[] expression: the qualified equality operator of each column named in `columns`
-    (a text[] expression) of `relation` (a regclass or oid expression), in order."""
-    return _OPERATORS.format(columns=columns, relation=relation)
+    (a text[] expression) of `relation` (a regclass or oid expression), in order; where the
+    parallel text[] `known` has one (a key element's, read from its index), that one."""
+    return _OPERATORS.format(columns=columns, relation=relation, known=known)
 
 
 class Comparisons:
     """Placeholders for the equality operators of the columns a statement compares."""
 
-    def __init__(self, columns: Iterable[str]) -> None:
+    def __init__(self, columns: Iterable[str], known: Mapping[str, str] | None = None) -> None:
         self.columns = list(dict.fromkeys(columns))
+        # Operators already known (a key element's, from its index), by column.
+        self.known = dict(known or {})
 
     def eq(self, column: str) -> str:
         """The operator placeholder (`%3$s`): format() puts the real one there."""
@@ -73,7 +78,12 @@ class Comparisons:
 
     def operators_sql(self, relation: str) -> str:
         """A text[] expression: the operators, looked up for `relation` (a regclass expr)."""
-        return operators_sql(literal_array(self.columns), relation)
+        if not self.known:
+            return operators_sql(literal_array(self.columns), relation)
+        known = ", ".join(
+            literal(self.known[c]) if c in self.known else "NULL" for c in self.columns
+        )
+        return operators_sql(literal_array(self.columns), relation, f"ARRAY[{known}]::text[]")
 
     @property
     def count(self) -> int:

@@ -136,32 +136,52 @@ def replica_identity_full_plpgsql(relation: str) -> str:
 
 
 def member_columns(target: UniqueTarget) -> tuple[str, ...]:
-    """What the dedupe keeps of each row of a duplicate group: its key and its ranking."""
-    return tuple(dict.fromkeys(target.columns + target.ranking))
+    """What the dedupe keeps of each row of a duplicate group: its key (the values of the key's
+    elements, as columns) and its ranking."""
+    return tuple(dict.fromkeys(target.key.columns + target.ranking))
 
 
 def comparisons(target: UniqueTarget) -> Comparisons:
-    """Placeholders for the operators of every column the dedupe compares."""
-    return Comparisons(member_columns(target))
+    """Placeholders for the operators of every column the dedupe compares (a key element's
+    own, where its index names one)."""
+    known = {e.column: e.operator for e in target.key.elements if e.operator is not None}
+    return Comparisons(member_columns(target), known)
+
+
+def keyed_rows(target: UniqueTarget) -> str:
+    """A format() template of the relation the dedupe lists from: the rows the unique judges,
+    with their key values as columns (key.keyed_rows)."""
+    return escape_format(target.key.keyed_rows(target.qualified_table, target.ranking))
+
+
+def current_members(target: UniqueTarget, alias: str) -> str:
+    """A format() template: the member columns of the live row `alias`, as it is now (a key
+    element's value computed from the row)."""
+    elements = {e.column: e for e in target.key.elements}
+    return ", ".join(
+        escape_format(elements[c].of(alias)) if c in elements else f"{alias}.{fmt_ident(c)}"
+        for c in member_columns(target)
+    )
 
 
 def _in_duplicate_groups(target: UniqueTarget) -> str:
     """A format() template: every keyed row that shares its key with another row, by ctid,
     with its key and ranking (a hash semi-join of the table with itself)."""
     compare = comparisons(target)
-    table = escape_format(target.qualified_table)
-    keys_not_null = " AND ".join(f"{{alias}}.{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+    table = keyed_rows(target)
+    key = target.key.columns
+    keys_not_null = " AND ".join(f"{{alias}}.{fmt_ident(c)} IS NOT NULL" for c in key)
     members = fmt_idents(member_columns(target), "c.")
     with_nulls = ""
     if target.nulls_not_distinct:
         # Keys holding NULLs conflict too, but equality never matches a NULL: those rows (few,
         # as a rule) are grouped apart, where PARTITION BY finds NULLs alike, as the index does.
-        any_null = " OR ".join(f"c.{fmt_ident(c)} IS NULL" for c in target.columns)
+        any_null = " OR ".join(f"c.{fmt_ident(c)} IS NULL" for c in key)
         with_nulls = f"""
     UNION ALL
     SELECT {ROW_CTID}, {fmt_idents(member_columns(target))}
       FROM (SELECT c.ctid AS {ROW_CTID}, {members},
-                   pg_catalog.count(*) OVER (PARTITION BY {fmt_idents(target.columns, "c.")})
+                   pg_catalog.count(*) OVER (PARTITION BY {fmt_idents(key, "c.")})
                        AS {GROUP_SIZE}
               FROM {table} c
              WHERE {any_null}) AS keyed_with_nulls
@@ -172,7 +192,7 @@ def _in_duplicate_groups(target: UniqueTarget) -> str:
      WHERE {keys_not_null.format(alias="c")}
        AND EXISTS (SELECT 1 FROM {table} other
                     WHERE {keys_not_null.format(alias="other")}
-                      AND {compare.equal("other", "c", target.columns)}
+                      AND {compare.equal("other", "c", key)}
                       AND other.ctid <> c.ctid){with_nulls}"""
 
 
@@ -189,7 +209,7 @@ def _losers_of(target: UniqueTarget, members: str) -> str:
     keys_not_null = (
         "true"
         if target.nulls_not_distinct
-        else " AND ".join(f"{fmt_ident(c)} IS NOT NULL" for c in target.columns)
+        else " AND ".join(f"{fmt_ident(c)} IS NOT NULL" for c in target.key.columns)
     )
     return f"""
 SELECT {ROW_CTID}, {columns}, {fmt_idents(work_kept(c) for c in target.row_identity)}
@@ -197,7 +217,7 @@ SELECT {ROW_CTID}, {columns}, {fmt_idents(work_kept(c) for c in target.row_ident
                pg_catalog.row_number() OVER newest_first AS {POSITION}, {kept}
           FROM {members} AS members
          WHERE {keys_not_null}
-        WINDOW newest_first AS (PARTITION BY {fmt_idents(target.columns)} ORDER BY {order})
+        WINDOW newest_first AS (PARTITION BY {fmt_idents(target.key.columns)} ORDER BY {order})
        ) AS ranked
  WHERE {POSITION} > 1
  ORDER BY {ROW_CTID}"""
@@ -245,7 +265,7 @@ def batches_sql(target: UniqueTarget, keys_per_batch: int) -> list[str]:
     return [
         f"DROP TABLE IF EXISTS {target.batches}",
         f"CREATE UNLOGGED TABLE {target.batches} AS SELECT w.*,"
-        f" (pg_catalog.dense_rank() OVER (ORDER BY {idents(target.columns, 'w.')}) - 1)"
+        f" (pg_catalog.dense_rank() OVER (ORDER BY {idents(target.key.columns, 'w.')}) - 1)"
         f" / {int(keys_per_batch)} AS {BATCH} FROM {target.work} w",
         f"CREATE INDEX ON {target.batches} ({BATCH})",
         f"DROP TABLE {target.work}",
@@ -290,19 +310,24 @@ def move_sql(target: UniqueTarget) -> str:
     locked = escape_format(locked_work(target))
     same_identity = compare.equal("c", "w", target.row_identity)
     unchanged = compare.same("c", "w", target.ranking)
-    current = fmt_idents(member_columns(target), "c.")
+    current = current_members(target, "c")
+    # A row the app has taken out of the partial index's predicate since the list is no longer
+    # the key's: never locked, ranked or moved.
+    admitted = ""
+    if target.key.predicate is not None:
+        admitted = f" AND {escape_format(target.key.admits('c'))}"
     lock_unchanged = f"""
 INSERT INTO {locked}
 SELECT c.ctid, {current}
   FROM {live} c JOIN {work} w ON c.ctid = w.{ROW_CTID}
- WHERE c.ctid = ANY (ARRAY(SELECT {ROW_CTID} FROM {work})) AND {same_identity}
+ WHERE c.ctid = ANY (ARRAY(SELECT {ROW_CTID} FROM {work})) AND {same_identity}{admitted}
    FOR UPDATE OF c"""
     lock_changed = f"""
 INSERT INTO {locked}
 SELECT c.ctid, {current}
   FROM {work} w JOIN {live} c ON {same_identity}
  WHERE NOT EXISTS (SELECT 1 FROM {locked} l
-                    WHERE {compare.equal("l", "w", target.row_identity)})
+                    WHERE {compare.equal("l", "w", target.row_identity)}){admitted}
    FOR UPDATE OF c"""
     rank_again = f"CREATE UNLOGGED TABLE {work} AS{_losers_of(target, locked)}"
     kept_identity = compare.equal(
@@ -327,8 +352,8 @@ SELECT (SELECT pg_catalog.count(*) FROM removed),
        (SELECT pg_catalog.count(*)
           FROM (SELECT DISTINCT {fmt_idents(work_kept_columns)} FROM removed) AS groups)"""
     sample_keys = f"""
-SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({fmt_idents(target.columns)}))
-  FROM (SELECT DISTINCT {fmt_idents(target.columns)} FROM {work} LIMIT 3) AS sample"""
+SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({fmt_idents(target.key.columns)}))
+  FROM (SELECT DISTINCT {fmt_idents(target.key.columns)} FROM {work} LIMIT 3) AS sample"""
     # Per foreign key (filled by format() in the loop): child table, its columns, the kept
     # row's referenced columns, how the kept row is found, how a child row matches the
     # archived row, and the three records: the child row's identity, old and new reference.

@@ -21,7 +21,7 @@ from alembic_lossless_unique.ddl import ledger, private_schema
 from alembic_lossless_unique.ddl.comparisons import Comparisons, regclass
 from alembic_lossless_unique.ddl.indexes import under_lock_retries
 from alembic_lossless_unique.ddl.sqltext import dollar_quoted, ident, idents, literal, literal_array
-from alembic_lossless_unique.operations.target import UniqueTarget
+from alembic_lossless_unique.operations.target import KeyElement, UniqueTarget
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.locks import with_table_lock_retries
 
@@ -43,10 +43,14 @@ def exists(db: Database, target: UniqueTarget) -> bool:
 def install_statements(target: UniqueTarget, operators: dict[str, str]) -> list[str]:
     """The guard, from nothing (a leftover one goes first); `operators` maps each key column to
     its equality operator (comparisons.py). Shared by the online path and the offline script."""
+    key = target.key
+    values = ", ".join(
+        e.value if e.is_column else f"{e.value} AS {ident(e.column)}" for e in key.elements
+    )
     return [
         *drop_statements(target),
         f"CREATE UNLOGGED TABLE {target.guard_claims} AS"
-        f" SELECT {idents(target.columns)} FROM {target.qualified_table} WITH NO DATA",
+        f" SELECT {values} FROM {target.qualified_table} WITH NO DATA",
         claims_key_sql(target),
         function_sql(target, operators),
         *trigger_statements(target),
@@ -58,19 +62,19 @@ def install_statements(target: UniqueTarget, operators: dict[str, str]) -> list[
 def claims_key_sql(target: UniqueTarget) -> str:
     """The claims' own unique, which makes a second writer of a new key wait for the first: a
     primary key, or where NULLs conflict a unique that finds them alike."""
+    key = idents(target.key.columns)
     if target.nulls_not_distinct:
-        return (
-            f"ALTER TABLE {target.guard_claims}"
-            f" ADD UNIQUE NULLS NOT DISTINCT ({idents(target.columns)})"
-        )
-    return f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({idents(target.columns)})"
+        return f"ALTER TABLE {target.guard_claims} ADD UNIQUE NULLS NOT DISTINCT ({key})"
+    return f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({key})"
 
 
 def install(db: Database, target: UniqueTarget) -> None:
+    key = target.key
+    known = {e.column: e.operator for e in key.elements if e.operator is not None}
     operators = db.scalar(
-        "SELECT " + Comparisons(target.columns).operators_sql(regclass(target.qualified_table))
+        "SELECT " + Comparisons(key.columns, known).operators_sql(regclass(target.qualified_table))
     )
-    statements = install_statements(target, dict(zip(target.columns, operators, strict=True)))
+    statements = install_statements(target, dict(zip(key.columns, operators, strict=True)))
 
     def create() -> None:
         for statement in statements:
@@ -107,43 +111,55 @@ def record_removed_sql(target: UniqueTarget) -> str:
 
 
 def trigger_statements(target: UniqueTarget) -> list[str]:
+    key = target.key
+    on_insert, on_update = target.guard_triggers
+    update_of = f"AFTER UPDATE OF {idents(key.referenced)} ON {target.qualified_table}"
+    if not key.plain:
+        # A trigger's WHEN takes no subquery: the function itself skips rows the key does not
+        # judge, and updates that leave the key as it was.
+        return [
+            f"CREATE TRIGGER {ident(on_insert)} AFTER INSERT ON {target.qualified_table}"
+            f" FOR EACH ROW EXECUTE FUNCTION {target.guard_function}()",
+            f"CREATE TRIGGER {ident(on_update)} {update_of}"
+            f" FOR EACH ROW EXECUTE FUNCTION {target.guard_function}()",
+        ]
     keyed = target.key_is_set("NEW")
     key_changed = " OR ".join(
         f"OLD.{ident(c)} IS DISTINCT FROM NEW.{ident(c)}" for c in target.columns
     )
-    on_insert, on_update = target.guard_triggers
     return [
         f"CREATE TRIGGER {ident(on_insert)} AFTER INSERT ON {target.qualified_table}"
         f" FOR EACH ROW WHEN ({keyed}) EXECUTE FUNCTION {target.guard_function}()",
-        f"CREATE TRIGGER {ident(on_update)} AFTER UPDATE OF {idents(target.columns)}"
-        f" ON {target.qualified_table} FOR EACH ROW WHEN ({keyed} AND ({key_changed}))"
+        f"CREATE TRIGGER {ident(on_update)} {update_of}"
+        f" FOR EACH ROW WHEN ({keyed} AND ({key_changed}))"
         f" EXECUTE FUNCTION {target.guard_function}()",
     ]
 
 
 def function_sql(target: UniqueTarget, operators: dict[str, str]) -> str:
+    key = target.key
+    # The new row's key, in a record whose name no column can take; a plain key reads NEW.
+    new = "NEW" if key.plain else NEW_KEY
     # PostgreSQL writes a NULL in the key as `null` in its DETAIL.
-    key_text = " || ', ' || ".join(
-        f"coalesce(NEW.{ident(c)}::text, 'null')" for c in target.columns
-    )
-    # Word for word what the constraint will say, so that the app handles both alike.
+    key_text = " || ', ' || ".join(f"coalesce({new}.{ident(c)}::text, 'null')" for c in key.columns)
+    # Word for word what the unique will say, so that the app handles both alike.
     message = f'duplicate key value violates unique constraint "{target.constraint_name}"'
     hint = (
-        f"{target.display_table} is being given this unique constraint;"
+        f"{target.display_table} is being given this {target.kind};"
         " its migration rejects duplicates from now on."
     )
-    body = f"""
-BEGIN
+    body = f"""{_declare_and_read_key(target)}
     -- A second writer of the same new key waits here until the first commits.
-    INSERT INTO {target.guard_claims} ({idents(target.columns)})
-    VALUES ({idents(target.columns, "NEW.")})
+    INSERT INTO {target.guard_claims} ({idents(key.columns)})
+    VALUES ({idents(key.columns, new + ".")})
     ON CONFLICT DO NOTHING;
-    IF {_rows_of_the_key(target, operators)} > 1 THEN
+    IF {_rows_of_the_key(target, operators, new)} > 1 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'unique_violation',
             MESSAGE = {literal(message)},
             DETAIL = pg_catalog.format('Key (%s)=(%s) already exists.',
-                                       {literal(", ".join(target.columns))}, {key_text}),
+                                       {literal(", ".join(e.printed for e in key.elements))},
+                                       {key_text}),
             HINT = {literal(hint)},
             CONSTRAINT = {literal(target.constraint_name)},
             TABLE = {literal(target.table)},
@@ -159,23 +175,71 @@ END
     )
 
 
-def _rows_of_the_key(target: UniqueTarget, operators: dict[str, str]) -> str:
-    """A plpgsql expression: how many rows (up to 2) hold NEW's key. Where NULLs conflict
-    (NULLS NOT DISTINCT), a key with a NULL is looked up apart, so that the common case keeps
-    a plain equality the table's indexes serve."""
+# plpgsql variables of the guard: a row's key values and whether the key judges it. Their
+# prefix keeps them apart from any column an index expression reads.
+NEW_KEY, OLD_KEY = "lossless_guard_new", "lossless_guard_old"
+
+
+def _declare_and_read_key(target: UniqueTarget) -> str:
+    """plpgsql, the function's start: for a key other than plain columns, NEW's key values and
+    whether the key judges NEW (its predicate, its NULLs rule), computed in a scope where only
+    NEW's columns are; a row the key does not judge, or an update that leaves its key as it
+    was, is let through at once (the triggers' WHEN does that for plain columns)."""
+    key = target.key
+    if key.plain:
+        return "\nBEGIN"
+    values = ", ".join(f"{e.value} AS {ident(e.column)}" for e in key.elements)
+    judged = key.predicate or "true"
+    if not key.nulls_not_distinct:
+        judged += "".join(f" AND {e.value} IS NOT NULL" for e in key.elements)
+    read = (
+        f"SELECT {values}, ({judged}) AS lossless_judged INTO {{row_key}}"
+        f" FROM (SELECT {{row}}.*) AS lossless_row;"
+    )
+    same_key = " AND ".join(
+        f"{OLD_KEY}.{ident(c)} IS NOT DISTINCT FROM {NEW_KEY}.{ident(c)}" for c in key.columns
+    )
+    return f"""
+DECLARE
+    {NEW_KEY} record;
+    {OLD_KEY} record;
+BEGIN
+    {read.format(row_key=NEW_KEY, row="NEW")}
+    IF NOT coalesce({NEW_KEY}.lossless_judged, false) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        {read.format(row_key=OLD_KEY, row="OLD")}
+        IF coalesce({OLD_KEY}.lossless_judged, false) AND {same_key} THEN
+            RETURN NULL;
+        END IF;
+    END IF;"""
+
+
+def _rows_of_the_key(target: UniqueTarget, operators: dict[str, str], new: str) -> str:
+    """A plpgsql expression: how many rows (up to 2) hold the key of `new` (NEW, or the record
+    of its key values), in a single-table scope where the key's expressions read the table's
+    row. Where NULLs conflict (NULLS NOT DISTINCT), a key with a NULL is looked up apart, so
+    that the common case keeps a plain equality the table's indexes serve."""
+    key = target.key
+    admitted = "" if key.predicate is None else f"({key.predicate}) AND "
 
     def rows(where: str) -> str:
         return (
             f"(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {target.qualified_table} t"
-            f" WHERE {where} LIMIT 2) AS same)"
+            f" WHERE {admitted}{where} LIMIT 2) AS same)"
         )
 
-    equal = [f"t.{ident(c)} {operators[c]} NEW.{ident(c)}" for c in target.columns]
+    def value(element: KeyElement) -> str:
+        return f"t.{element.value}" if key.plain else element.value
+
+    equal = [f"{value(e)} {operators[e.column]} {new}.{ident(e.column)}" for e in key.elements]
     plain = rows(" AND ".join(equal))
     if not target.nulls_not_distinct:
         return plain
     alike = " AND ".join(
-        f"(t.{ident(c)} IS NULL AND NEW.{ident(c)} IS NULL OR {equal_c})"
-        for c, equal_c in zip(target.columns, equal, strict=True)
+        f"({value(e)} IS NULL AND {new}.{ident(e.column)} IS NULL OR {equal_e})"
+        for e, equal_e in zip(key.elements, equal, strict=True)
     )
-    return f"(CASE WHEN {target.key_has_null('NEW')} THEN {rows(alike)} ELSE {plain} END)"
+    has_null = " OR ".join(f"{new}.{ident(c)} IS NULL" for c in key.columns)
+    return f"(CASE WHEN {has_null} THEN {rows(alike)} ELSE {plain} END)"

@@ -26,7 +26,10 @@ log = logging.getLogger("alembic_lossless_unique")
 
 
 def unique_index_definition(target: UniqueTarget, name: str) -> str:
-    """The target's unique index as pg_get_indexdef() would print it."""
+    """The target's unique index as pg_get_indexdef() would print it (the index form: as the
+    user wrote it, which PostgreSQL stores the same)."""
+    if target.is_index:
+        return target.index_statement(name, target.qualified_table)
     return (
         f"CREATE UNIQUE INDEX {ident(name)} ON {target.qualified_table}"
         f" USING btree ({idents(target.columns)}){target.index_options}"
@@ -159,6 +162,13 @@ def add_constraint_using_index_sql(
         f"ALTER TABLE {target.qualified_table} ADD CONSTRAINT {ident(constraint)}"
         f" UNIQUE USING INDEX {ident(index)}{deferral}"
     )
+
+
+def drop_target_sql(target: UniqueTarget) -> str:
+    """What the upgrade built, dropped: the constraint, or the index form's index."""
+    if target.is_index:
+        return f"DROP INDEX IF EXISTS {qualified(target.schema, target.constraint_name)}"
+    return drop_constraint_sql(target, target.constraint_name)
 
 
 def drop_constraint_sql(target: UniqueTarget, name: str) -> str:

@@ -21,6 +21,7 @@ constraint) the same deferral; promotion gives an index the target's deferral.
 
 from dataclasses import dataclass
 
+from alembic_lossless_unique.ddl.probe import shape_sql
 from alembic_lossless_unique.ddl.sqltext import literal, literal_array
 from alembic_lossless_unique.operations.target import UniqueTarget
 
@@ -66,6 +67,8 @@ def plan_sql(target: UniqueTarget, built_before: str) -> str:
     description, deferral). `built_before` is an SQL boolean: whether this target's ledger
     records a build of its own, which makes an index under the target's name ours to promote
     without record."""
+    if target.is_index:
+        return index_plan_sql(target, built_before)
     table = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
     name = literal(target.constraint_name)
     key = literal_array(target.columns)
@@ -148,6 +151,75 @@ SELECT planned.* FROM (
     SELECT 5, 'leave_alone', index_name, constraint_name, definition, comment, false,
            description, deferral
       FROM found WHERE valid AND NOT serves AND index_name NOT IN (SELECT index_name FROM chosen)
+) AS planned
+ORDER BY planned.position, planned.index_name"""
+
+
+def index_plan_sql(target: UniqueTarget, built_before: str) -> str:
+    """The index form's plan, as plan_sql's rows. A unique index fits when it judges keys as
+    the target will: the same shape (pg_get_indexdef from USING on: elements, operator classes,
+    collations, INCLUDE, NULLs rule, predicate), whatever its name, and no constraint holds it.
+    The target name's index is kept, else another fitting one renamed (ALTER INDEX RENAME),
+    else the index built; every other fitting one is redundant; an INVALID one of that shape
+    or name is dropped first; the name taken by anything else is a refusal."""
+    table = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
+    name = literal(target.constraint_name)
+    return f"""
+WITH found AS (
+    SELECT u.*, u.valid AND u.constraint_name IS NULL AND u.shape = {literal(target.key.shape)}
+               AS fits,
+           pg_catalog.format('%s %s%s',
+                  CASE WHEN u.constraint_name IS NULL THEN 'index'
+                       ELSE 'constraint ' || u.constraint_name END,
+                  u.index_name, CASE WHEN u.valid THEN '' ELSE ' (INVALID)' END) AS description
+      FROM (SELECT ic.relname::text COLLATE "C" AS index_name,
+                   con.conname::text AS constraint_name,
+                   i.indisvalid AND i.indisready AS valid,
+                   {shape_sql("i.indexrelid")} AS shape,
+                   pg_catalog.pg_get_indexdef(i.indexrelid) AS definition,
+                   pg_catalog.obj_description(i.indexrelid, 'pg_class') AS comment
+              FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+              LEFT JOIN pg_catalog.pg_constraint con
+                     ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+             WHERE i.indrelid = {table} AND i.indisunique) AS u
+     WHERE u.shape = {literal(target.key.shape)} OR u.index_name = {name}
+), chosen AS (
+    SELECT index_name FROM found WHERE fits
+     ORDER BY index_name = {name} DESC, index_name LIMIT 1
+), dropped_first AS (
+    SELECT index_name FROM found WHERE NOT valid AND constraint_name IS NULL
+), name_taken AS (
+    SELECT pg_catalog.format('%s %s exists but cannot become unique index %s on %s: rename'
+                             ' or drop it, then re-run', kind, what, {name},
+                             {literal(target.key_description)}) AS problem
+      FROM (SELECT CASE WHEN con.conname IS NOT NULL THEN 'the index of constraint'
+                        ELSE 'relation' END AS kind, c.relname::text AS what
+              FROM pg_catalog.pg_class c
+              LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = c.oid
+             WHERE c.relname = {name}
+               AND c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class
+                                      WHERE oid = {table})
+               AND c.relname NOT IN (SELECT index_name FROM chosen)
+               AND c.relname NOT IN (SELECT index_name FROM dropped_first)) AS taken
+)
+SELECT planned.* FROM (
+    SELECT 1 AS position, 'drop_invalid' AS action, index_name, constraint_name, definition,
+           comment, false AS ours, description, '' AS deferral
+      FROM found WHERE index_name IN (SELECT index_name FROM dropped_first)
+    UNION ALL
+    SELECT 2, 'refuse', NULL, NULL, NULL, NULL, false, problem, '' FROM name_taken
+    UNION ALL
+    SELECT 3, CASE WHEN f.index_name = {name} THEN 'keep' ELSE 'rename' END,
+           f.index_name, NULL, f.definition, f.comment,
+           f.index_name = {name} AND ({built_before}), f.description, ''
+      FROM found f JOIN chosen USING (index_name)
+    UNION ALL
+    SELECT 3, 'build', {name}, NULL, NULL, NULL, true, 'no unique index judges the key', ''
+     WHERE NOT EXISTS (SELECT 1 FROM chosen) AND NOT EXISTS (SELECT 1 FROM name_taken)
+    UNION ALL
+    SELECT 4, 'drop_redundant', index_name, NULL, definition, comment, false, description, ''
+      FROM found WHERE fits AND index_name NOT IN (SELECT index_name FROM chosen)
 ) AS planned
 ORDER BY planned.position, planned.index_name"""
 

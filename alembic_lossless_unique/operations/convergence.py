@@ -19,6 +19,7 @@ from alembic_lossless_unique.ddl import (
     indexes,
     ledger,
     private_schema,
+    probe,
     restore,
 )
 from alembic_lossless_unique.ddl.indexes import under_lock_retries
@@ -62,9 +63,11 @@ def as_abort(error: DBAPIError) -> Exception:
 def ensure_unique_constraint(
     db: Database, target: UniqueTarget, ddl_command: str | None = None
 ) -> None:
-    """`ddl_command`: what prints a logical subscriber's DDL, for the replication refusal
+    """Converge on the target's unique: the constraint, or (`target.is_index`) the unique index.
+    `ddl_command`: what prints a logical subscriber's DDL, for the replication refusal
     (default: the library's command with the operation's arguments)."""
-    report = RunReport(f"unique constraint {target.constraint_name} on {target.key_description}")
+    target = probe.resolve(db, target)  # the index form's key, or a refusal: nothing changed
+    report = RunReport(f"{target.kind} {target.constraint_name} on {target.key_description}")
     refuse_on_problems(db, checks.upgrade_checks_sql(target, refuse=True))
     steps_done = ledger.steps(db, target)
     plan = read_plan(db, target, steps_done)
@@ -73,7 +76,8 @@ def ensure_unique_constraint(
     leftover_guard = guard.exists(db, target)
     if plan.converged and not leftover_guard:
         log.info(
-            "already converged: unique constraint %s on %s is in place; nothing to do",
+            "already converged: %s %s on %s is in place; nothing to do",
+            target.kind,
             target.constraint_name,
             target.key_description,
         )
@@ -226,6 +230,16 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
                 f"{repointed} child rows to the kept row (recorded in {target.repointed})",
             )
         report.fact("built", f"unique index {target.constraint_name}, concurrently")
+        if target.is_index:  # the index is the end state: only the guard goes
+            with report.step("remove duplicate guard"):
+                under_lock_retries(
+                    db,
+                    target,
+                    "remove the duplicate guard",
+                    *guard.drop_statements(target),
+                    guard.record_removed_sql(target),
+                )
+            return
         with report.step("promote to constraint"):
             under_lock_retries(
                 db,
@@ -382,6 +396,16 @@ def adopt_existing_unique(
         report.fact("built", "nothing: the constraint is already there")
         return
     with report.step("adopt existing unique"):
+        if main.action == "rename" and target.is_index:
+            ledger.record(db, target, "renamed", index_name=main.index_name)
+            under_lock_retries(
+                db,
+                target,
+                f"rename index {main.index_name} to {name}",
+                indexes.rename_index_sql(target, cast(str, main.index_name), name),
+            )
+            report.fact("renamed", f"index {main.index_name} -> {name}")
+            return
         if main.action == "rename":
             ledger.record(db, target, "renamed", constraint_name=main.constraint_name)
             under_lock_retries(
@@ -437,7 +461,7 @@ class Undo:
     def __init__(self, target: UniqueTarget) -> None:
         self.target = target
         self.report = RunReport(
-            f"undo unique constraint {target.constraint_name} on {target.key_description}"
+            f"undo {target.kind} {target.constraint_name} on {target.key_description}"
         )
         self.steps: list[ledger.Step] = []
         self.prebuilt: list[str] = []
@@ -490,12 +514,12 @@ class Undo:
         if not restores_in_batches(self.steps, archived, settings):
             return
         batches = -(-archived // settings.restore_batch_rows)
-        with self.report.step("drop the constraint"):
+        with self.report.step(f"drop the {target.kind}"):
             under_lock_retries(
                 db,
                 target,
-                f"drop constraint {target.constraint_name}",
-                indexes.drop_constraint_sql(target, target.constraint_name),
+                f"drop {target.kind} {target.constraint_name}",
+                indexes.drop_target_sql(target),
             )
         with self.report.step("restore in batches"), db.session_setting("statement_timeout", "0"):
             try:
@@ -588,7 +612,11 @@ class Undo:
         for step in reversed(self.steps):
             detail = step.detail
             if step.action == "built":
-                return [indexes.drop_constraint_sql(target, target.constraint_name)]
+                return [indexes.drop_target_sql(target)]
+            if step.action == "renamed" and target.is_index:
+                return [
+                    indexes.rename_index_sql(target, target.constraint_name, detail["index_name"])
+                ]
             if step.action == "renamed":
                 return [
                     indexes.rename_constraint_sql(

@@ -1,5 +1,6 @@
-"""`op.ensure_unique_constraint(...)` and its inverse `op.undo_unique_constraint(...)`,
-registered the way Alembic documents custom operations (Operations.register_operation and
+"""`op.ensure_unique_constraint(...)` and its inverse `op.undo_unique_constraint(...)`, and
+the index form `op.ensure_unique_index(...)` / `op.undo_unique_index(...)`, registered the
+way Alembic documents custom operations (Operations.register_operation and
 Operations.implementation_for). Importing this package registers them.
 
     op.ensure_unique_constraint(
@@ -16,11 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
+from sqlalchemy.sql.elements import TextClause
 
+from alembic_lossless_unique.ddl.sqltext import ident
 from alembic_lossless_unique.operations import convergence, offline
 from alembic_lossless_unique.operations.target import DEFAULT_PRIVATE_SCHEMA, UniqueTarget
 from alembic_lossless_unique.runtime import pending, surroundings
 from alembic_lossless_unique.runtime.database import Database, autocommit_database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 
 
@@ -165,5 +169,152 @@ def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstrai
         operation.target,
         online=lambda: autocommit_database(context),
         # The transaction alembic stamps the revision in: the undo and the stamp commit together.
+        in_transaction=lambda: Database(operations.get_bind(), settings, concurrent=False),
+    )
+
+
+# The index form: a unique index, with what op.create_index(..., unique=True) takes.
+
+
+def sql_text(element: str | TextClause) -> str:
+    """A `sa.text(...)` as its SQL; anything else as given."""
+    return element.text if isinstance(element, TextClause) else str(element)
+
+
+def target_from_index_arguments(
+    index_name: str,
+    table_name: str,
+    columns: Sequence[str | TextClause],
+    *,
+    schema: str | None = None,
+    keep_newest_by: Sequence[str] = (),
+    row_identity: Sequence[str] = ("id",),
+    private_schema: str = DEFAULT_PRIVATE_SCHEMA,
+    archive_table: str | None = None,
+    ledger_table: str | None = None,
+    postgresql_where: str | TextClause | None = None,
+    postgresql_include: Sequence[str] = (),
+    postgresql_nulls_not_distinct: bool = False,
+    postgresql_ops: dict[str, str] | None = None,
+) -> UniqueTarget:
+    """The index form's arguments as a UniqueTarget: `columns` as op.create_index takes them
+    (column names, and SQL expressions as sa.text, an operator class maybe inside), an operator
+    class per column name in `postgresql_ops`, the predicate in `postgresql_where`."""
+    ops_by_column = postgresql_ops or {}
+    elements = tuple(
+        sql_text(c)
+        if isinstance(c, TextClause)
+        else ident(c) + (f" {ops_by_column[c]}" if c in ops_by_column else "")
+        for c in columns
+    )
+    if not elements:
+        raise MigrationAbort(f"unique index {index_name}: no key columns or expressions given")
+    return UniqueTarget(
+        constraint_name=index_name,
+        table=table_name,
+        columns=tuple(sql_text(c) for c in columns),
+        schema=schema or "public",
+        keep_newest_by=tuple(keep_newest_by),
+        row_identity=tuple(row_identity),
+        private_schema=private_schema,
+        archive_table=archive_table or "",
+        ledger_table=ledger_table or "",
+        include=tuple(postgresql_include),
+        nulls_not_distinct=postgresql_nulls_not_distinct,
+        index_elements=elements,
+        where=sql_text(postgresql_where) if postgresql_where is not None else None,
+    )
+
+
+class UniqueIndexOp(MigrateOperation):
+    """What both index operations take: the arguments of target_from_index_arguments."""
+
+    def __init__(
+        self, index_name: str, table_name: str, columns: Sequence[str | TextClause], **kw: Any
+    ) -> None:
+        self.arguments = (index_name, table_name, tuple(columns))
+        self.options = kw
+        self.target = target_from_index_arguments(index_name, table_name, columns, **kw)
+
+
+@Operations.register_operation("ensure_unique_index")
+class EnsureUniqueIndexOp(UniqueIndexOp):
+    """Make `table_name` hold the unique index `index_name`, exactly as op.create_index(...,
+    unique=True, same arguments) makes it, whatever duplicate rows it holds: duplicates are
+    judged as that index judges them (its expressions, operator classes, collations, among the
+    rows its predicate admits) and archived; rows outside the predicate, and rows with a NULL
+    in the key unless NULLS NOT DISTINCT, are never touched. Online only."""
+
+    @classmethod
+    def ensure_unique_index(
+        cls,
+        operations: Operations,
+        index_name: str,
+        table_name: str,
+        columns: Sequence[str | TextClause],
+        **kw: Any,
+    ) -> None:
+        """Make the unique index, online and without losing a row; see the class."""
+        operations.invoke(cls(index_name, table_name, columns, **kw))
+
+    def reverse(self) -> "UndoUniqueIndexOp":
+        return UndoUniqueIndexOp(*self.arguments, **self.options)
+
+
+@Operations.register_operation("undo_unique_index")
+class UndoUniqueIndexOp(UniqueIndexOp):
+    """Undo `ensure_unique_index` exactly, as undo_unique_constraint undoes its form. Takes the
+    same arguments as the call it undoes."""
+
+    @classmethod
+    def undo_unique_index(
+        cls,
+        operations: Operations,
+        index_name: str,
+        table_name: str,
+        columns: Sequence[str | TextClause],
+        **kw: Any,
+    ) -> None:
+        """Undo ensure_unique_index with the same arguments; see the class."""
+        operations.invoke(cls(index_name, table_name, columns, **kw))
+
+    def reverse(self) -> EnsureUniqueIndexOp:
+        return EnsureUniqueIndexOp(*self.arguments, **self.options)
+
+
+def refuse_offline(name: str, target: UniqueTarget) -> None:
+    """The index form has no offline script yet: refused while the script is written."""
+    raise MigrationAbort(
+        f"op.{name}({target.constraint_name!r}, ...) on {target.display_table} runs online"
+        " only: `alembic upgrade` / `alembic downgrade` without --sql (the offline script"
+        " covers op.ensure_unique_constraint)"
+    )
+
+
+@Operations.implementation_for(EnsureUniqueIndexOp)
+def ensure_unique_index(operations: Operations, operation: EnsureUniqueIndexOp) -> None:
+    context = operations.get_context()
+    if context.opts.get(pending.RECORDER) is not None:
+        return  # the plan and expect_plan read the constraint form only
+    if context.as_sql:
+        refuse_offline("ensure_unique_index", operation.target)
+    command = surroundings.project_ddl_command(
+        context.config, surroundings.subscriber_ddl_command(operation.target)
+    )
+    with autocommit_database(context) as db:
+        convergence.ensure_unique_constraint(db, operation.target, command)
+
+
+@Operations.implementation_for(UndoUniqueIndexOp)
+def undo_unique_index(operations: Operations, operation: UndoUniqueIndexOp) -> None:
+    context = operations.get_context()
+    if context.opts.get(pending.RECORDER) is not None:
+        return
+    if context.as_sql:
+        refuse_offline("undo_unique_index", operation.target)
+    settings = MigrationSettings.from_context(context)
+    convergence.run_undo(
+        operation.target,
+        online=lambda: autocommit_database(context),
         in_transaction=lambda: Database(operations.get_bind(), settings, concurrent=False),
     )

@@ -1,6 +1,7 @@
-"""What one `ensure_unique_constraint` acts on: a table, its key columns, which row of a
-duplicate group stays, and where the operation keeps what it moves aside. Every other name
-(archive, ledger, guard, work table) is derived here, in one place."""
+"""What one `ensure_unique_constraint` or `ensure_unique_index` acts on: a table, its key,
+which row of a duplicate group stays, and where the operation keeps what it moves aside. Every
+other name (archive, ledger, guard, work table) is derived here, in one place, and so is the key
+as the unique judges it (UniqueKey): every statement that compares keys asks it."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,97 @@ def default_constraint_name(table: str, columns: Sequence[str]) -> str:
     """The name PostgreSQL gives a unique constraint declared without one: TABLE_COLUMNS_key
     (which it would shorten past MAX_IDENTIFIER_BYTES)."""
     return f"{table}_{'_'.join(columns)}_key"
+
+
+# The name a row goes by where a key element is evaluated on one row among several relations.
+ONE_ROW = "lossless_row"
+
+
+@dataclass(frozen=True)
+class KeyElement:
+    """One element of the key, as the unique index compares it."""
+
+    # Its value in a single-table scope (`SELECT <value> FROM t`): a quoted column, or the
+    # index's expression as PostgreSQL prints it, with the index's collation.
+    value: str
+    # Its name where key values travel as columns: the work tables, the guard's claims.
+    column: str
+    # The index's equality operator (its operator class's, strategy 3), qualified; None: the
+    # column type's default one, looked up where the statement runs (comparisons.py).
+    operator: str | None = None
+    # How PostgreSQL names it in a unique_violation's DETAIL.
+    printed: str = ""
+    # A plain column of the table: read as `alias.column`, with no subquery.
+    is_column: bool = True
+
+    def of(self, alias: str) -> str:
+        """Its value for the row `alias`, where several relations are in scope: only that row's
+        columns are in the inner scope of the subquery, so an unqualified expression reads them."""
+        if self.is_column:
+            return f"{alias}.{self.value}"
+        return f"(SELECT {self.value} FROM (SELECT {alias}.*) AS {ONE_ROW})"
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """Which rows conflict, exactly as the unique will judge them: its elements' values (each
+    with its equality operator and collation), among the rows its predicate admits; a NULL in
+    an element takes a row out of it unless NULLS NOT DISTINCT."""
+
+    elements: tuple[KeyElement, ...]
+    nulls_not_distinct: bool = False
+    # The partial index's predicate, in a single-table scope (None: every row).
+    predicate: str | None = None
+    # The columns the key and the predicate read: an update of any other leaves the key alone.
+    referenced: tuple[str, ...] = ()
+    # The unique's definition from USING on, as pg_get_indexdef() prints it: the same for every
+    # index that judges keys the same way, whatever its name (plan.py compares them).
+    shape: str = ""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(element.column for element in self.elements)
+
+    @property
+    def plain(self) -> bool:
+        """Plain columns, every row judged: the statements keep their column-only form."""
+        return self.predicate is None and all(element.is_column for element in self.elements)
+
+    def admits(self, alias: str) -> str:
+        """An SQL boolean: the partial index's predicate holds for the row `alias`."""
+        if self.predicate is None:
+            return "true"
+        return f"coalesce((SELECT {self.predicate} FROM (SELECT {alias}.*) AS {ONE_ROW}), false)"
+
+    def is_set(self, alias: str) -> str:
+        """An SQL boolean: the row `alias` has a key the unique judges (a NULL element takes a
+        row out of it, unless NULLS NOT DISTINCT)."""
+        if self.nulls_not_distinct:
+            return "true"
+        return " AND ".join(f"{element.of(alias)} IS NOT NULL" for element in self.elements)
+
+    def has_null(self, alias: str) -> str:
+        """An SQL boolean: a key element of `alias` is NULL."""
+        return "(" + " OR ".join(f"{element.of(alias)} IS NULL" for element in self.elements) + ")"
+
+    def keyed_rows(self, table: str, others: tuple[str, ...]) -> str:
+        """A relation: the rows of `table` the predicate admits, by ctid, with their key values
+        as columns and the columns `others`; the table itself when the key is plain."""
+        if self.plain:
+            return table
+        values = ", ".join(f"{e.value} AS {ident(e.column)}" for e in self.elements)
+        rest = "".join(f", {ident(c)}" for c in others if c not in self.columns)
+        where = f" WHERE {self.predicate}" if self.predicate is not None else ""
+        return f"(SELECT ctid, {values}{rest} FROM {table}{where})"
+
+
+def column_key(columns: Sequence[str], nulls_not_distinct: bool) -> UniqueKey:
+    """The key of a unique on plain columns, in their order."""
+    return UniqueKey(
+        tuple(KeyElement(ident(c), c, printed=c) for c in columns),
+        nulls_not_distinct,
+        referenced=tuple(columns),
+    )
 
 
 @dataclass(frozen=True)
@@ -54,9 +146,24 @@ class UniqueTarget:
     include: tuple[str, ...] = ()
     deferrable: bool | None = None
     initially: str | None = None  # IMMEDIATE or DEFERRED
+    # The index form (`ensure_unique_index`): the end state is a unique index, no constraint,
+    # as op.create_index(..., unique=True) makes it. Its key elements as SQL (a quoted column,
+    # an expression, each maybe with an operator class), `columns` then only describes them.
+    index_elements: tuple[str, ...] = ()
+    # The partial index's predicate, as the user wrote it.
+    where: str | None = None
+    # The key as PostgreSQL parsed it (probe.py): what every statement of the index form asks.
+    probed_key: UniqueKey | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for attribute in ("columns", "keep_newest_by", "row_identity", "adopt_first", "include"):
+        for attribute in (
+            "columns",
+            "keep_newest_by",
+            "row_identity",
+            "adopt_first",
+            "include",
+            "index_elements",
+        ):
             object.__setattr__(self, attribute, tuple(getattr(self, attribute)))
         if self.initially is not None:
             object.__setattr__(self, "initially", self.initially.upper())
@@ -77,7 +184,12 @@ class UniqueTarget:
             raise MigrationAbort(f"unique constraint {self.constraint_name}: no key columns given")
         if not self.row_identity:
             raise MigrationAbort(f"unique constraint {self.constraint_name}: no row_identity")
-        if len(set(self.columns)) != len(self.columns):
+        if self.is_index and (self.deferrable is not None or self.initially or self.adopt_first):
+            raise MigrationAbort(
+                f"unique index {self.constraint_name}: deferrable, initially and adopt_first"
+                " belong to the constraint form (ensure_unique_constraint)"
+            )
+        if len(set(self.columns)) != len(self.columns) and not self.is_index:
             raise MigrationAbort(f"unique constraint {self.constraint_name}: a key column repeats")
         if len(set(self.include)) != len(self.include):
             raise MigrationAbort(
@@ -100,7 +212,9 @@ class UniqueTarget:
             self.schema,
             self.private_schema,
         )
-        names += self.columns + self.keep_newest_by + self.row_identity + self.adopt_first
+        names += self.keep_newest_by + self.row_identity + self.adopt_first
+        if not self.is_index:  # the index form's elements are SQL, parsed by PostgreSQL
+            names += self.columns
         names += self.include
         for name in (*names, self.archive_table, self.ledger_table):
             if not name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
@@ -128,20 +242,56 @@ class UniqueTarget:
     @property
     def key_description(self) -> str:
         nulls = " NULLS NOT DISTINCT" if self.nulls_not_distinct else ""
-        return f"{self.display_table}{nulls} ({', '.join(self.columns)})"
+        where = f" WHERE {self.where}" if self.where else ""
+        return f"{self.display_table}{nulls} ({', '.join(self.columns)}){where}"
+
+    @property
+    def is_index(self) -> bool:
+        return bool(self.index_elements)
+
+    @property
+    def kind(self) -> str:
+        """What the operation makes, for messages: unique constraint, or unique index."""
+        return "unique index" if self.is_index else "unique constraint"
 
     # The key's rule: which rows conflict. Every statement that judges duplicates asks here.
 
+    @property
+    def key(self) -> UniqueKey:
+        if not self.is_index:
+            return column_key(self.columns, self.nulls_not_distinct)
+        if self.probed_key is None:
+            raise MigrationAbort(
+                f"unique index {self.constraint_name}: its key was not read from PostgreSQL"
+                " (probe.resolve) before a statement needed it"
+            )
+        return self.probed_key
+
     def key_is_set(self, alias: str) -> str:
-        """An SQL boolean: the row `alias` has a key the unique judges (a NULL in a key column
-        takes a row out of it, unless NULLS NOT DISTINCT)."""
-        if self.nulls_not_distinct:
-            return "true"
-        return " AND ".join(f"{alias}.{ident(c)} IS NOT NULL" for c in self.columns)
+        """An SQL boolean: the row `alias` has a key the unique judges."""
+        return self.key.is_set(alias)
 
     def key_has_null(self, alias: str) -> str:
-        """An SQL boolean: a key column of `alias` is NULL."""
-        return "(" + " OR ".join(f"{alias}.{ident(c)} IS NULL" for c in self.columns) + ")"
+        """An SQL boolean: a key element of `alias` is NULL."""
+        return self.key.has_null(alias)
+
+    @property
+    def named_columns(self) -> tuple[str, ...]:
+        """Every column the operation names, which must exist (the index form's key columns
+        once PostgreSQL has parsed it)."""
+        key = self.columns
+        if self.is_index:
+            key = self.probed_key.referenced if self.probed_key else ()
+        return tuple(dict.fromkeys(key + self.ranking + self.include))
+
+    def index_statement(self, name: str, relation: str) -> str:
+        """The index form's CREATE UNIQUE INDEX, the user's SQL verbatim, as op.create_index(...,
+        unique=True) writes it: elements, INCLUDE, NULLS NOT DISTINCT, WHERE."""
+        where = f" WHERE {self.where}" if self.where else ""
+        return (
+            f"CREATE UNIQUE INDEX {ident(name)} ON {relation}"
+            f" ({', '.join(self.index_elements)}){self.index_options}{where}"
+        )
 
     @property
     def deferral(self) -> str:

@@ -33,6 +33,10 @@ class Database:
         self.concurrent = concurrent
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        if not params:
+            # A statement without parameters may carry a user's SQL (an index expression, a
+            # predicate) with a colon that text() would take for a parameter: kept verbatim.
+            sql = sql.replace(":", "\\:")
         return self.connection.execute(text(sql), dict(params or {}))
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:

@@ -1,0 +1,111 @@
+"""The index form's key, exactly as PostgreSQL will judge it, read from PostgreSQL itself.
+
+A probe: in the migrator's session, inside a transaction that is always rolled back, a
+temporary copy of the table's columns (LIKE) gets the unique index with the user's SQL verbatim.
+PostgreSQL parses and validates it there (a syntax error, an unknown column or function, an
+expression that is not IMMUTABLE fails here, before anything changes: one FAILED line), and its
+catalog then says, per key element, the expression (unqualified, as pg_get_indexdef prints it),
+the operator class's equality operator, the collation; the predicate; which columns the key
+reads (pg_depend); and the index's shape, to compare with the uniques the table already has.
+"""
+
+from dataclasses import replace
+
+from sqlalchemy.exc import DBAPIError
+
+from alembic_lossless_unique.ddl.sqltext import ident, literal
+from alembic_lossless_unique.operations.target import KeyElement, UniqueKey, UniqueTarget
+from alembic_lossless_unique.runtime import drivers
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
+
+PROBE_TABLE = "lossless_unique_probe"
+PROBE_INDEX = "lossless_unique_probe_key"
+# Where key values travel as columns (work tables, claims): the i-th element's name.
+KEY_COLUMN = "lossless_key_{}"
+
+
+def shape_sql(index: str) -> str:
+    """An SQL text expression: the unique index `index` (an oid expression) from USING on, as
+    pg_get_indexdef() prints it: the same for two indexes that judge keys alike, whatever their
+    names and tables."""
+    return f"""pg_catalog.substr(pg_catalog.pg_get_indexdef({index}),
+        (SELECT pg_catalog.length(pg_catalog.format(
+                    'CREATE UNIQUE INDEX %I ON %I.%I', ic.relname,
+                    -- a temporary table's schema, whichever it is, prints as pg_temp
+                    CASE WHEN n.oid = pg_catalog.pg_my_temp_schema() THEN 'pg_temp'
+                         ELSE n.nspname END,
+                    tc.relname)) + 1
+           FROM pg_catalog.pg_index pi
+           JOIN pg_catalog.pg_class ic ON ic.oid = pi.indexrelid
+           JOIN pg_catalog.pg_class tc ON tc.oid = pi.indrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = tc.relnamespace
+          WHERE pi.indexrelid = {index}))"""
+
+
+_ELEMENTS = """
+SELECT k.n,
+       pg_catalog.pg_get_indexdef(i.indexrelid, k.n::int, true) AS printed,
+       (SELECT pg_catalog.format('OPERATOR(%I.%s)', opn.nspname, o.oprname)
+          FROM pg_catalog.pg_opclass oc
+          JOIN pg_catalog.pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
+               AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
+          JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr
+          JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
+         WHERE oc.oid = i.indclass[k.n - 1]) AS operator,
+       (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname)
+          FROM pg_catalog.pg_collation co
+          JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+         WHERE co.oid = i.indcollation[k.n - 1]) AS collation
+  FROM pg_catalog.pg_index i, pg_catalog.generate_series(1, i.indnkeyatts) AS k(n)
+ WHERE i.indexrelid = {index}
+ ORDER BY k.n"""
+
+_INDEX = """
+SELECT pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
+       ARRAY(SELECT a.attname::text
+               FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.objid = i.indexrelid AND d.refobjid = i.indrelid AND d.refobjsubid > 0
+              GROUP BY a.attnum, a.attname
+              ORDER BY a.attnum) AS referenced,
+       {shape} AS shape
+  FROM pg_catalog.pg_index i
+ WHERE i.indexrelid = {index}"""
+
+
+def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
+    """`target` with its key as PostgreSQL parsed it (the constraint form needs no probe)."""
+    if not target.is_index or target.probed_key is not None:
+        return target
+    index = f"pg_catalog.to_regclass({literal('pg_temp.' + PROBE_INDEX)})"
+    try:
+        with db.trial():  # rolled back: the probe leaves nothing, not even a temporary table
+            db.execute(f"CREATE TEMPORARY TABLE {PROBE_TABLE} (LIKE {target.qualified_table})")
+            db.execute(target.index_statement(PROBE_INDEX, f"pg_temp.{ident(PROBE_TABLE)}"))
+            elements = db.rows(_ELEMENTS.format(index=index))
+            found = db.rows(_INDEX.format(index=index, shape=shape_sql(index)))[0]
+    except DBAPIError as error:
+        raise MigrationAbort(
+            f"{target.kind} {target.constraint_name} on {target.key_description} cannot be"
+            f" built: {drivers.primary_message(error)}; nothing was changed"
+        ) from None
+    key = UniqueKey(
+        tuple(
+            KeyElement(
+                value=f"({row.printed})" + (f" COLLATE {row.collation}" if row.collation else ""),
+                column=KEY_COLUMN.format(row.n),
+                operator=row.operator,
+                printed=row.printed,
+                is_column=False,
+            )
+            for row in elements
+        ),
+        nulls_not_distinct=target.nulls_not_distinct,
+        predicate=f"({found.predicate})" if found.predicate else None,
+        referenced=tuple(found.referenced),
+        shape=found.shape,
+    )
+    return replace(target, probed_key=key)

@@ -1,0 +1,530 @@
+"""op.ensure_unique_index / op.undo_unique_index: expression and partial uniques of real schemas
+(Mastodon's accounts, tags and statuses; the soft-delete users), on tables with duplicates.
+
+Each ends with exactly the index op.create_index(..., unique=True, same arguments) makes
+(pg_get_indexdef compared with a twin table's), every row in the table or the archive, a writer
+that gets no error but the expected unique_violation (the guard's, judging as the index will)
+while duplicates move, and a downgrade that gives back pg_dump -s and every row."""
+
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+
+from alembic_lossless_unique.operations import convergence
+from alembic_lossless_unique.operations.ops import target_from_index_arguments
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.errors import MigrationAbort
+from alembic_lossless_unique.runtime.settings import MigrationSettings
+from tests.online_support import Session, holding, libpq_dsn, wait_until
+from tests.support import failed_lines, run_child
+
+TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
+PRIVATE = "accounts_private"
+
+ACCOUNTS = """
+CREATE TABLE public.accounts (
+    id bigint PRIMARY KEY, username character varying, domain character varying,
+    updated_at int NOT NULL);
+INSERT INTO public.accounts VALUES
+    -- A NULL domain and '' are one key to COALESCE(lower(domain), ''): the older goes.
+    (1, 'Ada', NULL, 1), (2, 'ada', '', 2),
+    -- Case variants of username and domain: one key.
+    (3, 'bob', 'Example.org', 1), (4, 'BOB', 'example.ORG', 3), (5, 'Bob', 'EXAMPLE.org', 2),
+    -- NULL usernames: never a key, never touched.
+    (6, NULL, 'x.org', 1), (7, NULL, 'x.org', 1),
+    (8, 'cy', NULL, 1);
+-- Child rows of archived accounts follow the kept one; a unique that holds the foreign key
+-- (checked before the move: re-pointing must not make two child rows equal) stays satisfied.
+CREATE TABLE public.follows (id bigint PRIMARY KEY, account_id bigint REFERENCES public.accounts,
+                             target int NOT NULL, UNIQUE (account_id, target));
+INSERT INTO public.follows VALUES (1, 1, 10), (2, 3, 10), (3, 5, 11), (4, 6, 10);
+"""
+ACCOUNTS_INDEX = {
+    "index_name": "index_accounts_on_username_and_domain_lower",
+    "table_name": "accounts",
+    "columns": [
+        sa.text("lower((username)::text)"),
+        sa.text("COALESCE(lower((domain)::text), ''::text)"),
+    ],
+    "keep_newest_by": ["updated_at"],
+    "private_schema": PRIVATE,
+}
+
+TAGS = """
+CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
+                          updated_at int NOT NULL);
+INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'rust', 2), (3, 'RUST', 0), (4, 'go', 1);
+"""
+TAGS_INDEX = {
+    "index_name": "index_tags_on_name_lower_btree",
+    "table_name": "tags",
+    "columns": [sa.text("lower((name)::text) text_pattern_ops")],
+    "keep_newest_by": ["updated_at"],
+    "private_schema": PRIVATE,
+}
+
+STATUSES = """
+CREATE TABLE public.statuses (id bigint PRIMARY KEY, uri character varying,
+                              updated_at int NOT NULL);
+INSERT INTO public.statuses VALUES
+    (1, 'https://a/1', 1), (2, 'https://a/1', 2), (3, NULL, 1), (4, NULL, 2), (5, 'https://a/2', 1);
+"""
+STATUSES_INDEX = {
+    "index_name": "index_statuses_on_uri",
+    "table_name": "statuses",
+    "columns": ["uri"],
+    "postgresql_ops": {"uri": "text_pattern_ops"},
+    "postgresql_where": sa.text("(uri IS NOT NULL)"),
+    "keep_newest_by": ["updated_at"],
+    "private_schema": PRIVATE,
+}
+
+USERS = """
+CREATE TABLE public.users (id bigint PRIMARY KEY, email text, deleted_at timestamptz,
+                           updated_at int NOT NULL, team int);
+INSERT INTO public.users VALUES
+    (1, 'Ann@x.org', NULL, 1, 1), (2, 'ann@X.org', NULL, 2, 1),
+    -- Soft-deleted: outside the predicate, stays although it repeats a live key.
+    (3, 'ANN@x.org', '2020-01-01', 9, 1),
+    (4, 'eve@x.org', NULL, 1, NULL), (5, 'EVE@x.org', NULL, 2, NULL);
+"""
+USERS_INDEX = {
+    "index_name": "users_email_lower_key",
+    "table_name": "users",
+    "columns": [sa.text("lower(email)")],
+    "postgresql_where": "deleted_at IS NULL",
+    "keep_newest_by": ["updated_at"],
+    "private_schema": PRIVATE,
+}
+# NULLS NOT DISTINCT on an index form: (lower(email), team) with team NULL conflicts too.
+USERS_NND_INDEX = {
+    **USERS_INDEX,
+    "index_name": "users_email_team_key",
+    "columns": [sa.text("lower(email)"), "team"],
+    "postgresql_nulls_not_distinct": True,
+    "postgresql_include": ["updated_at"],
+}
+
+
+def ensure(harness, arguments: dict) -> None:
+    with harness.engine.connect() as connection:
+        db = Database(connection, MigrationSettings())
+        convergence.ensure_unique_constraint(db, target_from_index_arguments(**arguments))
+
+
+def undo(harness, arguments: dict, settings: MigrationSettings | None = None) -> None:
+    settings = settings or MigrationSettings()
+
+    @contextmanager
+    def online():
+        with harness.engine.connect() as connection:
+            yield Database(connection, settings)
+
+    with harness.engine.connect() as autocommit:
+        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
+        with connection.begin():
+            convergence.run_undo(
+                target_from_index_arguments(**arguments),
+                online=online,
+                in_transaction=lambda: Database(connection, settings, concurrent=False),
+            )
+
+
+def indexdef(harness, schema_table: str, name: str) -> str:
+    """pg_get_indexdef from USING on: the same for the same index, whatever its names."""
+    definition = harness.scalar(
+        "SELECT pg_get_indexdef(c.oid) FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.relname = :name AND n.nspname = :schema",
+        name=name,
+        schema=schema_table.split(".")[0],
+    )
+    assert definition is not None, f"no index {name}"
+    return definition[definition.index(" USING ") :]
+
+
+def create_index_on_twin(harness, arguments: dict) -> str:
+    """What op.create_index(..., unique=True, same arguments) makes, on a copy of the table."""
+    table = arguments["table_name"]
+    harness.execute(f"CREATE SCHEMA twin; CREATE TABLE twin.{table} (LIKE public.{table})")
+    options = {
+        k: v
+        for k, v in arguments.items()
+        if k.startswith("postgresql_") and k != "postgresql_where"
+    }
+    if "postgresql_where" in arguments:
+        where = arguments["postgresql_where"]
+        options["postgresql_where"] = sa.text(where) if isinstance(where, str) else where
+    with harness.engine.begin() as connection:
+        Operations(MigrationContext.configure(connection)).create_index(
+            arguments["index_name"],
+            table,
+            arguments["columns"],
+            unique=True,
+            schema="twin",
+            **options,
+        )
+    twin = indexdef(harness, f"twin.{table}", arguments["index_name"])
+    harness.execute("DROP SCHEMA twin CASCADE")
+    return twin
+
+
+def rows(harness, table: str) -> dict[int, str]:
+    return {r.id: r.body for r in harness.rows(f"SELECT t.id, t::text AS body FROM {table} t")}
+
+
+def archived(harness, arguments: dict, table: str) -> dict[int, str]:
+    """The archived rows, as the table's rows (the archive's bookkeeping columns left out)."""
+    columns = [
+        r[0]
+        for r in harness.rows(
+            "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum",
+            t=f"public.{table}",
+        )
+    ]
+    archive = f"{PRIVATE}.{arguments['index_name']}_archive"
+    return {
+        r.id: r.body
+        for r in harness.rows(
+            f"SELECT a.id, ROW({', '.join(f'a.{c}' for c in columns)})::text AS body"
+            f" FROM {archive} a"
+        )
+    }
+
+
+def converge_with_a_writer(
+    harness, arguments: dict, locked_id: int, duplicate: str, welcome: list[str]
+):
+    """The upgrade, while the app writes: the app holds row `locked_id` (a duplicate the move
+    must lock) so the migrator waits in the move, guard on and no index yet; meanwhile
+    `duplicate` (an INSERT of a key the index will hold) fails with unique_violation naming the
+    index, the guard's doing, and each of `welcome` succeeds."""
+    table = arguments["table_name"]
+    holder = holding(harness, f"SELECT 1 FROM public.{table} WHERE id = {locked_id} FOR UPDATE")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ensure(harness, arguments)
+        except BaseException as error:  # the test thread reports it
+            failure.append(error)
+
+    migrator = threading.Thread(target=run, daemon=True)
+    migrator.start()
+    try:
+        wait_until(
+            "the move to wait for the app's row lock",
+            lambda: (
+                failure
+                or harness.rows(
+                    "SELECT 1 FROM pg_stat_activity WHERE :pid = ANY (pg_blocking_pids(pid))",
+                    pid=holder.pid(),
+                )
+            ),
+        )
+        assert not failure, failure
+        assert not harness.scalar(
+            "SELECT count(*) FROM pg_class WHERE relname = :n", n=arguments["index_name"]
+        )
+        app = Session(libpq_dsn(harness.url))
+        with pytest.raises(psycopg2.errors.UniqueViolation) as rejected:
+            app.run(duplicate)
+        for statement in welcome:
+            app.run(statement)
+        app.close()
+    finally:
+        holder.rollback()
+        holder.close()
+        migrator.join(timeout=120)
+    assert not failure, failure
+    assert rejected.value.diag.constraint_name == arguments["index_name"]
+
+
+def assert_form_converges_and_undoes(
+    harness,
+    setup: str,
+    arguments: dict,
+    duplicate: str,
+    welcome: list[str],
+    kept: set[int],
+    locked_id: int = 1,
+    undo_settings: MigrationSettings | None = None,
+    between: Callable[[], None] = lambda: None,
+) -> None:
+    table = arguments["table_name"]
+    harness.execute(setup)
+    expected = create_index_on_twin(harness, arguments)
+    schema_before, rows_before = harness.schema_dump(), rows(harness, f"public.{table}")
+
+    converge_with_a_writer(harness, arguments, locked_id, duplicate, welcome)
+
+    assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
+    assert not harness.scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conname = :n", n=arguments["index_name"]
+    )
+    after = rows(harness, f"public.{table}")
+    written = {i: body for i, body in after.items() if i not in rows_before}
+    assert set(after) - set(written) == kept
+    gone = archived(harness, arguments, table)
+    assert {**{i: after[i] for i in kept}, **gone} == rows_before  # every row, unchanged
+    between()
+
+    harness.execute(f"DELETE FROM public.{table} WHERE id IN ({', '.join(map(str, written))})")
+    undo(harness, arguments, undo_settings)
+
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, f"public.{table}") == rows_before
+
+
+def test_mastodon_accounts_expression_key(harness):
+    """(lower(username), COALESCE(lower(domain), '')): a NULL domain and '' are one key, case
+    variants one key; NULL usernames (a NULL key element) are never touched, and a writer may
+    still add them twice while the guard rejects a case variant of a kept key. Follows of an
+    archived account point at the kept one, and back after the downgrade."""
+    assert_form_converges_and_undoes(
+        harness,
+        ACCOUNTS,
+        ACCOUNTS_INDEX,
+        duplicate="INSERT INTO public.accounts VALUES (100, 'CY', '', 5)",
+        welcome=[
+            "INSERT INTO public.accounts VALUES (101, NULL, 'x.org', 5)",
+            "INSERT INTO public.accounts VALUES (102, 'dee', 'y.org', 5)",
+        ],
+        kept={2, 4, 6, 7, 8},
+        between=lambda: assert_follows(harness, {1: 2, 2: 4, 3: 4, 4: 6}),
+    )
+    assert_follows(harness, {1: 1, 2: 3, 3: 5, 4: 6})
+
+
+def assert_follows(harness, account_of: dict[int, int]) -> None:
+    assert dict(harness.rows("SELECT id, account_id FROM public.follows")) == account_of
+
+
+def test_mastodon_tags_operator_class_inside_the_text(harness):
+    """The downgrade restores in batches of one row: the index goes first, on its own."""
+    assert_form_converges_and_undoes(
+        harness,
+        TAGS,
+        TAGS_INDEX,
+        duplicate="INSERT INTO public.tags VALUES (100, 'GO', 5)",
+        welcome=["INSERT INTO public.tags VALUES (101, 'zig', 5)"],
+        kept={2, 4},
+        undo_settings=MigrationSettings(restore_batch_rows=1),
+    )
+
+
+def test_mastodon_statuses_partial_with_postgresql_ops(harness):
+    assert_form_converges_and_undoes(
+        harness,
+        STATUSES,
+        STATUSES_INDEX,
+        duplicate="INSERT INTO public.statuses VALUES (100, 'https://a/2', 5)",
+        welcome=["INSERT INTO public.statuses VALUES (101, NULL, 5)"],
+        kept={2, 3, 4, 5},
+    )
+
+
+def test_soft_delete_partial_key_leaves_deleted_rows_alone(harness):
+    """WHERE deleted_at IS NULL: the soft-deleted 'ANN@' stays although it repeats a live key
+    (and is the newest of them), and another deleted one may still be written."""
+    assert_form_converges_and_undoes(
+        harness,
+        USERS,
+        USERS_INDEX,
+        duplicate="INSERT INTO public.users VALUES (100, 'EVE@X.ORG', NULL, 5, NULL)",
+        welcome=["INSERT INTO public.users VALUES (101, 'eve@x.org', now(), 5, NULL)"],
+        kept={2, 3, 5},
+    )
+
+
+def test_nulls_not_distinct_on_an_index_form(harness, pg_major):
+    """(lower(email), team) NULLS NOT DISTINCT INCLUDE (updated_at): the two eve rows (team
+    NULL) are one key and one is archived; a third is rejected by the guard."""
+    if pg_major < 15:
+        pytest.skip("NULLS NOT DISTINCT is PostgreSQL 15+")
+    assert_form_converges_and_undoes(
+        harness,
+        USERS,
+        USERS_NND_INDEX,
+        duplicate="INSERT INTO public.users VALUES (100, 'Eve@x.org', NULL, 5, NULL)",
+        welcome=["INSERT INTO public.users VALUES (101, 'eve@x.org', NULL, 5, 2)"],
+        kept={2, 3, 5},
+        locked_id=4,
+    )
+
+
+def test_a_volatile_expression_is_refused_before_anything_changes(harness):
+    harness.execute(ACCOUNTS)
+    schema_before, rows_before = harness.schema_dump(), rows(harness, "public.accounts")
+    arguments = {**ACCOUNTS_INDEX, "columns": [sa.text("(username || random()::text)")]}
+
+    with pytest.raises(Exception) as refused:
+        ensure(harness, arguments)
+
+    assert "IMMUTABLE" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.accounts") == rows_before
+
+
+# Through the real CLI: `alembic upgrade` / `downgrade`, and `--sql` refused with one line.
+
+TAGS_REVISION = '''"""One tag per lowercase name, as Mastodon's index judges it.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+import alembic_lossless_unique  # noqa: F401 (registers op.ensure_unique_index)
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+TAGS = {
+    "index_name": "index_tags_on_name_lower_btree",
+    "table_name": "tags",
+    "columns": [sa.text("lower((name)::text) text_pattern_ops")],
+    "keep_newest_by": ["updated_at"],
+    "private_schema": "accounts_private",
+}
+
+
+def upgrade() -> None:
+    op.ensure_unique_index(**TAGS)
+
+
+def downgrade() -> None:
+    op.undo_unique_index(**TAGS)
+'''
+
+
+def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
+    directory = tmp_path / "inventory"
+    shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    (directory / "migrations" / "versions" / "0003_tags_unique.py").write_text(TAGS_REVISION)
+
+    def alembic(*args: str, database: bool = True):
+        return run_child(
+            [sys.executable, "-m", "alembic", *args],
+            cwd=directory,
+            env={**os_environ(), **({"DATABASE_URL": harness.url} if database else {})},
+            timeout=120,
+        )
+
+    harness.execute(TAGS)
+    assert alembic("upgrade", "0002").returncode == 0
+    schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
+
+    offline = alembic("upgrade", "0002:head", "--sql", database=False)
+    assert offline.returncode != 0
+    [line] = failed_lines(offline)
+    assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+
+    upgraded = alembic("upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.output
+    assert failed_lines(upgraded) == []
+    assert rows(harness, "public.tags").keys() == {2, 4}
+    assert indexdef(harness, "public.tags", TAGS_INDEX["index_name"]) == (
+        " USING btree (lower((name)::text) text_pattern_ops)"
+    )
+
+    downgraded = alembic("downgrade", "0002")
+    assert downgraded.returncode == 0, downgraded.output
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.tags") == rows_before
+
+
+def os_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+
+
+# The plan: an index that judges the key as the target will is adopted, whatever its name.
+
+TAGS_INDEXED = """
+CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
+                          updated_at int NOT NULL);
+INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
+CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
+CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
+-- Not the same key: the operator class differs; it stays.
+CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
+"""
+
+
+def index_names(harness, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in harness.rows(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = CAST(:t AS regclass) ORDER BY 1",
+            t=table,
+        )
+    ]
+
+
+def test_a_fitting_index_is_renamed_another_dropped_and_both_come_back(harness):
+    """tags_lower judges the key as the target will (same expression, operator class,
+    collation): renamed, nothing built or scanned; tags_lower_copy is redundant and dropped;
+    tags_lower_plain (another operator class) stays. A second run has nothing to do; the
+    downgrade puts both back exactly. The name taken by another relation is refused."""
+    harness.execute(TAGS_INDEXED)
+    schema_before = harness.schema_dump()
+
+    ensure(harness, TAGS_INDEX)
+
+    assert index_names(harness, "public.tags") == [
+        "index_tags_on_name_lower_btree",
+        "tags_lower_plain",
+        "tags_pkey",
+    ]
+    actions = [r[0] for r in harness.rows(f"SELECT action FROM {PRIVATE}.{LEDGER} ORDER BY seq")]
+    assert actions == ["found", "renamed", "dropped_redundant"]
+    ensure(harness, TAGS_INDEX)  # converged: nothing to do
+    assert harness.scalar(f"SELECT count(*) FROM {PRIVATE}.{LEDGER}") == 3
+
+    undo(harness, TAGS_INDEX)
+    assert harness.schema_dump() == schema_before
+
+    harness.execute("CREATE TABLE public.index_tags_on_name_lower_btree (id int)")
+    with pytest.raises(MigrationAbort) as refused:
+        ensure(harness, TAGS_INDEX)
+    assert "relation index_tags_on_name_lower_btree exists" in str(refused.value)
+
+
+LEDGER = "index_tags_on_name_lower_btree_steps"
+
+
+def test_an_invalid_index_left_by_a_failed_build_is_dropped_and_built_again(harness):
+    """A hand-run CREATE UNIQUE INDEX CONCURRENTLY that met the duplicates left an INVALID index
+    under the target's name: dropped first, the duplicates archived, the index built."""
+    harness.execute(TAGS)
+    app = Session(libpq_dsn(harness.url))
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        app.run(
+            "CREATE UNIQUE INDEX CONCURRENTLY index_tags_on_name_lower_btree"
+            " ON public.tags (lower((name)::text) text_pattern_ops)"
+        )
+    app.close()
+    assert harness.invalid_indexes() == ["index_tags_on_name_lower_btree"]
+
+    ensure(harness, TAGS_INDEX)
+
+    assert harness.invalid_indexes() == []
+    assert rows(harness, "public.tags").keys() == {2, 4}
+    actions = [r[0] for r in harness.rows(f"SELECT action FROM {PRIVATE}.{LEDGER} ORDER BY seq")]
+    assert actions[:2] == ["found", "dropped_invalid"]
