@@ -3,11 +3,18 @@ and read only."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
+from alembic_lossless_unique.operations import convergence
+from alembic_lossless_unique.operations.ops import target_from_index_arguments
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
+from alembic_lossless_unique.runtime.surroundings import subscriber_ddl_command
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME
 from devtools.starting_states import STATES
 from tests.support import HEAD, PROJECT_ROOT
@@ -134,3 +141,89 @@ def test_errors_are_one_line(url, message):
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "s3cret-pw" not in result.stderr
+
+
+# The index form, from the library's own command: `--index NAME` with SQL elements.
+
+USERS = """
+CREATE TABLE public.users (id bigint PRIMARY KEY, email text, deleted_at timestamptz,
+                           updated_at int NOT NULL);
+INSERT INTO public.users VALUES
+    -- One live key to lower(email): the older goes.
+    (1, 'Ann@x.org', NULL, 1), (2, 'ann@X.org', NULL, 2),
+    -- Soft-deleted: outside the predicate, never counted although it repeats the key.
+    (3, 'ANN@x.org', '2020-01-01', 9),
+    -- Three case variants: two go.
+    (4, 'eve@x.org', NULL, 1), (5, 'EVE@x.org', NULL, 2), (6, 'EVE@X.ORG', NULL, 3),
+    -- NULL keys: never a duplicate.
+    (7, NULL, NULL, 1), (8, NULL, NULL, 1);
+"""
+USERS_INDEX = {
+    "index_name": "users_email_key",
+    "table_name": "users",
+    "columns": [sa.text("lower(email)")],
+    "postgresql_where": "deleted_at IS NULL",
+    "keep_newest_by": ["updated_at"],
+    "private_schema": "users_private",
+}
+USERS_FLAGS = [
+    "--table", "users", "--index", "users_email_key", "--columns", "lower(email)",
+    "--where", "deleted_at IS NULL", "--keep-newest-by", "updated_at",
+    "--private-schema", "users_private",
+]  # fmt: skip
+
+
+def library_preflight(harness, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic_lossless_unique.preflight", *args],
+        env={**os.environ, "DATABASE_URL": harness.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_index_form_counts_duplicates_as_the_index_judges_them(harness):
+    """lower(email) among the rows WHERE deleted_at IS NULL: 3 rows of 2 keys to archive (the
+    raw emails have no duplicate; without the predicate it would be 4). Read only, in the
+    index's words. The subscriber DDL command a refused run names for it prints tables the
+    upgrade then uses as they are, and the upgrade archives exactly the rows counted."""
+    harness.execute(USERS)
+    schema_before, rows_before = harness.schema_dump(), harness.table_rows("public.users")
+
+    result = library_preflight(harness, "--json", *USERS_FLAGS)
+    text = library_preflight(harness, *USERS_FLAGS)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert harness.schema_dump() == schema_before
+    assert harness.table_rows("public.users") == rows_before
+    assert (report["kind"], report["state"], report["problems"]) == ("unique index", "drifted", [])
+    assert (report["rows_to_archive"], report["duplicate_groups"]) == (3, 2)
+    assert report["null_key_rows"] == 2
+    assert [step["kind"] for step in report["steps"]] == [
+        "create_private_tables",
+        "install_guard",
+        "archive",
+        "build_concurrently",
+        "remove_guard",
+    ]
+    assert text.returncode == 0, text.stderr
+    assert "as the unique index will reject it" in text.stdout
+    assert "constraint" not in text.stdout
+
+    target = target_from_index_arguments(**USERS_INDEX)
+    ddl = subprocess.run(
+        [sys.executable, *shlex.split(subscriber_ddl_command(target))[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ddl.returncode == 0, ddl.stderr
+    harness.execute(ddl.stdout)  # as a subscriber would: then the upgrade writes into them
+    with harness.engine.connect() as connection:
+        convergence.ensure_unique_constraint(Database(connection, MigrationSettings()), target)
+
+    assert harness.count("users_private.users_email_key_archive") == 3
+    after = json.loads(library_preflight(harness, "--json", *USERS_FLAGS).stdout)
+    assert (after["state"], after["steps"]) == ("converged", [])

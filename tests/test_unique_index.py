@@ -6,6 +6,7 @@ Each ends with exactly the index op.create_index(..., unique=True, same argument
 that gets no error but the expected unique_violation (the guard's, judging as the index will)
 while duplicates move, and a downgrade that gives back pg_dump -s and every row."""
 
+import json
 import os
 import shutil
 import sys
@@ -414,17 +415,26 @@ def downgrade() -> None:
 
 
 def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
+    """Offline refused; the plan lists the operation with what it archives, as the index
+    judges it, and its hazards; a deploy against a plan whose index changed since is refused,
+    the one reviewed runs."""
     directory = tmp_path / "inventory"
     shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
-    (directory / "migrations" / "versions" / "0003_tags_unique.py").write_text(TAGS_REVISION)
+    revision = directory / "migrations" / "versions" / "0003_tags_unique.py"
+    revision.write_text(TAGS_REVISION)
 
-    def alembic(*args: str, database: bool = True):
+    def alembic(*args: str, database: bool = True, module: str = "alembic"):
         return run_child(
-            [sys.executable, "-m", "alembic", *args],
+            [sys.executable, "-m", module, *args],
             cwd=directory,
             env={**os_environ(), **({"DATABASE_URL": harness.url} if database else {})},
             timeout=120,
         )
+
+    def plan() -> dict:
+        planned = alembic("plan", "--json", module="alembic_lossless_unique")
+        assert planned.returncode == 0, planned.output
+        return json.loads(planned.stdout)
 
     harness.execute(TAGS)
     assert alembic("upgrade", "0002").returncode == 0
@@ -435,7 +445,35 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
     [line] = failed_lines(offline)
     assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
 
-    upgraded = alembic("upgrade", "head")
+    planned = plan()
+    assert planned["pending_revisions"] == ["0003"]
+    [operation] = planned["operations"]
+    assert (operation["operation"], operation["table"], operation["constraint"]) == (
+        "ensure_unique_index",
+        "public.tags",
+        TAGS_INDEX["index_name"],
+    )
+    assert operation["hazards"] == [
+        "ARCHIVES_ROWS",
+        "BUILDS_INDEX_CONCURRENTLY",
+        "TAKES_STRONG_LOCKS",
+    ]
+    report = operation["preflight"]
+    assert (report["kind"], report["state"], report["problems"]) == ("unique index", "drifted", [])
+    assert (report["rows_to_archive"], report["duplicate_groups"]) == (2, 1)  # Rust, RUST
+    revision.write_text(TAGS_REVISION.replace(" text_pattern_ops", ""))  # another index
+    changed = plan()["fingerprint"]
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.tags") == rows_before
+
+    refused = alembic("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
+    assert refused.returncode != 0
+    [line] = failed_lines(refused)
+    assert f"it was {planned['fingerprint']}, it is now {changed}" in line
+    assert harness.schema_dump() == schema_before
+
+    revision.write_text(TAGS_REVISION)  # the plan that was reviewed
+    upgraded = alembic("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.output
     assert failed_lines(upgraded) == []
     assert rows(harness, "public.tags").keys() == {2, 4}

@@ -92,16 +92,28 @@ def _table_problems(target: UniqueTarget) -> str:
 """
 
 
-def _option_problems(target: UniqueTarget) -> str:
-    """The constraint's options the server must know."""
+def option_problem_sql(target: UniqueTarget) -> str | None:
+    """An SQL text expression: why this server cannot make the unique's options (NULL when it
+    can), for either form; None when the target has no option a server may lack. The index
+    form asks before its probe (probe.py), where PostgreSQL would only say "syntax error"."""
     if not target.nulls_not_distinct:
+        return None
+    return f"""(CASE WHEN pg_catalog.current_setting('server_version_num')::int < 150000
+        THEN pg_catalog.format(
+            '%s %s is NULLS NOT DISTINCT, which PostgreSQL has from 15 on; this server runs %s',
+            {literal(target.kind)}, {literal(target.constraint_name)},
+            pg_catalog.current_setting('server_version')) END)"""
+
+
+def _option_problems(target: UniqueTarget) -> str:
+    """The unique's options the server must know."""
+    problem = option_problem_sql(target)
+    if problem is None:
         return ""
     return f"""
-    IF pg_catalog.current_setting('server_version_num')::int < 150000 THEN
-        problems := problems || pg_catalog.format(
-            'unique constraint %s is NULLS NOT DISTINCT, which PostgreSQL has from 15 on; this'
-            ' server runs %s', {literal(target.constraint_name)},
-            pg_catalog.current_setting('server_version'));
+    found := {problem};
+    IF found IS NOT NULL THEN
+        problems := problems || found;
     END IF;"""
 
 
@@ -120,6 +132,17 @@ DECLARE
     counted bigint;
     details record;
 """
+
+
+def table_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
+    """The checks that need no key: the table, the role, the options, the private schema. All
+    that stops the upgrade of a table that does not exist yet (a pending revision creates it),
+    whose key the index form cannot read (probe.py) before it does."""
+    body = f"""{_DECLARE.format(refuse="true" if refuse else "false")}
+BEGIN
+{_table_problems(target)}
+{_FINISH}"""
+    return f"DO {dollar_quoted(body, 'table_checks')}"
 
 
 def upgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:

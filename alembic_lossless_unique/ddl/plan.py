@@ -250,6 +250,8 @@ class Step:
 @dataclass(frozen=True)
 class Plan:
     steps: tuple[Step, ...]
+    # The index form's plan (ensure_unique_index): it ends with a unique index, no constraint.
+    is_index: bool = False
 
     def of(self, *actions: str) -> list[Step]:
         return [step for step in self.steps if step.action in actions]
@@ -272,14 +274,17 @@ class Plan:
         """(one word, a sentence) naming the starting state the plan was made for."""
         main = self.main
         redundant = ", ".join(step.index_name or "" for step in self.of("drop_redundant"))
+        the_unique = "the unique index" if self.is_index else "the constraint"
         if main is None:
-            return "blocked", self.refusal or "nothing can become the constraint"
+            return "blocked", self.refusal or f"nothing can become {the_unique}"
         if main.action == "build":
             return "drifted", "no unique on the key"
         if main.action == "keep":
             if redundant:
-                return "both", f"the constraint plus redundant {redundant}"
-            return "constrained", "the constraint, nothing to do"
+                return "both", f"{the_unique} plus redundant {redundant}"
+            return "converged" if self.is_index else "constrained", f"{the_unique}, nothing to do"
+        if main.action == "rename" and self.is_index:
+            return "renamed", f"unique index {main.index_name} judges the key as the target will"
         if main.action == "rename":
             return "renamed", f"constraint {main.constraint_name} on the key"
         return "indexed", f"unique index {main.index_name}, no constraint"

@@ -7,12 +7,16 @@ expression that is not IMMUTABLE fails here, before anything changes: one FAILED
 catalog then says, per key element, the expression (unqualified, as pg_get_indexdef prints it),
 the operator class's equality operator, the collation; the predicate; which columns the key
 reads (pg_depend); and the index's shape, to compare with the uniques the table already has.
+
+The probe writes (a temporary table, always rolled back), so it runs before a read-only report
+turns its transaction READ ONLY (reports/preflight.py), and not at all on a standby.
 """
 
 from dataclasses import replace
 
 from sqlalchemy.exc import DBAPIError
 
+from alembic_lossless_unique.ddl import checks
 from alembic_lossless_unique.ddl.sqltext import ident, literal
 from alembic_lossless_unique.operations.target import KeyElement, UniqueKey, UniqueTarget
 from alembic_lossless_unique.runtime import drivers
@@ -23,6 +27,9 @@ PROBE_TABLE = "lossless_unique_probe"
 PROBE_INDEX = "lossless_unique_probe_key"
 # Where key values travel as columns (work tables, claims): the i-th element's name.
 KEY_COLUMN = "lossless_key_{}"
+# SQLSTATE read_only_sql_transaction: even a temporary table is refused (a standby; a READ ONLY
+# transaction, which is why preflight and the plan probe before theirs begins).
+READ_ONLY_TRANSACTION = "25006"
 
 
 def shape_sql(index: str) -> str:
@@ -80,6 +87,11 @@ def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
     """`target` with its key as PostgreSQL parsed it (the constraint form needs no probe)."""
     if not target.is_index or target.probed_key is not None:
         return target
+    option_problem = checks.option_problem_sql(target)
+    if option_problem is not None:  # said as the constraint form says it, not as a syntax error
+        refusal = db.scalar(f"SELECT {option_problem}")
+        if refusal:
+            raise MigrationAbort(refusal)
     index = f"pg_catalog.to_regclass({literal('pg_temp.' + PROBE_INDEX)})"
     try:
         with db.trial():  # rolled back: the probe leaves nothing, not even a temporary table
@@ -88,6 +100,13 @@ def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
             elements = db.rows(_ELEMENTS.format(index=index))
             found = db.rows(_INDEX.format(index=index, shape=shape_sql(index)))[0]
     except DBAPIError as error:
+        if drivers.sqlstate(error) == READ_ONLY_TRANSACTION:
+            raise MigrationAbort(
+                f"the key of {target.kind} {target.constraint_name} on"
+                f" {target.key_description} is read from a probe index on a temporary table,"
+                " which a read-only server (a standby) cannot create: run this against the"
+                " primary; nothing was changed"
+            ) from None
         raise MigrationAbort(
             f"{target.kind} {target.constraint_name} on {target.key_description} cannot be"
             f" built: {drivers.primary_message(error)}; nothing was changed"

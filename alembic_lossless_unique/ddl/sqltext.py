@@ -27,6 +27,25 @@ def idents(names: Iterable[str], prefix: str = "") -> str:
     return ", ".join(prefix + ident(name) for name in names)
 
 
+def list_items(sql: str) -> list[str]:
+    """The items of a comma-separated SQL list, as CREATE INDEX reads its parentheses: a comma
+    inside parentheses or quotes separates nothing (`lower(a), coalesce(b, ',')` is two)."""
+    items: list[str] = []
+    depth, quote, start = 0, "", 0
+    for position, character in enumerate(sql):
+        if quote:  # a doubled quote closes and opens again: still inside
+            quote = "" if character == quote else quote
+        elif character in "'\"":
+            quote = character
+        elif character in "()":
+            depth += 1 if character == "(" else -1
+        elif character == "," and depth == 0:
+            items.append(sql[start:position])
+            start = position + 1
+    items.append(sql[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
 def literal(value: str) -> str:
     """A string constant. Every script and session of this package runs with
     standard_conforming_strings on (PostgreSQL's default), where only quotes need doubling."""

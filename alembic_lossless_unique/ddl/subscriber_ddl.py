@@ -13,6 +13,10 @@ this has run on each logical subscriber and the publication is declared ready
         [--version-table orders_migration.alembic_version] > subscriber.sql
     psql "$SUBSCRIBER_URL" -v ON_ERROR_STOP=1 -f subscriber.sql
 
+(the index form: `--index NAME --columns 'lower(email)'`; the run's refusal prints the command
+with the operation's arguments, surroundings.subscriber_ddl_command). The tables do not depend
+on the key, so the index form's needs no probe and no connection either.
+
 The script is the migration's own DDL for those tables (the archive is made LIKE the
 subscriber's copy of the table, which a working subscriber has with every published column), so
 it needs no connection to print, and running it again is harmless; run it again after adding a

@@ -39,7 +39,7 @@ def read_plan(db: Database, target: UniqueTarget, steps_done: list[ledger.Step])
     rows = db.rows(
         plan_sql(target, ":built_before"), {"built_before": ledger.built_before(steps_done)}
     )
-    return Plan(tuple(Step(*row[1:]) for row in rows))
+    return Plan(tuple(Step(*row[1:]) for row in rows), is_index=target.is_index)
 
 
 def refuse_on_problems(db: Database, checks_sql: str) -> None:

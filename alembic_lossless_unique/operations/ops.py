@@ -294,8 +294,8 @@ def refuse_offline(name: str, target: UniqueTarget) -> None:
 @Operations.implementation_for(EnsureUniqueIndexOp)
 def ensure_unique_index(operations: Operations, operation: EnsureUniqueIndexOp) -> None:
     context = operations.get_context()
-    if context.opts.get(pending.RECORDER) is not None:
-        return  # the plan and expect_plan read the constraint form only
+    if pending.recorded(context, "ensure_unique_index", operation.target):
+        return
     if context.as_sql:
         refuse_offline("ensure_unique_index", operation.target)
     command = surroundings.project_ddl_command(
@@ -308,7 +308,7 @@ def ensure_unique_index(operations: Operations, operation: EnsureUniqueIndexOp) 
 @Operations.implementation_for(UndoUniqueIndexOp)
 def undo_unique_index(operations: Operations, operation: UndoUniqueIndexOp) -> None:
     context = operations.get_context()
-    if context.opts.get(pending.RECORDER) is not None:
+    if pending.recorded(context, "undo_unique_index", operation.target):
         return
     if context.as_sql:
         refuse_offline("undo_unique_index", operation.target)

@@ -7,7 +7,9 @@ deploy that reviewed that plan runs
 
 and the run refuses, before changing anything, when the fingerprint it computes now (the same
 way, for the revisions it is about to run) differs. The fingerprint covers, per pending
-operation: the revision, the operation and its arguments; the table's columns (name, type, NOT
+operation: the revision, the operation and its arguments (the index form's elements, predicate
+and options as the revision gives them: what they mean on the table follows from its columns,
+so no probe is needed here); the table's columns (name, type, NOT
 NULL, in order), its unique indexes and constraints (name, definition, validity), the foreign
 keys into it, the publications that carry it, and those that carry the private schema. It
 never covers row counts, which change with traffic: a duplicate written since is archived like
@@ -108,10 +110,14 @@ def depended_on(db: Database, operation: pending.PendingOperation) -> dict[str, 
 
 
 def constraint_options(target: UniqueTarget) -> dict[str, object]:
+    """The options and the index form's key, where set: a fingerprint of an operation that has
+    none of them stays what it was before they existed."""
     options = {
         "nulls_not_distinct": target.nulls_not_distinct,
         "include": list(target.include),
         "deferral": target.deferral,
+        "index_elements": list(target.index_elements),
+        "where": target.where,
     }
     return {name: value for name, value in options.items() if value}
 

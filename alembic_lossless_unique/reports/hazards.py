@@ -82,6 +82,7 @@ _CATALOG_STEPS = (
     "drop_invalid",
     "install_guard",
     "promote",
+    "remove_guard",
     "rename",
     "drop_redundant",
     "drop_constraint",
@@ -95,8 +96,8 @@ class Found:
 
 
 def hazards_of(report: Report, *, upgrade: bool) -> list[Found]:
-    """The hazards of one operation (ensure_unique_constraint when `upgrade`, else
-    undo_unique_constraint) from preflight's report of its table, in CODES order."""
+    """The hazards of one operation (an ensure_unique_* when `upgrade`, else its undo_*) from
+    preflight's report of its table, in CODES order."""
     steps = report.steps if upgrade else report.downgrade_steps
     found: list[Found] = []
     if not report.table_exists:

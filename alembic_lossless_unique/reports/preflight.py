@@ -1,10 +1,16 @@
-"""Before `alembic upgrade`: what ensure_unique_constraint would find and do, without changing a
-thing.
+"""Before `alembic upgrade`: what ensure_unique_constraint or ensure_unique_index would find and
+do, without changing a thing.
 
     DATABASE_URL=... python -m alembic_lossless_unique.preflight \
         --table orders --columns customer_id,number --keep-newest-by updated_at [--json]
- Everything runs in one READ ONLY transaction that is rolled back (it works on a read
-replica too), from the same plan, listing and checks the upgrade itself runs.
+    DATABASE_URL=... python -m alembic_lossless_unique.preflight --table users \
+        --index users_email_key --columns 'lower(email)' --where 'deleted_at IS NULL' ...
+
+Everything runs in one READ ONLY transaction that is rolled back (it works on a read replica
+too), from the same plan, listing and checks the upgrade itself runs. The index form's key is
+read first by its probe (ddl/probe.py), in a transaction of its own that is rolled back: the
+probe creates a temporary table, which PostgreSQL refuses in a READ ONLY transaction (and on a
+replica, where the index form's report cannot run).
 
 It reports the starting state, the size of the table, the rows the upgrade would archive (the
 very listing the dedupe uses), the rows with a NULL key it keeps, each step with the lock it
@@ -20,16 +26,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar, cast
 
+import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
-from alembic_lossless_unique.ddl import checks, dedupe, foreign_keys, indexes, ledger
+from alembic_lossless_unique.ddl import checks, dedupe, foreign_keys, indexes, ledger, probe
 from alembic_lossless_unique.ddl.comparisons import regclass
 from alembic_lossless_unique.ddl.plan import Plan
-from alembic_lossless_unique.ddl.sqltext import ident
+from alembic_lossless_unique.ddl.sqltext import ident, list_items
 from alembic_lossless_unique.operations import offline
 from alembic_lossless_unique.operations.convergence import read_plan, restores_in_batches
-from alembic_lossless_unique.operations.ops import target_from_arguments
+from alembic_lossless_unique.operations.ops import (
+    target_from_arguments,
+    target_from_index_arguments,
+)
 from alembic_lossless_unique.operations.target import (
     DEFAULT_PRIVATE_SCHEMA,
     UniqueTarget,
@@ -48,9 +58,10 @@ ARCHIVE_LOCK = (
     "ROW EXCLUSIVE: deletes only the duplicate rows, a batch of keys per transaction; writes to"
     " those rows wait for their batch's commit"
 )
+# {unique}: what the operation makes, as the_unique() names it.
 GUARD_LOCK = (
     "SHARE ROW EXCLUSIVE for a moment (CREATE TRIGGER), under lock_timeout with retries; from"
-    " then on a new duplicate key is rejected as the constraint will reject it"
+    " then on a new duplicate key is rejected as {unique} will reject it"
 )
 CONCURRENT_LOCK = (
     "SHARE UPDATE EXCLUSIVE (CONCURRENTLY): reads and writes go on;"
@@ -104,6 +115,7 @@ STEP_KINDS = (
     "archive",
     "build_concurrently",
     "promote",
+    "remove_guard",
     "rename",
     "drop_redundant",
     "leave_alone",
@@ -123,6 +135,8 @@ class ForeignKey:
 @dataclass
 class Report:
     table: str
+    # What the operation makes: "unique constraint", or "unique index" (the index form).
+    kind: str = "unique constraint"
     state: str = ""
     state_description: str = ""
     table_exists: bool = False
@@ -166,13 +180,48 @@ def catalog_lock(settings: MigrationSettings) -> str:
     )
 
 
-def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -> Report:
-    """The report for one target; `db` is inside a read-only transaction. `ddl_command` is the
-    command that prints what logical subscribers need (default: the library's)."""
-    report = Report(table=target.display_table)
-    report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
-    if not db.relation_exists(target.qualified_table):
+def the_unique(target: UniqueTarget) -> str:
+    """What the operation ends with, as the report's sentences name it."""
+    return "the unique index" if target.is_index else "the constraint"
+
+
+@dataclass(frozen=True)
+class Probed:
+    """A target as the report reads it: the index form's with its key read by its probe, or
+    with the refusal the probe met (a syntax error, an expression not IMMUTABLE, ...)."""
+
+    target: UniqueTarget
+    refusal: str | None = None
+
+
+def probed(db: Database, target: UniqueTarget) -> Probed:
+    """`target` with the index form's key (probe.py). The probe creates a temporary table, so
+    this runs before the report's transaction turns READ ONLY (see probing). A table that does
+    not exist yet (a pending revision creates it) has no key to read."""
+    if not target.is_index or not db.relation_exists(target.qualified_table):
+        return Probed(target)
+    try:
+        return Probed(probe.resolve(db, target))
+    except MigrationAbort as refused:
+        return Probed(target, str(refused))
+
+
+def gather(
+    db: Database, target: UniqueTarget, ddl_command: str | None = None, refusal: str | None = None
+) -> Report:
+    """The report for one target; `db` is inside a read-only transaction. The index form's
+    target comes with its key read (`probed`), or with the `refusal` its probe met. `ddl_command`
+    is the command that prints what logical subscribers need (default: the library's)."""
+    report = Report(table=target.display_table, kind=target.kind)
+    if not db.relation_exists(target.qualified_table) or refusal is not None:
+        # No key to check the rest against: what stops the upgrade is here already.
+        report.problems += problems_of(db, checks.table_checks_sql(target, refuse=False))
+        if refusal is not None:
+            report.table_exists = True
+            report.problems.append(refusal)
+            report.state, report.state_description = "blocked", refusal
         return report
+    report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
     report.table_exists = True
     report.triggers_skipped = surroundings.may_skip_user_triggers(db)
     facts = db.execute(
@@ -188,7 +237,7 @@ def gather(db: Database, target: UniqueTarget, ddl_command: str | None = None) -
         report.null_key_rule = "judged like any key: NULLS NOT DISTINCT"
     report.null_key_rows = db.scalar(
         f"SELECT pg_catalog.count(*) FROM {target.qualified_table} t"
-        f" WHERE {target.key_has_null('t')}"
+        f" WHERE {target.key.admits('t')} AND {target.key_has_null('t')}"
     )
     archived = db.relation_exists(target.archive)
     if archived:
@@ -337,6 +386,7 @@ def count_children(db: Database, target: UniqueTarget, fk: AnyRow, losers: str) 
 def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report) -> list[Step]:
     settings = db.settings
     name = target.constraint_name
+    unique = the_unique(target)
     waits = lock_waits(settings)
     no_upsert_fails = f"{waits}; no upsert fails"
     steps = []
@@ -367,9 +417,9 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
         steps += [
             Step(
                 "install the duplicate guard (two triggers and a function)",
-                GUARD_LOCK,
+                GUARD_LOCK.format(unique=unique),
                 f"{waits}; from then on an insert or key update that would duplicate a key fails"
-                " with 23505 (unique_violation), as it will once the constraint exists",
+                f" with 23505 (unique_violation), as it will once {unique} exists",
                 "install_guard",
             ),
             Step(
@@ -394,20 +444,20 @@ def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report
                 build_for,
             ),
             Step(
-                "promote it to the constraint and remove the guard",
+                "remove the guard: the index is the end state"
+                if target.is_index
+                else "promote it to the constraint and remove the guard",
                 catalog_lock(settings),
                 no_upsert_fails,
-                "promote",
+                "remove_guard" if target.is_index else "promote",
             ),
         ]
     elif main is not None and main.action == "rename":
+        renamed = (
+            f"index {main.index_name}" if target.is_index else f"constraint {main.constraint_name}"
+        )
         steps.append(
-            Step(
-                f"rename constraint {main.constraint_name} to {name}",
-                catalog_lock(settings),
-                no_upsert_fails,
-                "rename",
-            )
+            Step(f"rename {renamed} to {name}", catalog_lock(settings), no_upsert_fails, "rename")
         )
     elif main is not None and main.action == "promote":
         steps.append(
@@ -481,7 +531,7 @@ def planned_downgrade(
         per_batch = settings.restore_batch_rows / MOVE_ROWS_PER_SECOND
         steps += [
             Step(
-                f"drop constraint {target.constraint_name}",
+                f"drop {'index' if target.is_index else 'constraint'} {target.constraint_name}",
                 catalog_lock(settings),
                 f"{lock_waits(settings)}; afterwards no unique serves ON CONFLICT upserts (42P10),"
                 " as before"
@@ -516,7 +566,7 @@ def planned_downgrade(
     )
     steps.append(
         Step(
-            "in one transaction with the revision: drop the constraint (or rename it back),"
+            f"in one transaction with the revision: drop {the_unique(target)} (or rename it back),"
             + (" build the uniques the upgrade dropped," if inside else "")
             + f" restore {restored} archived rows, drop the archive and ledger",
             f"ACCESS EXCLUSIVE, under lock_timeout {settings.lock_timeout:g} s with up to"
@@ -587,14 +637,38 @@ def step_lines(steps: list[Step]) -> list[str]:
 def read_only(url: URL, application_name: str, gather_report: Callable[[Database], R]) -> R:
     """`gather_report` in one READ ONLY transaction that is rolled back, through the migrator's
     own safe session (pooler refusal, fixed search_path)."""
+    return on_safe_session(
+        url,
+        application_name,
+        lambda connection, settings: in_read_only_transaction(connection, settings, gather_report),
+    )
+
+
+def on_safe_session(
+    url: URL, application_name: str, work: Callable[[Connection, MigrationSettings], R]
+) -> R:
+    """`work(connection, settings)` on the migrator's own safe session (pooler refusal, fixed
+    search_path), with the default settings."""
     session.refuse_transaction_pooler(url)
+    settings = MigrationSettings.from_sources({})
+    return session.connected(
+        url,
+        application_name,
+        lambda connection: work(connection, settings),
+        app_schema=session.DEFAULT_APP_SCHEMA,
+    )
 
-    def report(connection: Connection) -> R:
-        return in_read_only_transaction(
-            connection, MigrationSettings.from_sources({}), gather_report
-        )
 
-    return session.connected(url, application_name, report, app_schema=session.DEFAULT_APP_SCHEMA)
+def probing(
+    connection: Connection, settings: MigrationSettings, work: Callable[[Database], R]
+) -> R:
+    """`work(db)` in a transaction of its own that is rolled back, before the report's READ
+    ONLY one: what must write to read (the index form's probes create a temporary table, which
+    PostgreSQL refuses in a READ ONLY transaction), and nothing else."""
+    try:
+        return work(Database(connection, settings, concurrent=False))
+    finally:
+        connection.rollback()
 
 
 def in_read_only_transaction(
@@ -641,10 +715,21 @@ def _names(raw: str) -> list[str]:
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """The operation's arguments, as the commands that take a target spell them."""
+    """The operation's arguments, as the commands that take a target spell them: the
+    constraint form's, or with --index the index form's."""
     parser.add_argument("--table", required=True)
-    parser.add_argument("--columns", required=True, help="the key, comma-separated, in order")
-    parser.add_argument("--constraint", help="its name (default: PostgreSQL's, TABLE_COLS_key)")
+    parser.add_argument(
+        "--columns",
+        required=True,
+        help="the key, comma-separated, in order; with --index, the index's elements as CREATE"
+        " INDEX takes them: columns and expressions, each maybe with an operator class",
+    )
+    name = parser.add_mutually_exclusive_group()
+    name.add_argument("--constraint", help="its name (default: PostgreSQL's, TABLE_COLS_key)")
+    name.add_argument(
+        "--index", help="the index form (ensure_unique_index): the unique index's name"
+    )
+    parser.add_argument("--where", help="with --index: the partial index's predicate")
     parser.add_argument("--schema", default="public")
     parser.add_argument("--keep-newest-by", default="", help="comma-separated")
     parser.add_argument("--row-identity", default="id", help="comma-separated")
@@ -662,6 +747,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def target_of(arguments: argparse.Namespace) -> UniqueTarget:
+    if arguments.index:
+        return index_target_of(arguments)
+    if arguments.where is not None:
+        raise MigrationAbort("--where is the index form's: give the index's name with --index")
     columns = _names(arguments.columns)
     return target_from_arguments(
         arguments.constraint or default_constraint_name(arguments.table, columns),
@@ -680,16 +769,47 @@ def target_of(arguments: argparse.Namespace) -> UniqueTarget:
     )
 
 
+def index_target_of(arguments: argparse.Namespace) -> UniqueTarget:
+    """The index form's target: each element of --columns is SQL, as CREATE INDEX reads it."""
+    if arguments.deferrable or arguments.initially:
+        raise MigrationAbort(
+            "--deferrable and --initially are the constraint form's: a unique index has no"
+            " deferral (give --constraint instead of --index)"
+        )
+    return target_from_index_arguments(
+        arguments.index,
+        arguments.table,
+        [sa.text(element) for element in list_items(arguments.columns)],
+        schema=arguments.schema,
+        keep_newest_by=_names(arguments.keep_newest_by),
+        row_identity=_names(arguments.row_identity),
+        private_schema=arguments.private_schema,
+        archive_table=arguments.archive_table,
+        ledger_table=arguments.ledger_table,
+        postgresql_where=arguments.where,
+        postgresql_include=_names(arguments.include),
+        postgresql_nulls_not_distinct=arguments.nulls_not_distinct,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m alembic_lossless_unique.preflight",
-        description="Read-only report: what ensure_unique_constraint would find and do.",
+        description="Read-only report: what ensure_unique_constraint, or with --index"
+        " ensure_unique_index, would find and do.",
     )
     add_target_arguments(parser)
 
     def make_report(arguments: argparse.Namespace, url: URL) -> Report:
         target = target_of(arguments)
-        return read_only(url, "alembic_lossless_unique preflight", lambda db: gather(db, target))
+
+        def report(connection: Connection, settings: MigrationSettings) -> Report:
+            found = probing(connection, settings, lambda db: probed(db, target))
+            return in_read_only_transaction(
+                connection, settings, lambda db: gather(db, found.target, refusal=found.refusal)
+            )
+
+        return on_safe_session(url, "alembic_lossless_unique preflight", report)
 
     def report_lines(report: Report) -> list[str]:
         return [

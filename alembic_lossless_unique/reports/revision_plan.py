@@ -3,19 +3,22 @@
     python -m alembic_lossless_unique plan [-c alembic.ini] [upgrade head | downgrade REV]
                                            [--json] [--allow CODE,...]
 
-For every ensure_unique_constraint / undo_unique_constraint the command's revisions would run,
-preflight's report of its table today (state, rows to archive, child rows to re-point, each step
-with its lock and what the app waits, publications, refusals), its hazard codes (hazards.py),
-and one fingerprint of what the plan depended on (expected_plan.py), which
-`alembic -x expect_plan=FINGERPRINT upgrade head` checks before changing anything.
+For every ensure_unique_constraint / undo_unique_constraint and ensure_unique_index /
+undo_unique_index the command's revisions would run, preflight's report of its table today
+(state, rows to archive, child rows to re-point, each step with its lock and what the app
+waits, publications, refusals), its hazard codes (hazards.py), and one fingerprint of what the
+plan depended on (expected_plan.py), which `alembic -x expect_plan=FINGERPRINT upgrade head`
+checks before changing anything.
 
 How: the project's own env.py runs, as `alembic upgrade --sql` would run it (so an env.py of its
 own, that never reaches run_migrations, cannot touch the database either), with a PlanRequest
 in the config's attributes. run_migrations hands it the context and every keyword the env.py
 gave, so the plan reads the version table where the project keeps it and the database the
-project migrates, with no argument typed again. The request then, in one READ ONLY transaction
-on the migrator's session: reads the current heads, reads the revisions from them without a
-database (pending.py), and gathers preflight's report for each operation.
+project migrates, with no argument typed again. The request then, on the migrator's session:
+reads the current heads, reads the revisions from them without a database (pending.py), reads
+the index form's keys by their probes (in a transaction that is rolled back: they create a
+temporary table, which a READ ONLY transaction refuses), and then, in one READ ONLY transaction,
+gathers preflight's report for each operation and the plan's fingerprint.
 """
 
 import argparse
@@ -52,7 +55,7 @@ class OperationPlan:
 
     @property
     def is_upgrade(self) -> bool:
-        return self.operation == pending.UPGRADE_OPERATION
+        return self.operation in pending.UPGRADE_OPERATIONS
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,14 +88,31 @@ class RevisionPlan:
         }
 
 
-def plan_of(context: Any, db: Database, configure: dict[str, Any], command: str) -> RevisionPlan:
-    """The plan of `alembic COMMAND`, which `context` runs, from the database `db` is in
-    (read-only)."""
+@dataclass
+class ToRun:
+    """What the command would run, read before the plan's READ ONLY transaction."""
+
+    heads: tuple[str, ...]
+    found: pending.Pending
+    # Each operation's target as preflight reads it (the index form's key probed), in order.
+    probed: list[preflight.Probed]
+
+
+def pending_of(context: Any, db: Database, configure: dict[str, Any]) -> ToRun:
+    """The revisions `alembic COMMAND` (which `context` runs) would run from the database's
+    heads, their operations, and the index form's keys (`db` may write: its transaction is
+    rolled back, see preflight.probing)."""
     heads = pending.current_heads(db.connection, configure)
     found = pending.pending_operations(context, heads, configure)
+    return ToRun(heads, found, [preflight.probed(db, o.target) for o in found.operations])
+
+
+def plan_of(db: Database, command: str, to_run: ToRun) -> RevisionPlan:
+    """The plan of `alembic COMMAND`, from the database `db` is in (read-only)."""
+    heads, found = to_run.heads, to_run.found
     operations = []
-    for operation in found.operations:
-        report = preflight.gather(db, operation.target)
+    for operation, probed in zip(found.operations, to_run.probed, strict=True):
+        report = preflight.gather(db, probed.target, refusal=probed.refusal)
         operations.append(
             OperationPlan(
                 revision=operation.revision,
@@ -134,8 +154,11 @@ class PlanRequest:
         settings = MigrationSettings.from_config(context.config)
 
         def read(migrator: Connection) -> RevisionPlan:
+            to_run = preflight.probing(
+                migrator, settings, lambda db: pending_of(context, db, configure)
+            )
             return preflight.in_read_only_transaction(
-                migrator, settings, lambda db: plan_of(context, db, configure, self.command)
+                migrator, settings, lambda db: plan_of(db, self.command, to_run)
             )
 
         injected = connection or context.config.attributes.get("connection")
@@ -181,7 +204,8 @@ def text_lines(plan: RevisionPlan) -> list[str]:
     ]
     if not plan.operations:
         lines.append(
-            "  operations           none of ensure_unique_constraint, undo_unique_constraint"
+            "  operations           none of ensure_unique_constraint, undo_unique_constraint,"
+            " ensure_unique_index, undo_unique_index"
         )
     for operation in plan.operations:
         lines += [

@@ -1,5 +1,6 @@
-"""Which `ensure_unique_constraint` / `undo_unique_constraint` calls the pending revisions would
-make, found without running them against the database.
+"""Which of this package's operations (`ensure_unique_constraint` / `undo_unique_constraint`, the
+index form's `ensure_unique_index` / `undo_unique_index`) the pending revisions would call,
+found without running them against the database.
 
 Why this way: the revisions are the project's own code, so the only faithful way to know what
 they call is to run them, as `alembic upgrade --sql` does: on the command's own
@@ -7,7 +8,7 @@ EnvironmentContext (whose `fn` picks the revisions exactly as `alembic upgrade R
 `downgrade REV` would), configured for a moment in offline mode (`as_sql=True`) with the heads
 the database's version table holds as the starting revision, writing into a throwaway buffer.
 Every other operation (`op.create_table`, `op.execute`, a revision's own offline branch) writes
-SQL nobody reads; this package's two operations see `RECORDER` in the context's options and
+SQL nobody reads; this package's operations see `RECORDER` in the context's options and
 record themselves instead of writing their script. Nothing reaches the database: an offline
 MigrationContext has no connection. Revisions that work with `alembic upgrade --sql` work here.
 
@@ -31,26 +32,26 @@ from alembic_lossless_unique.operations.target import UniqueTarget
 from alembic_lossless_unique.runtime.database_url import one_line
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 
-# The option (in MigrationContext.opts) whose list the two operations append themselves to.
+# The option (in MigrationContext.opts) whose list the operations append themselves to.
 RECORDER = "alembic_lossless_unique_recorder"
 # The config attribute that makes run_migrations answer a plan request (revision_plan.py)
 # instead of migrating.
 PLAN_REQUEST = "alembic_lossless_unique_plan_request"
 DEFAULT_VERSION_TABLE = "alembic_version"
-# The operation that upgrades; the other one, undo_unique_constraint, downgrades.
-UPGRADE_OPERATION = "ensure_unique_constraint"
+# The operations that upgrade, of each form; the undo_unique_* ones downgrade.
+UPGRADE_OPERATIONS = ("ensure_unique_constraint", "ensure_unique_index")
 
 
 @dataclass(frozen=True)
 class PendingOperation:
     revision: str
-    # "ensure_unique_constraint" or "undo_unique_constraint", as the revision calls it.
+    # "ensure_unique_constraint", "undo_unique_index", ..., as the revision calls it.
     operation: str
     target: UniqueTarget
 
     @property
     def is_upgrade(self) -> bool:
-        return self.operation == UPGRADE_OPERATION
+        return self.operation in UPGRADE_OPERATIONS
 
 
 def recorded(context: MigrationContext, name: str, target: UniqueTarget) -> bool:

@@ -3,15 +3,20 @@ Realtime), columns that are generated or identity. Announced before the upgrade 
 in the run's log, in preflight and in the offline script: never hidden. A publication that
 would carry the private schema's new tables to subscribers that lack them is refused."""
 
+import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
 from alembic_lossless_unique.ddl.comparisons import regclass
 from alembic_lossless_unique.ddl.sqltext import literal, literal_array, qualified_relation_sql
-from alembic_lossless_unique.operations.target import UniqueTarget
+from alembic_lossless_unique.operations.target import (
+    DEFAULT_PRIVATE_SCHEMA,
+    UniqueTarget,
+    default_constraint_name,
+)
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import EVERY_PUBLICATION
@@ -232,11 +237,29 @@ def project_ddl_command(config: Any, default: str) -> str:
 
 
 def subscriber_ddl_command(target: UniqueTarget) -> str:
-    """The command that prints the subscriber's DDL for `target`."""
-    return (
-        f"{SUBSCRIBER_DDL} --table {target.table} --columns {','.join(target.columns)}"
-        " (the operation's arguments)"
-    )
+    """The command that prints the subscriber's DDL for `target`, ready to run: every argument
+    the DDL depends on (the private tables' names, the kept row's identity) that differs from
+    the command's default, each quoted for the shell; the index form's elements as its SQL."""
+    derived = replace(target, archive_table="", ledger_table="")  # the names' defaults
+    arguments = [("--table", target.table)]
+    if target.schema != "public":
+        arguments.append(("--schema", target.schema))
+    if target.is_index:
+        arguments.append(("--index", target.constraint_name))
+        arguments.append(("--columns", ", ".join(target.index_elements)))
+    else:
+        if target.constraint_name != default_constraint_name(target.table, target.columns):
+            arguments.append(("--constraint", target.constraint_name))
+        arguments.append(("--columns", ",".join(target.columns)))
+    for flag, value, default in (
+        ("--row-identity", ",".join(target.row_identity), "id"),
+        ("--private-schema", target.private_schema, DEFAULT_PRIVATE_SCHEMA),
+        ("--archive-table", target.archive_table, derived.archive_table),
+        ("--ledger-table", target.ledger_table, derived.ledger_table),
+    ):
+        if value != default:
+            arguments.append((flag, value))
+    return " ".join([SUBSCRIBER_DDL, *(f"{flag} {shlex.quote(v)}" for flag, v in arguments)])
 
 
 def version_table_ddl_command(schema: str, table: str) -> str:
