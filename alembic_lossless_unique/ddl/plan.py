@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from alembic_lossless_unique.ddl.probe import shape_sql
 from alembic_lossless_unique.ddl.sqltext import literal, literal_array
-from alembic_lossless_unique.operations.target import UniqueTarget
+from alembic_lossless_unique.operations.target import UniqueTarget, the_unique
 
 
 def unique_indexes_sql(table: str) -> str:
@@ -274,15 +274,15 @@ class Plan:
         """(one word, a sentence) naming the starting state the plan was made for."""
         main = self.main
         redundant = ", ".join(step.index_name or "" for step in self.of("drop_redundant"))
-        the_unique = "the unique index" if self.is_index else "the constraint"
+        end = the_unique(self.is_index)
         if main is None:
-            return "blocked", self.refusal or f"nothing can become {the_unique}"
+            return "blocked", self.refusal or f"nothing can become {end}"
         if main.action == "build":
             return "drifted", "no unique on the key"
         if main.action == "keep":
             if redundant:
-                return "both", f"{the_unique} plus redundant {redundant}"
-            return "converged" if self.is_index else "constrained", f"{the_unique}, nothing to do"
+                return "both", f"{end} plus redundant {redundant}"
+            return "converged" if self.is_index else "constrained", f"{end}, nothing to do"
         if main.action == "rename" and self.is_index:
             return "renamed", f"unique index {main.index_name} judges the key as the target will"
         if main.action == "rename":

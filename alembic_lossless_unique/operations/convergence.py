@@ -393,7 +393,7 @@ def adopt_existing_unique(
     name = target.constraint_name
     report.fact("duplicate groups", "0 (a valid unique already covers the key: no scan)")
     if main.action == "keep":
-        report.fact("built", "nothing: the constraint is already there")
+        report.fact("built", f"nothing: {target.the_unique} is already there")
         return
     with report.step("adopt existing unique"):
         if main.action == "rename" and target.is_index:

@@ -24,6 +24,11 @@ def default_constraint_name(table: str, columns: Sequence[str]) -> str:
     return f"{table}_{'_'.join(columns)}_key"
 
 
+def the_unique(is_index: bool) -> str:
+    """What an operation ends with, as its reports' sentences name it."""
+    return "the unique index" if is_index else "the constraint"
+
+
 # The name a row goes by where a key element is evaluated on one row among several relations.
 ONE_ROW = "lossless_row"
 
@@ -253,6 +258,10 @@ class UniqueTarget:
     def kind(self) -> str:
         """What the operation makes, for messages: unique constraint, or unique index."""
         return "unique index" if self.is_index else "unique constraint"
+
+    @property
+    def the_unique(self) -> str:
+        return the_unique(self.is_index)
 
     # The key's rule: which rows conflict. Every statement that judges duplicates asks here.
 

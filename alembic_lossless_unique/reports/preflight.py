@@ -58,7 +58,7 @@ ARCHIVE_LOCK = (
     "ROW EXCLUSIVE: deletes only the duplicate rows, a batch of keys per transaction; writes to"
     " those rows wait for their batch's commit"
 )
-# {unique}: what the operation makes, as the_unique() names it.
+# {unique}: what the operation ends with (UniqueTarget.the_unique).
 GUARD_LOCK = (
     "SHARE ROW EXCLUSIVE for a moment (CREATE TRIGGER), under lock_timeout with retries; from"
     " then on a new duplicate key is rejected as {unique} will reject it"
@@ -178,11 +178,6 @@ def catalog_lock(settings: MigrationSettings) -> str:
         "ACCESS EXCLUSIVE for a catalog change only (milliseconds), under lock_timeout"
         f" {settings.lock_timeout:g} s with up to {settings.lock_retries} attempts"
     )
-
-
-def the_unique(target: UniqueTarget) -> str:
-    """What the operation ends with, as the report's sentences name it."""
-    return "the unique index" if target.is_index else "the constraint"
 
 
 @dataclass(frozen=True)
@@ -391,7 +386,7 @@ def count_children(db: Database, target: UniqueTarget, fk: AnyRow, losers: str) 
 def planned_steps(db: Database, target: UniqueTarget, plan: Plan, report: Report) -> list[Step]:
     settings = db.settings
     name = target.constraint_name
-    unique = the_unique(target)
+    unique = target.the_unique
     waits = lock_waits(settings)
     no_upsert_fails = f"{waits}; no upsert fails"
     steps = []
@@ -571,7 +566,7 @@ def planned_downgrade(
     )
     steps.append(
         Step(
-            f"in one transaction with the revision: drop {the_unique(target)} (or rename it back),"
+            f"in one transaction with the revision: drop {target.the_unique} (or rename it back),"
             + (" build the uniques the upgrade dropped," if inside else "")
             + f" restore {restored} archived rows, drop the archive and ledger",
             f"ACCESS EXCLUSIVE, under lock_timeout {settings.lock_timeout:g} s with up to"
