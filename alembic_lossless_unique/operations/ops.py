@@ -229,12 +229,28 @@ def target_from_index_arguments(
 class UniqueIndexOp(MigrateOperation):
     """What both index operations take: the arguments of target_from_index_arguments."""
 
+    # What `alembic check` calls the change, as it calls create/drop_index's.
+    diff_kind = ""
+
     def __init__(
         self, index_name: str, table_name: str, columns: Sequence[str | TextClause], **kw: Any
     ) -> None:
         self.arguments = (index_name, table_name, tuple(columns))
         self.options = kw
         self.target = target_from_index_arguments(index_name, table_name, columns, **kw)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        """The change as `alembic check` lists it when autogenerate proposes this operation."""
+        index_name, table_name, columns = self.arguments
+        options = {
+            name: value
+            for name, value in self.options.items()
+            if name == "schema" or name.startswith("postgresql_")
+        }
+        index = ops.CreateIndexOp(
+            index_name, table_name, list(columns), unique=True, **options
+        ).to_index()
+        return (self.diff_kind, index)
 
 
 @Operations.register_operation("ensure_unique_index")
@@ -244,6 +260,8 @@ class EnsureUniqueIndexOp(UniqueIndexOp):
     judged as that index judges them (its expressions, operator classes, collations, among the
     rows its predicate admits) and archived; rows outside the predicate, and rows with a NULL
     in the key unless NULLS NOT DISTINCT, are never touched. Online only."""
+
+    diff_kind = "add_index"
 
     @classmethod
     def ensure_unique_index(
@@ -265,6 +283,8 @@ class EnsureUniqueIndexOp(UniqueIndexOp):
 class UndoUniqueIndexOp(UniqueIndexOp):
     """Undo `ensure_unique_index` exactly, as undo_unique_constraint undoes its form. Takes the
     same arguments as the call it undoes."""
+
+    diff_kind = "remove_index"
 
     @classmethod
     def undo_unique_index(
