@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import ops
 from alembic.util import CommandError
 from sqlalchemy import Column, Index, Integer, MetaData, Table, Text, func
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.sql.elements import TextClause
 
 from alembic_lossless_unique import safe_unique_constraints, safe_unique_constraints_with
@@ -229,6 +230,16 @@ def test_it_chains_with_another_rewriter():
 # The index form: op.create_index(..., unique=True) on an existing table.
 
 
+def accepted_by_sqlalchemy(construct: type, option: str) -> bool:
+    """Whether this SQLAlchemy lets a model set the PostgreSQL `option` on `construct`: 2.0.0,
+    the oldest supported, knows no NULLS NOT DISTINCT on an Index (nor any PostgreSQL option of
+    a UniqueConstraint), so a model there cannot declare it and autogenerate never meets it."""
+    return any(
+        known is construct and option in options
+        for known, options in PGDialect.construct_arguments or ()
+    )
+
+
 def index_on_orders(metadata: MetaData, name: str, *expressions, **options) -> ops.CreateIndexOp:
     """The CreateIndexOp autogenerate makes for a model's Index(name, *expressions, **options)
     on orders: the expressions as SQLAlchemy elements, the options as the model sets them."""
@@ -289,7 +300,9 @@ def test_the_index_options_pass_through_to_both_operations():
     """postgresql_where, postgresql_include, postgresql_nulls_not_distinct and postgresql_ops,
     as the model sets them, in ensure_unique_index and in the undo alike: the predicate as
     `sa.text`, an expression's operator class (given to its label) inside its text, a column's
-    in postgresql_ops; the SQLAlchemy prefix is env.py's."""
+    in postgresql_ops; the SQLAlchemy prefix is env.py's. NULLS NOT DISTINCT where this
+    SQLAlchemy lets a model declare it on an Index."""
+    nulls_not_distinct = accepted_by_sqlalchemy(Index, "nulls_not_distinct")
     metadata = models()
     index = index_on_orders(
         metadata,
@@ -299,8 +312,8 @@ def test_the_index_options_pass_through_to_both_operations():
         unique=True,
         postgresql_where=metadata.tables["orders"].c.number != "",
         postgresql_include=["updated_at"],
-        postgresql_nulls_not_distinct=True,
         postgresql_ops={"customer_id": "int4_ops", "number_lower": "text_pattern_ops"},
+        **({"postgresql_nulls_not_distinct": True} if nulls_not_distinct else {}),
     )
     script, context = rewritten(script_adding(index), metadata)
 
@@ -310,7 +323,7 @@ def test_the_index_options_pass_through_to_both_operations():
     assert (target.where, target.include, target.nulls_not_distinct) == (
         "number != ''",
         ("updated_at",),
-        True,
+        nulls_not_distinct,
     )
     assert undo.target == target
     for container in (script.upgrade_ops, script.downgrade_ops):
@@ -319,10 +332,10 @@ def test_the_index_options_pass_through_to_both_operations():
             "    ['customer_id', sqla.text('lower(number) text_pattern_ops')],\n",
             "    postgresql_where=sqla.text(\"number != ''\"),\n",
             "    postgresql_include=['updated_at'],\n",
-            "    postgresql_nulls_not_distinct=True,\n",
             "    postgresql_ops={'customer_id': 'int4_ops'},\n",
         ):
             assert argument in code
+        assert ("    postgresql_nulls_not_distinct=True,\n" in code) == nulls_not_distinct
     code, _ = rendered(script.upgrade_ops, context)
     assert (
         "# Duplicates of (customer_id, lower(number) text_pattern_ops) among the rows where" in code
