@@ -4,6 +4,7 @@ revision run online on duplicates, `alembic check`, the downgrade) is in
 tests/test_foreign_project.py; these are the cases that test does not meet."""
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.render import render_op_text
 from alembic.migration import MigrationContext
@@ -20,7 +21,9 @@ from alembic_lossless_unique.operations.ops import (
     EnsureUniqueIndexOp,
     UndoUniqueConstraintOp,
     UndoUniqueIndexOp,
+    target_from_index_arguments,
 )
+from alembic_lossless_unique.runtime.errors import MigrationAbort
 
 
 def models(*table_args, schema: str | None = None, primary_key: bool = True) -> MetaData:
@@ -344,3 +347,26 @@ def test_the_index_options_pass_through_to_both_operations():
     assert (
         "# Duplicates of (customer_id, lower(number) text_pattern_ops) among the rows where" in code
     )
+
+
+def test_what_alembic_writes_in_create_index_is_taken_by_ensure_unique_index():
+    """A revision Alembic wrote without the rewriter, turned into ensure_unique_index by hand:
+    its expressions as `sa.literal_column(...)` and its columns as `sa.column(...)` mean what
+    `sa.text(...)` and names mean; anything else in columns is refused in one line."""
+    by_alembic = target_from_index_arguments(
+        "ix",
+        "orders",
+        [sa.literal_column("lower(number)"), sa.column("Customer")],
+        postgresql_ops={"Customer": "int4_ops"},
+    )
+    by_hand = target_from_index_arguments(
+        "ix",
+        "orders",
+        [sa.text("lower(number)"), "Customer"],
+        postgresql_ops={"Customer": "int4_ops"},
+    )
+
+    assert by_alembic == by_hand
+    assert by_alembic.index_elements == ("lower(number)", '"Customer" int4_ops')
+    with pytest.raises(MigrationAbort, match=r"^unique index ix: columns holds lower\(number\) \("):
+        target_from_index_arguments("ix", "orders", [func.lower(sa.column("number"))])

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnClause, TextClause
 
 from alembic_lossless_unique.ddl.sqltext import ident
 from alembic_lossless_unique.operations import convergence, offline
@@ -176,15 +176,31 @@ def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstrai
 # The index form: a unique index, with what op.create_index(..., unique=True) takes.
 
 
-def sql_text(element: str | TextClause) -> str:
-    """A `sa.text(...)` as its SQL; anything else as given."""
-    return element.text if isinstance(element, TextClause) else str(element)
+# What `columns` of the index form takes, as op.create_index does: a column (its name, or a
+# Column), and SQL as sa.text(...) or sa.literal_column(...), as Alembic writes an expression
+# in op.create_index.
+IndexColumn = str | TextClause | ColumnClause[Any]
+
+
+def sql_text(element: IndexColumn) -> str:
+    """SQL given as `sa.text(...)` or `sa.literal_column(...)` as its text, a column as its
+    name; anything else as given."""
+    if isinstance(element, TextClause):
+        return element.text
+    return element.name if isinstance(element, ColumnClause) else str(element)
+
+
+def is_expression(element: IndexColumn) -> bool:
+    """SQL, where anything else of `columns` names a column."""
+    return isinstance(element, TextClause) or (
+        isinstance(element, ColumnClause) and element.is_literal
+    )
 
 
 def target_from_index_arguments(
     index_name: str,
     table_name: str,
-    columns: Sequence[str | TextClause],
+    columns: Sequence[IndexColumn],
     *,
     schema: str | None = None,
     keep_newest_by: Sequence[str] = (),
@@ -198,15 +214,23 @@ def target_from_index_arguments(
     postgresql_ops: dict[str, str] | None = None,
 ) -> UniqueTarget:
     """The index form's arguments as a UniqueTarget: `columns` as op.create_index takes them
-    (column names, and SQL expressions as sa.text, an operator class maybe inside), an operator
-    class per column name in `postgresql_ops`, the predicate in `postgresql_where`."""
+    (column names, and SQL expressions as sa.text or sa.literal_column, an operator class maybe
+    inside), an operator class per column name in `postgresql_ops`, the predicate in
+    `postgresql_where`."""
     ops_by_column = postgresql_ops or {}
-    elements = tuple(
-        sql_text(c)
-        if isinstance(c, TextClause)
-        else ident(c) + (f" {ops_by_column[c]}" if c in ops_by_column else "")
-        for c in columns
-    )
+
+    def element(c: IndexColumn) -> str:
+        if not isinstance(c, str | TextClause | ColumnClause):
+            raise MigrationAbort(
+                f"unique index {index_name}: columns holds {c} ({type(c).__name__}): give a"
+                " column name, or SQL as sa.text('...') or sa.literal_column('...')"
+            )
+        if is_expression(c):
+            return sql_text(c)
+        name = sql_text(c)
+        return ident(name) + (f" {ops_by_column[name]}" if name in ops_by_column else "")
+
+    elements = tuple(element(c) for c in columns)
     if not elements:
         raise MigrationAbort(f"unique index {index_name}: no key columns or expressions given")
     return UniqueTarget(
@@ -233,7 +257,7 @@ class UniqueIndexOp(MigrateOperation):
     diff_kind = ""
 
     def __init__(
-        self, index_name: str, table_name: str, columns: Sequence[str | TextClause], **kw: Any
+        self, index_name: str, table_name: str, columns: Sequence[IndexColumn], **kw: Any
     ) -> None:
         self.arguments = (index_name, table_name, tuple(columns))
         self.options = kw
@@ -269,7 +293,7 @@ class EnsureUniqueIndexOp(UniqueIndexOp):
         operations: Operations,
         index_name: str,
         table_name: str,
-        columns: Sequence[str | TextClause],
+        columns: Sequence[IndexColumn],
         **kw: Any,
     ) -> None:
         """Make the unique index, online and without losing a row; see the class."""
@@ -292,7 +316,7 @@ class UndoUniqueIndexOp(UniqueIndexOp):
         operations: Operations,
         index_name: str,
         table_name: str,
-        columns: Sequence[str | TextClause],
+        columns: Sequence[IndexColumn],
         **kw: Any,
     ) -> None:
         """Undo ensure_unique_index with the same arguments; see the class."""
