@@ -14,8 +14,9 @@ it builds), it writes `op.ensure_unique_constraint(...)` in upgrade() and
 `op.undo_unique_constraint(...)` with the same arguments in downgrade(), where it would have
 written `op.drop_constraint(...)`; the revision imports alembic_lossless_unique. Likewise
 `op.create_index(..., unique=True)` becomes `op.ensure_unique_index(...)` (expressions as
-`sa.text`) and its `op.drop_index(...)` `op.undo_unique_index(...)`. A table created in the same
-revision keeps the plain form: it has no rows yet, and Alembic creates its uniques with it.
+`sa.text`), and its `op.drop_index(...)` becomes `op.undo_unique_index(...)`. A table created in
+the same revision keeps the plain form: it has no rows yet, and Alembic creates its uniques with
+it.
 
 The rendered call spells out every argument that decides what happens to a duplicate:
 `row_identity` (the table's primary key in target_metadata) and `keep_newest_by` (empty unless
