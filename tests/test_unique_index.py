@@ -26,7 +26,7 @@ from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.online_support import Session, holding, libpq_dsn, wait_until
-from tests.support import failed_lines, run_child
+from tests.support import failed_lines, run_child, through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 PRIVATE = "accounts_private"
@@ -413,7 +413,10 @@ def downgrade() -> None:
 '''
 
 
-def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
+def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
+    """The index form as a user runs it, through each driver (the probe's temporary table, the
+    expression's `::` casts and the guard's plpgsql reach the server unchanged through each)."""
     directory = tmp_path / "inventory"
     shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
     (directory / "migrations" / "versions" / "0003_tags_unique.py").write_text(TAGS_REVISION)
@@ -422,18 +425,20 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
         return run_child(
             [sys.executable, "-m", "alembic", *args],
             cwd=directory,
-            env={**os_environ(), **({"DATABASE_URL": harness.url} if database else {})},
+            env={**os_environ(), **({"DATABASE_URL": url} if database else {})},
             timeout=120,
         )
 
+    url = through(harness.url, driver)
     harness.execute(TAGS)
     assert alembic("upgrade", "0002").returncode == 0
     schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
 
-    offline = alembic("upgrade", "0002:head", "--sql", database=False)
-    assert offline.returncode != 0
-    [line] = failed_lines(offline)
-    assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+    if driver == "psycopg2":  # offline, no driver speaks
+        offline = alembic("upgrade", "0002:head", "--sql", database=False)
+        assert offline.returncode != 0
+        [line] = failed_lines(offline)
+        assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
 
     upgraded = alembic("upgrade", "head")
     assert upgraded.returncode == 0, upgraded.output
