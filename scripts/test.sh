@@ -43,6 +43,7 @@ run_pytest() { # python, label, major, then pytest's arguments
   mkdir -p "$scratch/tmp-$label-$major"
   PATH="$(dirname "$python"):$PATH" PG_MAJOR="$major" \
     PYTEST_DEBUG_TEMPROOT="$scratch/tmp-$label-$major" \
+    ANY_MAJOR_RUNS_ON="${any_major_runs_on:-}" \
     "$python" -c "$PYTEST_INTERRUPTIBLE" "$@"
 }
 
@@ -77,15 +78,23 @@ run_majors() { # python, label (as the summary names it), then pytest's argument
   done
 }
 
+# Tests marked any_major (what they prove does not depend on the server's major: the wheel in
+# a foreign project, the benchmark's smoke runs) run on the newest major only.
+any_major_runs_on="${majors[${#majors[@]}-1]}"
 run_majors "$(command -v python)" "the suite" "$@"
+any_major_runs_on=""
 
 # The version matrix: the oldest and the newest Python, SQLAlchemy and Alembic the library
 # supports (scripts/matrix/*.txt), each in a virtual environment of its own, on the tests that
 # exercise what differs between releases (scripts/matrix/subset.txt). MATRIX=0 leaves it out.
+# The suite above covers each PostgreSQL major; here the oldest releases run against the oldest
+# major and the newest against the newest, side by side.
 matrix_status=0
 if [ "${MATRIX:-1}" = 1 ] && [ "$#" = 0 ]; then
   source scripts/matrix_env.sh
   read -r -a subset <<<"$(grep -v '^#' scripts/matrix/subset.txt | tr '\n' ' ')"
+  declare -A matrix_major=([lowest]="${majors[0]}" [newest]="${majors[${#majors[@]}-1]}")
+  declare -A matrix_pid=() matrix_label=()
   for entry in lowest newest; do
     if ! python="$(matrix_python "$entry")"; then
       echo "test.sh: the $entry matrix entry's environment could not be made (see above)"
@@ -98,7 +107,20 @@ if [ "${MATRIX:-1}" = 1 ] && [ "$#" = 0 ]; then
       if [ "${CI:-}" = true ]; then matrix_status=1; fi
       continue
     fi
-    run_majors "$python" "$entry ($("$python" -c 'import platform, sqlalchemy, alembic; print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, Alembic {alembic.__version__}")'))" -q "${subset[@]}"
+    matrix_label[$entry]="$entry ($("$python" -c 'import platform, sqlalchemy, alembic; print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, Alembic {alembic.__version__}")'))"
+    run_pytest "$python" "$entry" "${matrix_major[$entry]}" -q "${subset[@]}" \
+      >"$scratch/matrix-$entry.log" 2>&1 &
+    matrix_pid[$entry]=$!
+  done
+  for entry in lowest newest; do
+    [ -n "${matrix_pid[$entry]:-}" ] || continue
+    if wait "${matrix_pid[$entry]}"; then status=0; else status=$?; fi
+    run="${matrix_label[$entry]}, PostgreSQL ${matrix_major[$entry]}"
+    echo "== $run =="
+    cat "$scratch/matrix-$entry.log"
+    echo
+    status_of["$run"]=$status
+    summary+=("$run")
   done
 fi
 

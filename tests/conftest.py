@@ -6,6 +6,8 @@ PG_MAJOR=17 picks the server's major (scripts/test.sh runs the suite on 15 and o
 says which), and PgBouncer in either pool mode stands in front of it for the tests that ask.
 """
 
+import os
+
 import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
@@ -25,6 +27,19 @@ def pytest_report_header():
     except ThrowawayPostgresError as error:
         return f"postgresql: none ({error})"
     return f"postgresql: {binary_major(bin_dir)} from {bin_dir}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """scripts/test.sh runs the suite once per major, side by side: a test marked any_major
+    (what it proves does not depend on the server's major) runs in one of those runs only."""
+    runs_on = os.environ.get("ANY_MAJOR_RUNS_ON")
+    this_major = os.environ.get("PG_MAJOR")
+    if not runs_on or not this_major or runs_on == this_major:
+        return
+    skip = pytest.mark.skip(reason=f"independent of the server's major: runs on {runs_on} only")
+    for item in items:
+        if item.get_closest_marker("any_major"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -481,8 +481,9 @@ def test_a_large_archive_comes_back_in_batches_and_a_stopped_rollback_finishes_o
 ):
     """More archived rows than restore_batch_rows: the constraint goes first, then the rows
     come back a batch per transaction. Killed while a later batch waits for an archived row
-    someone holds, the batches before it stay restored and the revision stays; running the
-    rollback again finishes it, every row byte for byte and the schema as before."""
+    someone holds, the batches before it stay restored and the revision stays; an upgrade then
+    refuses in one line, changing nothing; running the rollback again finishes it, every row
+    byte for byte and the schema as before."""
     project.succeed("upgrade", "head")
     archived = archived_rows(harness)
     assert len(archived) > 4
@@ -503,6 +504,14 @@ def test_a_large_archive_comes_back_in_batches_and_a_stopped_rollback_finishes_o
     assert uniques_on_the_key(harness) == []
     assert 0 < len(archived_rows(harness)) < len(archived)
     assert_rows_conserved(harness, stocked)
+    # An upgrade would find revision 0002 applied and leave the table without its unique.
+    half_way = table_rows(harness), archived_rows(harness)
+    refused = project.alembic("upgrade", "head")
+    assert refused.returncode != 0
+    [line] = failed_lines(refused)
+    assert f"a rollback of unique constraint {CONSTRAINT} on {TABLE}" in line
+    assert "stopped midway" in line and "run the same `alembic downgrade` again" in line
+    assert (table_rows(harness), archived_rows(harness)) == half_way
 
     finished = project.succeed("-x", "restore_batch_rows=2", "downgrade", "-1")
 

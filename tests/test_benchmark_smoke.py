@@ -6,11 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.attribution import Timeline, phase_spans, slowest_inserts, summarise_phases
 from bench.observe import PhaseStart, Sample, phase_kind, phase_name
 from bench.report import write_benchmarks_md
 from bench.server_settings import memory_total_mb, server_settings
 from bench.writers import ACCEPTED, Attempt
+
+# What these prove does not depend on the server's major (scripts/test.sh: one major only).
+pytestmark = pytest.mark.any_major
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK = PROJECT_ROOT / "bench" / "benchmark.py"

@@ -49,6 +49,9 @@ from tests.support import (
 )
 from tests.test_bad_input import assert_failed_cleanly
 
+# What these prove does not depend on the server's major (scripts/test.sh: one major only).
+pytestmark = pytest.mark.any_major
+
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "shop"
 # What the shop's revision 0002 passes to ensure_unique_constraint (the default private schema).
 ORDERS_UNIQUE = target_from_arguments(
@@ -677,6 +680,127 @@ def test_autogenerate_passes_the_constraints_options_through(shop, harness):
 
     shop.succeed("downgrade", "-1")
 
+    assert harness.schema_dump() == schema_before
+
+
+# A functional unique index and a partial one, added to the model of the existing orders.
+UNIQUE_INDEXES = """
+
+from sqlalchemy import Index, func
+
+Index("orders_number_lower_key", func.lower(Order.number), unique=True)
+# One order in the making per customer.
+Index(
+    "orders_one_new_per_customer_key",
+    Order.customer_id,
+    unique=True,
+    postgresql_where=Order.status == "new",
+)
+"""
+ORDERS_FOR_INDEXES = """
+INSERT INTO orders (customer_id, number, status) VALUES
+    (1, 'C-1', 'paid'),   -- 1: archived: the same number as 2 in lower case
+    (2, 'c-1', 'paid'),   -- 2: kept (the greatest id of lower(number) 'c-1')
+    (3, 'C-2', 'new'),    -- 3: archived: customer 3's second new order is 4
+    (3, 'C-3', 'new'),    -- 4: kept
+    (3, 'C-4', 'paid'),   -- 5: outside the predicate, untouched
+    (4, NULL,  'draft'),  -- 6, 7: a NULL number never conflicts, and drafts are not new
+    (4, NULL,  'draft');
+INSERT INTO order_lines (order_id, product, quantity) VALUES (1, 'tea', 1), (3, 'cups', 2);
+"""
+
+
+def orders_index_call(operation: str, name: str, columns: str, *options: str) -> str:
+    """The call autogenerate writes for one of the orders' unique indexes."""
+    arguments = [
+        repr(name),
+        "'orders'",
+        columns,
+        "keep_newest_by=[]",
+        "row_identity=['id']",
+        "private_schema='lossless_unique'",
+        *options,
+    ]
+    return f"    op.{operation}(\n" + "".join(f"        {a},\n" for a in arguments) + "    )\n"
+
+
+def test_autogenerate_writes_the_index_form_for_unique_indexes(shop, harness):
+    """A functional unique Index and a partial one added to the model of the existing orders:
+    `alembic check` lists them, `alembic revision --autogenerate` writes ensure_unique_index
+    (the expression and the predicate as sa.text, the row kept spelled out) and
+    undo_unique_index in downgrade(); the upgrade archives the duplicates as each index judges
+    them (rows outside the predicate and NULL numbers untouched, lines re-pointed) and ends with
+    the indexes op.create_index would make, `alembic check` is clean, and the downgrade gives
+    back every row and the schema exactly."""
+    shop.succeed("upgrade", "head")
+    harness.execute(ORDERS_FOR_INDEXES)
+    models = shop.directory / "app" / "models.py"
+    models.write_text(models.read_text() + UNIQUE_INDEXES)
+    pending = shop.alembic("check")
+    assert pending.returncode != 0
+    assert "('add_index', Index('orders_number_lower_key'" in pending.output
+    assert "('add_index', Index('orders_one_new_per_customer_key'" in pending.output
+
+    shop.succeed("revision", "--autogenerate", "--rev-id", "0003", "-m", "unique indexes")
+
+    [revision] = (shop.directory / "migrations" / "versions").glob("0003_*.py")
+    source = revision.read_text()
+    print(f"--- {revision.name}, as autogenerate wrote it\n{source}")
+    assert "\nimport sqlalchemy as sa\nimport alembic_lossless_unique\n" in source
+    upgrade, downgrade = body_of(source, "upgrade"), body_of(source, "downgrade")
+    lower = ("orders_number_lower_key", "[sa.text('lower(number)')]")
+    one_new = (
+        "orders_one_new_per_customer_key",
+        "['customer_id']",
+        "postgresql_where=sa.text(\"status = 'new'\")",
+    )
+    assert (
+        "    # Duplicates of (lower(number)): the row kept is the greatest by keep_newest_by, then"
+        in upgrade
+    )
+    assert (
+        "    # Duplicates of (customer_id) among the rows where status = 'new': the row" in upgrade
+    )
+    assert orders_index_call("ensure_unique_index", *lower) in upgrade
+    assert orders_index_call("ensure_unique_index", *one_new) in upgrade
+    assert orders_index_call("undo_unique_index", *lower) in downgrade
+    assert orders_index_call("undo_unique_index", *one_new) in downgrade
+    assert "create_index" not in upgrade and "drop_index" not in downgrade
+    orders_before, lines_before = orders(harness), order_lines(harness)
+    schema_before = harness.schema_dump()
+
+    shop.succeed("upgrade", "head")
+
+    assert set(orders(harness)) == {2, 4, 5, 6, 7}
+    assert all(orders(harness)[i] == orders_before[i] for i in (2, 4, 5, 6, 7))
+    for index, archived in (("orders_number_lower_key", 1), ("orders_one_new_per_customer_key", 3)):
+        archive = f"lossless_unique.{index}_archive"
+        assert [row.id for row in harness.rows(f"SELECT id FROM {archive}")] == [archived]
+    lines = {row.product: row.order_id for row in harness.rows("SELECT * FROM order_lines")}
+    assert lines == {"tea": 2, "cups": 4}
+    indexes = dict(
+        harness.rows(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'orders'"
+            " AND indexname NOT IN ('orders_pkey', 'orders_customer_id_number_key')"
+        )
+    )
+    assert indexes == {
+        "orders_number_lower_key": (
+            "CREATE UNIQUE INDEX orders_number_lower_key ON public.orders USING btree"
+            " (lower(number))"
+        ),
+        "orders_one_new_per_customer_key": (
+            "CREATE UNIQUE INDEX orders_one_new_per_customer_key ON public.orders USING btree"
+            " (customer_id) WHERE (status = 'new'::text)"
+        ),
+    }
+    assert "No new upgrade operations detected." in shop.succeed("check").output
+
+    shop.succeed("downgrade", "-1")
+
+    assert shop.versions() == {SHOP_HEAD}
+    assert orders(harness) == orders_before
+    assert order_lines(harness) == lines_before
     assert harness.schema_dump() == schema_before
 
 

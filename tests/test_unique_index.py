@@ -27,7 +27,7 @@ from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.online_support import Session, holding, libpq_dsn, wait_until
-from tests.support import failed_lines, run_child
+from tests.support import failed_lines, run_child, through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 PRIVATE = "accounts_private"
@@ -414,10 +414,12 @@ def downgrade() -> None:
 '''
 
 
-def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
-    """Offline refused; the plan lists the operation with what it archives, as the index
-    judges it, and its hazards; a deploy against a plan whose index changed since is refused,
-    the one reviewed runs."""
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
+def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
+    """The index form as a user runs it, through each driver (the probe's temporary table, the
+    expression's `::` casts and the guard's plpgsql reach the server unchanged through each).
+    The plan lists it with what it archives, as the index judges it, and its hazards; a deploy
+    against a plan whose index changed since is refused, the one reviewed runs."""
     directory = tmp_path / "inventory"
     shutil.copytree(TEMPLATE, directory, ignore=shutil.ignore_patterns("__pycache__"))
     revision = directory / "migrations" / "versions" / "0003_tags_unique.py"
@@ -427,7 +429,7 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
         return run_child(
             [sys.executable, "-m", module, *args],
             cwd=directory,
-            env={**os_environ(), **({"DATABASE_URL": harness.url} if database else {})},
+            env={**os_environ(), **({"DATABASE_URL": url} if database else {})},
             timeout=120,
         )
 
@@ -436,14 +438,16 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
         assert planned.returncode == 0, planned.output
         return json.loads(planned.stdout)
 
+    url = through(harness.url, driver)
     harness.execute(TAGS)
     assert alembic("upgrade", "0002").returncode == 0
     schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
 
-    offline = alembic("upgrade", "0002:head", "--sql", database=False)
-    assert offline.returncode != 0
-    [line] = failed_lines(offline)
-    assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+    if driver == "psycopg2":  # offline, no driver speaks
+        offline = alembic("upgrade", "0002:head", "--sql", database=False)
+        assert offline.returncode != 0
+        [line] = failed_lines(offline)
+        assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
 
     planned = plan()
     assert planned["pending_revisions"] == ["0003"]
@@ -461,24 +465,25 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path):
     report = operation["preflight"]
     assert (report["kind"], report["state"], report["problems"]) == ("unique index", "drifted", [])
     assert (report["rows_to_archive"], report["duplicate_groups"]) == (2, 1)  # Rust, RUST
-    # Another index: the same elements, a predicate now (only the index form's part of the
-    # fingerprint tells them apart).
-    revision.write_text(
-        TAGS_REVISION.replace(
-            '"keep_newest_by"', '"postgresql_where": "updated_at >= 0",\n    "keep_newest_by"'
-        )
-    )
-    changed = plan()["fingerprint"]
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.tags") == rows_before
 
-    refused = alembic("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
-    assert refused.returncode != 0
-    [line] = failed_lines(refused)
-    assert f"it was {planned['fingerprint']}, it is now {changed}" in line
-    assert harness.schema_dump() == schema_before
+    if driver == "psycopg2":  # the refusal is the driver's no more than the plan is
+        # Another index: the same elements, a predicate now (only the index form's part of the
+        # fingerprint tells them apart).
+        revision.write_text(
+            TAGS_REVISION.replace(
+                '"keep_newest_by"', '"postgresql_where": "updated_at >= 0",\n    "keep_newest_by"'
+            )
+        )
+        changed = plan()["fingerprint"]
+        refused = alembic("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
+        assert refused.returncode != 0
+        [line] = failed_lines(refused)
+        assert f"it was {planned['fingerprint']}, it is now {changed}" in line
+        assert harness.schema_dump() == schema_before
+        revision.write_text(TAGS_REVISION)  # the plan that was reviewed
 
-    revision.write_text(TAGS_REVISION)  # the plan that was reviewed
     upgraded = alembic("-x", f"expect_plan={planned['fingerprint']}", "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.output
     assert failed_lines(upgraded) == []

@@ -1,5 +1,10 @@
-"""Autogenerate that writes the safe operation: ``rewriter`` (see there); the rewriter is
-importable from here, as it always was."""
+"""Autogenerate that writes the safe operation.
+
+- ``rewriter``: where autogenerate would write a plain unique on an existing table, the safe
+  operation instead (see there)
+- ``render``: what each operation looks like in the revision file
+
+The rewriter is importable from here, as it always was."""
 
 from alembic_lossless_unique.autogenerate.rewriter import (
     IMPORT,

@@ -12,9 +12,11 @@ Where `alembic revision --autogenerate` would write `op.create_unique_constraint
 table that already exists (which fails on the first duplicate row and blocks every write while
 it builds), it writes `op.ensure_unique_constraint(...)` in upgrade() and
 `op.undo_unique_constraint(...)` with the same arguments in downgrade(), where it would have
-written `op.drop_constraint(...)`; the revision imports alembic_lossless_unique. A table created
-in the same revision keeps the plain form: it has no rows yet, and Alembic creates its
-constraints with it.
+written `op.drop_constraint(...)`; the revision imports alembic_lossless_unique. Likewise
+`op.create_index(..., unique=True)` becomes `op.ensure_unique_index(...)` (expressions as
+`sa.text`), and its `op.drop_index(...)` becomes `op.undo_unique_index(...)`. A table created in
+the same revision keeps the plain form: it has no rows yet, and Alembic creates its uniques with
+it.
 
 The rendered call spells out every argument that decides what happens to a duplicate:
 `row_identity` (the table's primary key in target_metadata) and `keep_newest_by` (empty unless
@@ -26,33 +28,29 @@ sets it per table.
 both.
 """
 
-import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from alembic.autogenerate import renderers
-from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.rewriter import Rewriter
+from alembic.ddl.impl import DefaultImpl
 from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
-from sqlalchemy import MetaData, Table
-from sqlalchemy.sql.elements import conv
+from sqlalchemy import Column, MetaData, Table, text
+from sqlalchemy.sql.elements import ClauseElement, Label, TextClause
 
+from alembic_lossless_unique.autogenerate.render import IMPORT
 from alembic_lossless_unique.ddl.sqltext import MAX_IDENTIFIER_BYTES
 from alembic_lossless_unique.operations.ops import (
     EnsureUniqueConstraintOp,
-    UndoUniqueConstraintOp,
-    UniqueConstraintOp,
+    EnsureUniqueIndexOp,
 )
 from alembic_lossless_unique.operations.target import (
     DEFAULT_PRIVATE_SCHEMA,
     default_constraint_name,
 )
 
-IMPORT = "import alembic_lossless_unique"
-# Rendered comments fit a 100-column line at the revision's indentation.
-COMMENT_WIDTH = 92
+__all__ = ["IMPORT", "safe_unique_constraints", "safe_unique_constraints_with"]
 
 
 def safe_unique_constraints_with(
@@ -74,7 +72,7 @@ def safe_unique_constraints_with(
         for upgrade_ops, downgrade_ops in zip(
             script.upgrade_ops_list, script.downgrade_ops_list, strict=True
         ):
-            _make_safe(upgrade_ops, downgrade_ops, metadata, newest, private_schema)
+            _make_safe(upgrade_ops, downgrade_ops, metadata, newest, private_schema, context.impl)
         return script
 
     return rewriter
@@ -86,36 +84,62 @@ def _make_safe(
     metadata: list[MetaData],
     newest: Mapping[str, Sequence[str]],
     private_schema: str,
+    impl: DefaultImpl,
 ) -> None:
-    """create_unique_constraint on an existing table -> ensure_unique_constraint in the upgrade,
-    and the drop_constraint that reverses it -> undo_unique_constraint in the downgrade."""
+    """On an existing table, create_unique_constraint -> ensure_unique_constraint and
+    create_index(..., unique=True) -> ensure_unique_index in the upgrade; the drop_constraint
+    and drop_index that reverse them -> their undo in the downgrade."""
     created = {(op.schema, op.table_name) for op in _walk(upgrade_ops.ops, ops.CreateTableOp)}
-    ensured: dict[tuple[Any, ...], EnsureUniqueConstraintOp] = {}  # schema, table, name
+    # What each swapped op was swapped for: (kind, schema, table, name) -> the ensure op.
+    ensured: dict[tuple[Any, ...], EnsureUniqueConstraintOp | EnsureUniqueIndexOp] = {}
 
-    def ensure(op: ops.CreateUniqueConstraintOp) -> ops.MigrateOperation:
+    def how_rows_are_kept(schema: str | None, table: str, operation: str) -> dict[str, Any]:
+        return {
+            **_schema(schema),
+            "keep_newest_by": list(_for_table(newest, schema, table)),
+            "row_identity": _primary_key(metadata, schema, table, operation),
+            "private_schema": private_schema,
+        }
+
+    def ensure_constraint(op: ops.CreateUniqueConstraintOp) -> ops.MigrateOperation:
         if (op.schema, op.table_name) in created:
             return op  # no rows yet: the plain form is safe, and what Alembic writes
         safe = EnsureUniqueConstraintOp(
             _constraint_name(op),
             op.table_name,
             list(op.columns),
-            **_schema(op.schema),
-            keep_newest_by=list(_for_table(newest, op.schema, op.table_name)),
-            row_identity=_primary_key(metadata, op.schema, op.table_name),
-            private_schema=private_schema,
+            **how_rows_are_kept(op.schema, op.table_name, "ensure_unique_constraint"),
             **_constraint_options(op),
         )
-        ensured[(op.schema, op.table_name, op.constraint_name)] = safe
+        ensured[("unique", op.schema, op.table_name, op.constraint_name)] = safe
         return safe
 
-    def undo(op: ops.DropConstraintOp) -> ops.MigrateOperation:
-        safe = ensured.get((op.schema, op.table_name, op.constraint_name))
-        if op.constraint_type != "unique" or safe is None:
-            return op
-        return UndoUniqueConstraintOp(*safe.arguments, **safe.options)
+    def ensure_index(op: ops.CreateIndexOp) -> ops.MigrateOperation:
+        if not op.unique or (op.schema, op.table_name) in created:
+            return op  # not a unique, or no rows yet: nothing to dedupe
+        columns, options = _index_arguments(op, impl)
+        safe = EnsureUniqueIndexOp(
+            _index_name(op),
+            op.table_name,
+            columns,
+            **how_rows_are_kept(op.schema, op.table_name, "ensure_unique_index"),
+            **options,
+        )
+        ensured[("index", op.schema, op.table_name, op.index_name)] = safe
+        return safe
 
-    _replace(upgrade_ops, ops.CreateUniqueConstraintOp, ensure)
-    _replace(downgrade_ops, ops.DropConstraintOp, undo)
+    def undo_constraint(op: ops.DropConstraintOp) -> ops.MigrateOperation:
+        safe = ensured.get((op.constraint_type, op.schema, op.table_name, op.constraint_name))
+        return op if safe is None else safe.reverse()
+
+    def undo_index(op: ops.DropIndexOp) -> ops.MigrateOperation:
+        safe = ensured.get(("index", op.schema, op.table_name, op.index_name))
+        return op if safe is None else safe.reverse()
+
+    _replace(upgrade_ops, ops.CreateUniqueConstraintOp, ensure_constraint)
+    _replace(upgrade_ops, ops.CreateIndexOp, ensure_index)
+    _replace(downgrade_ops, ops.DropConstraintOp, undo_constraint)
+    _replace(downgrade_ops, ops.DropIndexOp, undo_index)
 
 
 safe_unique_constraints = safe_unique_constraints_with()
@@ -152,13 +176,15 @@ def _table(metadata: list[MetaData], schema: str | None, table: str) -> Table | 
     return None
 
 
-def _primary_key(metadata: list[MetaData], schema: str | None, table: str) -> list[str]:
+def _primary_key(
+    metadata: list[MetaData], schema: str | None, table: str, operation: str
+) -> list[str]:
     found = _table(metadata, schema, table)
     columns = [column.name for column in found.primary_key.columns] if found is not None else []
     if not columns:
         raise CommandError(
             f"autogenerate: table {_display(schema, table)} has no primary key in"
-            " target_metadata: ensure_unique_constraint needs row_identity (the columns that"
+            f" target_metadata: {operation} needs row_identity (the columns that"
             " identify a row) to choose the row it keeps; declare the primary key in the model"
         )
     return columns
@@ -219,46 +245,65 @@ def _constraint_name(op: ops.CreateUniqueConstraintOp) -> str:
     return name
 
 
-# What each operation looks like in the revision file.
+# The Index options ensure_unique_index makes, under SQLAlchemy's names.
+INDEX_PASSED_THROUGH = (
+    "postgresql_where",
+    "postgresql_include",
+    "postgresql_nulls_not_distinct",
+    "postgresql_ops",
+)
 
 
-@renderers.dispatch_for(EnsureUniqueConstraintOp)
-def _render_ensure(autogen_context: AutogenContext, op: EnsureUniqueConstraintOp) -> str:
-    target = op.target
-    order = ", then ".join((*target.keep_newest_by, *target.row_identity))
-    comment = (
-        f"Duplicates of ({', '.join(target.columns)}): the row kept is the greatest by"
-        f" keep_newest_by, then by row_identity (here: the greatest {order}); the others move"
-        " to an archive in private_schema, and undo_unique_constraint brings them back."
-    )
-    lines = textwrap.wrap(comment, COMMENT_WIDTH)
-    return "".join(f"# {line}\n" for line in lines) + _render(
-        autogen_context, "ensure_unique_constraint", op
-    )
+def _index_arguments(
+    op: ops.CreateIndexOp, impl: DefaultImpl
+) -> tuple[list[str | TextClause], dict[str, Any]]:
+    """The model's index as ensure_unique_index takes it: column names, and each expression as
+    `sa.text` of the SQL Alembic renders for it in op.create_index (an operator class that
+    postgresql_ops gives its label goes inside the text, the only place the operation takes
+    one for an expression); the options passed through as they are set, any other refused
+    rather than written as something else."""
+    others = sorted(name for name in op.kw if name not in INDEX_PASSED_THROUGH)
+    if others:
+        raise CommandError(
+            f"autogenerate: the unique index {op.index_name} on"
+            f" {_display(op.schema, op.table_name)} sets {', '.join(others)}, which"
+            " ensure_unique_index does not make; write that revision by hand"
+        )
+    operator_classes = dict(op.kw.get("postgresql_ops") or {})
+    columns: list[str | TextClause] = []
+    for element in op.columns:
+        if isinstance(element, str | Column):
+            columns.append(element if isinstance(element, str) else element.name)
+            continue
+        sql = impl.render_ddl_sql_expr(element, is_index=True)
+        label = element.name if isinstance(element, Label) else None
+        if label in operator_classes:
+            sql = f"{sql} {operator_classes.pop(label)}"
+        columns.append(text(sql))
+    options: dict[str, Any] = {}
+    where = op.kw.get("postgresql_where")
+    if where is not None:
+        options["postgresql_where"] = _sql(where, impl)
+    include = [c if isinstance(c, str) else c.name for c in op.kw.get("postgresql_include") or ()]
+    if include:
+        options["postgresql_include"] = include
+    if op.kw.get("postgresql_nulls_not_distinct"):
+        options["postgresql_nulls_not_distinct"] = True
+    if operator_classes:
+        options["postgresql_ops"] = operator_classes
+    return columns, options
 
 
-@renderers.dispatch_for(UndoUniqueConstraintOp)
-def _render_undo(autogen_context: AutogenContext, op: UndoUniqueConstraintOp) -> str:
-    return _render(autogen_context, "undo_unique_constraint", op)
+def _sql(element: str | ClauseElement, impl: DefaultImpl) -> str | TextClause:
+    """A string as the model gives it; an SQL expression as `sa.text` of what Alembic renders."""
+    return element if isinstance(element, str) else text(impl.render_ddl_sql_expr(element))
 
 
-def _render(autogen_context: AutogenContext, name: str, op: UniqueConstraintOp) -> str:
-    autogen_context.imports.add(IMPORT)
-    constraint_name, table_name, columns = op.arguments
-    prefix = autogen_context.opts.get("alembic_module_prefix", "op.")
-    lines = [
-        _name(constraint_name, prefix),
-        repr(table_name),
-        repr(list(columns)),
-        *(f"{key}={_value(value)}" for key, value in op.options.items()),
-    ]
-    return f"{prefix}{name}(\n" + "".join(f"    {line},\n" for line in lines) + ")"
-
-
-def _name(name: str, prefix: str) -> str:
-    """A name a naming convention made is rendered as Alembic renders it: op.f('...')."""
-    return f"{prefix}f({str(name)!r})" if isinstance(name, conv) else repr(str(name))
-
-
-def _value(value: Any) -> str:
-    return repr(list(value)) if isinstance(value, tuple | list) else repr(value)
+def _index_name(op: ops.CreateIndexOp) -> str:
+    """The model's name for the index: the operation needs one to converge on and to undo."""
+    if not op.index_name:
+        raise CommandError(
+            f"autogenerate: a unique index on {_display(op.schema, op.table_name)} has no name:"
+            " ensure_unique_index needs one to converge on and to undo; name it in the model"
+        )
+    return op.index_name

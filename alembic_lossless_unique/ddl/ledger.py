@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from alembic_lossless_unique.ddl.sqltext import literal
 from alembic_lossless_unique.operations.target import UniqueTarget
 from alembic_lossless_unique.runtime.database import Database
 
@@ -48,6 +49,32 @@ def steps(db: Database, target: UniqueTarget) -> list[Step]:
     return [
         Step(row.seq, row.action, json.loads(row.detail))
         for row in db.rows(f"SELECT seq, action, detail::text FROM {target.ledger} ORDER BY seq")
+    ]
+
+
+# A rollback that restores in batches marks its ledger with this comment when it drops the
+# unique, in the same transaction; the ledger goes with the last batch's transaction. A ledger
+# still so marked is a rollback stopped midway: the table has no unique and part of its rows.
+ROLLBACK_UNDER_WAY = "alembic_lossless_unique: rollback under way, restoring in batches: "
+
+
+def mark_rollback_under_way_sql(target: UniqueTarget) -> str:
+    what = f"{target.kind} {target.constraint_name} on {target.key_description}"
+    return f"COMMENT ON TABLE {target.ledger} IS {literal(ROLLBACK_UNDER_WAY + what)}"
+
+
+def stopped_rollbacks(db: Database) -> list[str]:
+    """What each rollback stopped between its batches was undoing ("unique constraint X on
+    schema.table (columns)"), from the marks on their ledgers, wherever they live."""
+    return [
+        str(row.description)[len(ROLLBACK_UNDER_WAY) :]
+        for row in db.rows(
+            "SELECT d.description FROM pg_catalog.pg_description d"
+            " WHERE d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0"
+            " AND pg_catalog.starts_with(d.description, :mark)"
+            " ORDER BY d.description",
+            {"mark": ROLLBACK_UNDER_WAY},
+        )
     ]
 
 

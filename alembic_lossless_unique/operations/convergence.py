@@ -520,6 +520,8 @@ class Undo:
                 target,
                 f"drop {target.kind} {target.constraint_name}",
                 indexes.drop_target_sql(target),
+                # Until the last batch: an upgrade meanwhile would find its revision applied.
+                ledger.mark_rollback_under_way_sql(target),
             )
         with self.report.step("restore in batches"), db.session_setting("statement_timeout", "0"):
             try:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnClause, TextClause
 
 from alembic_lossless_unique.ddl.sqltext import ident
 from alembic_lossless_unique.operations import convergence, offline
@@ -176,15 +176,31 @@ def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstrai
 # The index form: a unique index, with what op.create_index(..., unique=True) takes.
 
 
-def sql_text(element: str | TextClause) -> str:
-    """A `sa.text(...)` as its SQL; anything else as given."""
-    return element.text if isinstance(element, TextClause) else str(element)
+# What `columns` of the index form takes, as op.create_index does: a column (its name, or a
+# Column), and SQL as sa.text(...) or sa.literal_column(...), as Alembic writes an expression
+# in op.create_index.
+IndexColumn = str | TextClause | ColumnClause[Any]
+
+
+def sql_text(element: IndexColumn) -> str:
+    """SQL given as `sa.text(...)` or `sa.literal_column(...)` as its text, a column as its
+    name; anything else as given."""
+    if isinstance(element, TextClause):
+        return element.text
+    return element.name if isinstance(element, ColumnClause) else str(element)
+
+
+def is_expression(element: IndexColumn) -> bool:
+    """SQL, where anything else of `columns` names a column."""
+    return isinstance(element, TextClause) or (
+        isinstance(element, ColumnClause) and element.is_literal
+    )
 
 
 def target_from_index_arguments(
     index_name: str,
     table_name: str,
-    columns: Sequence[str | TextClause],
+    columns: Sequence[IndexColumn],
     *,
     schema: str | None = None,
     keep_newest_by: Sequence[str] = (),
@@ -198,15 +214,23 @@ def target_from_index_arguments(
     postgresql_ops: dict[str, str] | None = None,
 ) -> UniqueTarget:
     """The index form's arguments as a UniqueTarget: `columns` as op.create_index takes them
-    (column names, and SQL expressions as sa.text, an operator class maybe inside), an operator
-    class per column name in `postgresql_ops`, the predicate in `postgresql_where`."""
+    (column names, and SQL expressions as sa.text or sa.literal_column, an operator class maybe
+    inside), an operator class per column name in `postgresql_ops`, the predicate in
+    `postgresql_where`."""
     ops_by_column = postgresql_ops or {}
-    elements = tuple(
-        sql_text(c)
-        if isinstance(c, TextClause)
-        else ident(c) + (f" {ops_by_column[c]}" if c in ops_by_column else "")
-        for c in columns
-    )
+
+    def element(c: IndexColumn) -> str:
+        if not isinstance(c, str | TextClause | ColumnClause):
+            raise MigrationAbort(
+                f"unique index {index_name}: columns holds {c} ({type(c).__name__}): give a"
+                " column name, or SQL as sa.text('...') or sa.literal_column('...')"
+            )
+        if is_expression(c):
+            return sql_text(c)
+        name = sql_text(c)
+        return ident(name) + (f" {ops_by_column[name]}" if name in ops_by_column else "")
+
+    elements = tuple(element(c) for c in columns)
     if not elements:
         raise MigrationAbort(f"unique index {index_name}: no key columns or expressions given")
     return UniqueTarget(
@@ -229,12 +253,28 @@ def target_from_index_arguments(
 class UniqueIndexOp(MigrateOperation):
     """What both index operations take: the arguments of target_from_index_arguments."""
 
+    # What `alembic check` calls the change, as it calls create/drop_index's.
+    diff_kind = ""
+
     def __init__(
-        self, index_name: str, table_name: str, columns: Sequence[str | TextClause], **kw: Any
+        self, index_name: str, table_name: str, columns: Sequence[IndexColumn], **kw: Any
     ) -> None:
         self.arguments = (index_name, table_name, tuple(columns))
         self.options = kw
         self.target = target_from_index_arguments(index_name, table_name, columns, **kw)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        """The change as `alembic check` lists it when autogenerate proposes this operation."""
+        index_name, table_name, columns = self.arguments
+        options = {
+            name: value
+            for name, value in self.options.items()
+            if name == "schema" or name.startswith("postgresql_")
+        }
+        index = ops.CreateIndexOp(
+            index_name, table_name, list(columns), unique=True, **options
+        ).to_index()
+        return (self.diff_kind, index)
 
 
 @Operations.register_operation("ensure_unique_index")
@@ -245,13 +285,15 @@ class EnsureUniqueIndexOp(UniqueIndexOp):
     rows its predicate admits) and archived; rows outside the predicate, and rows with a NULL
     in the key unless NULLS NOT DISTINCT, are never touched. Online only."""
 
+    diff_kind = "add_index"
+
     @classmethod
     def ensure_unique_index(
         cls,
         operations: Operations,
         index_name: str,
         table_name: str,
-        columns: Sequence[str | TextClause],
+        columns: Sequence[IndexColumn],
         **kw: Any,
     ) -> None:
         """Make the unique index, online and without losing a row; see the class."""
@@ -266,13 +308,15 @@ class UndoUniqueIndexOp(UniqueIndexOp):
     """Undo `ensure_unique_index` exactly, as undo_unique_constraint undoes its form. Takes the
     same arguments as the call it undoes."""
 
+    diff_kind = "remove_index"
+
     @classmethod
     def undo_unique_index(
         cls,
         operations: Operations,
         index_name: str,
         table_name: str,
-        columns: Sequence[str | TextClause],
+        columns: Sequence[IndexColumn],
         **kw: Any,
     ) -> None:
         """Undo ensure_unique_index with the same arguments; see the class."""

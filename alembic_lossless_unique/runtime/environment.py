@@ -27,7 +27,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from alembic_lossless_unique.ddl import private_schema
+from alembic_lossless_unique.ddl import ledger, private_schema
 from alembic_lossless_unique.ddl.sqltext import qualified
 from alembic_lossless_unique.operations import offline
 from alembic_lossless_unique.reports import expected_plan
@@ -212,6 +212,7 @@ def run_on(
     """The environment's own steps, then Alembic's, on the migrator's connection."""
     private_version_table = _private_version_table(context, configure)
     with own_steps(connection, settings) as db:
+        refuse_upgrade_over_a_stopped_rollback(context, db)
         expected_plan.refuse_unless_expected(
             context,
             connection,
@@ -306,6 +307,23 @@ def _without_version_table(
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def refuse_upgrade_over_a_stopped_rollback(context: Any, db: Database) -> None:
+    """A rollback that restores in batches and was stopped midway leaves the database at the
+    upgraded revision with no unique on the key and part of its rows back: an upgrade would
+    find that revision applied and do nothing (or build the next ones on that). Only running
+    the rollback again finishes it."""
+    if _command(context) != "upgrade":
+        return
+    stopped = ledger.stopped_rollbacks(db)
+    if stopped:
+        raise MigrationAbort(
+            f"a rollback of {stopped[0]} stopped midway: the table has no such unique and part"
+            " of its archived rows are back; run the same `alembic downgrade` again to finish"
+            " it, then upgrade"
+            + (f" ({len(stopped) - 1} more stopped like it)" if len(stopped) > 1 else "")
+        )
 
 
 def _command(context: Any) -> str:
