@@ -43,7 +43,7 @@ run_pytest() { # python, label, major, then pytest's arguments
   mkdir -p "$scratch/tmp-$label-$major"
   PATH="$(dirname "$python"):$PATH" PG_MAJOR="$major" \
     PYTEST_DEBUG_TEMPROOT="$scratch/tmp-$label-$major" \
-    ANY_MAJOR_RUNS_ON="${any_major_runs_on:-}" \
+    ANY_MAJOR_SPLIT_OVER="${any_major_split_over:-}" \
     "$python" -c "$PYTEST_INTERRUPTIBLE" "$@"
 }
 
@@ -79,10 +79,10 @@ run_majors() { # python, label (as the summary names it), then pytest's argument
 }
 
 # Tests marked any_major (what they prove does not depend on the server's major: the wheel in
-# a foreign project, the benchmark's smoke runs) run on the newest major only.
-any_major_runs_on="${majors[${#majors[@]}-1]}"
+# a foreign project, the benchmark's smoke runs) run once, shared out between the majors' runs.
+any_major_split_over="$PG_MAJORS"
 run_majors "$(command -v python)" "the suite" "$@"
-any_major_runs_on=""
+any_major_split_over=""
 
 # The version matrix: the oldest and the newest Python, SQLAlchemy and Alembic the library
 # supports (scripts/matrix/*.txt), each in a virtual environment of its own, on the tests that

@@ -13,7 +13,7 @@ schema, the unique index is built concurrently and promoted. With `alembic --sql
 decisions are made by the database while the script runs.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations, ops
@@ -65,18 +65,25 @@ def target_from_arguments(
     )
 
 
-class UniqueConstraintOp(MigrateOperation):
-    """What both operations take: the arguments of target_from_arguments."""
+class UniqueOperation(MigrateOperation):
+    """What every operation here keeps: its arguments as given (the reverse operation takes
+    them again), and the target they describe."""
 
-    # What `alembic check` calls the change, as it calls create/drop_unique_constraint's.
+    # What `alembic check` calls the change.
     diff_kind = ""
+    # The form's reading of its arguments: target_from_arguments, target_from_index_arguments.
+    make_target: Callable[..., UniqueTarget]
 
-    def __init__(
-        self, constraint_name: str, table_name: str, columns: Sequence[str], **kw: Any
-    ) -> None:
-        self.arguments = (constraint_name, table_name, tuple(columns))
+    def __init__(self, name: str, table_name: str, columns: Sequence[Any], **kw: Any) -> None:
+        self.arguments = (name, table_name, tuple(columns))
         self.options = kw
-        self.target = target_from_arguments(constraint_name, table_name, columns, **kw)
+        self.target = self.make_target(name, table_name, columns, **kw)
+
+
+class UniqueConstraintOp(UniqueOperation):
+    """What both constraint operations take: the arguments of target_from_arguments."""
+
+    make_target = staticmethod(target_from_arguments)
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         """The change as `alembic check` lists it when autogenerate proposes this operation."""
@@ -143,11 +150,28 @@ class UndoUniqueConstraintOp(UniqueConstraintOp):
 
 @Operations.implementation_for(EnsureUniqueConstraintOp)
 def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueConstraintOp) -> None:
+    ensure(operations, "ensure_unique_constraint", operation, offline.write_upgrade)
+
+
+@Operations.implementation_for(UndoUniqueConstraintOp)
+def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstraintOp) -> None:
+    undo(operations, "undo_unique_constraint", operation, offline.write_downgrade)
+
+
+# Either form, either direction: skipped when the plan command only records it; with
+# `alembic --sql`, the script (or the form's refusal); online, the story in convergence.
+
+OfflineWriter = Callable[[Operations, UniqueTarget], None]
+
+
+def ensure(
+    operations: Operations, name: str, operation: UniqueOperation, write_offline: OfflineWriter
+) -> None:
     context = operations.get_context()
-    if pending.recorded(context, "ensure_unique_constraint", operation.target):
+    if pending.recorded(context, name, operation.target):
         return
     if context.as_sql:  # no connection: the script decides in the database
-        offline.write_upgrade(operations, operation.target)
+        write_offline(operations, operation.target)
         return
     command = surroundings.project_ddl_command(
         context.config, surroundings.subscriber_ddl_command(operation.target)
@@ -156,13 +180,14 @@ def ensure_unique_constraint(operations: Operations, operation: EnsureUniqueCons
         convergence.ensure_unique_constraint(db, operation.target, command)
 
 
-@Operations.implementation_for(UndoUniqueConstraintOp)
-def undo_unique_constraint(operations: Operations, operation: UndoUniqueConstraintOp) -> None:
+def undo(
+    operations: Operations, name: str, operation: UniqueOperation, write_offline: OfflineWriter
+) -> None:
     context = operations.get_context()
-    if pending.recorded(context, "undo_unique_constraint", operation.target):
+    if pending.recorded(context, name, operation.target):
         return
     if context.as_sql:
-        offline.write_downgrade(operations, operation.target)
+        write_offline(operations, operation.target)
         return
     settings = MigrationSettings.from_context(context)
     convergence.run_undo(
@@ -250,18 +275,10 @@ def target_from_index_arguments(
     )
 
 
-class UniqueIndexOp(MigrateOperation):
+class UniqueIndexOp(UniqueOperation):
     """What both index operations take: the arguments of target_from_index_arguments."""
 
-    # What `alembic check` calls the change, as it calls create/drop_index's.
-    diff_kind = ""
-
-    def __init__(
-        self, index_name: str, table_name: str, columns: Sequence[IndexColumn], **kw: Any
-    ) -> None:
-        self.arguments = (index_name, table_name, tuple(columns))
-        self.options = kw
-        self.target = target_from_index_arguments(index_name, table_name, columns, **kw)
+    make_target = staticmethod(target_from_index_arguments)
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         """The change as `alembic check` lists it when autogenerate proposes this operation."""
@@ -326,39 +343,24 @@ class UndoUniqueIndexOp(UniqueIndexOp):
         return EnsureUniqueIndexOp(*self.arguments, **self.options)
 
 
-def refuse_offline(name: str, target: UniqueTarget) -> None:
+def refused_offline(name: str) -> OfflineWriter:
     """The index form has no offline script yet: refused while the script is written."""
-    raise MigrationAbort(
-        f"op.{name}({target.constraint_name!r}, ...) on {target.display_table} runs online"
-        " only: `alembic upgrade` / `alembic downgrade` without --sql (the offline script"
-        " covers op.ensure_unique_constraint)"
-    )
+
+    def refuse(operations: Operations, target: UniqueTarget) -> None:
+        raise MigrationAbort(
+            f"op.{name}({target.constraint_name!r}, ...) on {target.display_table} runs online"
+            " only: `alembic upgrade` / `alembic downgrade` without --sql (the offline script"
+            " covers op.ensure_unique_constraint)"
+        )
+
+    return refuse
 
 
 @Operations.implementation_for(EnsureUniqueIndexOp)
 def ensure_unique_index(operations: Operations, operation: EnsureUniqueIndexOp) -> None:
-    context = operations.get_context()
-    if pending.recorded(context, "ensure_unique_index", operation.target):
-        return
-    if context.as_sql:
-        refuse_offline("ensure_unique_index", operation.target)
-    command = surroundings.project_ddl_command(
-        context.config, surroundings.subscriber_ddl_command(operation.target)
-    )
-    with autocommit_database(context) as db:
-        convergence.ensure_unique_constraint(db, operation.target, command)
+    ensure(operations, "ensure_unique_index", operation, refused_offline("ensure_unique_index"))
 
 
 @Operations.implementation_for(UndoUniqueIndexOp)
 def undo_unique_index(operations: Operations, operation: UndoUniqueIndexOp) -> None:
-    context = operations.get_context()
-    if pending.recorded(context, "undo_unique_index", operation.target):
-        return
-    if context.as_sql:
-        refuse_offline("undo_unique_index", operation.target)
-    settings = MigrationSettings.from_context(context)
-    convergence.run_undo(
-        operation.target,
-        online=lambda: autocommit_database(context),
-        in_transaction=lambda: Database(operations.get_bind(), settings, concurrent=False),
-    )
+    undo(operations, "undo_unique_index", operation, refused_offline("undo_unique_index"))

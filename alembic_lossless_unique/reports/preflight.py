@@ -756,17 +756,24 @@ def target_of(arguments: argparse.Namespace) -> UniqueTarget:
         arguments.constraint or default_constraint_name(arguments.table, columns),
         arguments.table,
         columns,
-        schema=arguments.schema,
-        keep_newest_by=_names(arguments.keep_newest_by),
-        row_identity=_names(arguments.row_identity),
-        private_schema=arguments.private_schema,
-        archive_table=arguments.archive_table,
-        ledger_table=arguments.ledger_table,
-        postgresql_nulls_not_distinct=arguments.nulls_not_distinct,
-        postgresql_include=_names(arguments.include),
+        **_shared_options(arguments),
         deferrable=arguments.deferrable or None,
         initially=arguments.initially,
     )
+
+
+def _shared_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The options both forms take, from the command line."""
+    return {
+        "schema": arguments.schema,
+        "keep_newest_by": _names(arguments.keep_newest_by),
+        "row_identity": _names(arguments.row_identity),
+        "private_schema": arguments.private_schema,
+        "archive_table": arguments.archive_table,
+        "ledger_table": arguments.ledger_table,
+        "postgresql_include": _names(arguments.include),
+        "postgresql_nulls_not_distinct": arguments.nulls_not_distinct,
+    }
 
 
 def index_target_of(arguments: argparse.Namespace) -> UniqueTarget:
@@ -780,15 +787,8 @@ def index_target_of(arguments: argparse.Namespace) -> UniqueTarget:
         arguments.index,
         arguments.table,
         [sa.text(element) for element in list_items(arguments.columns)],
-        schema=arguments.schema,
-        keep_newest_by=_names(arguments.keep_newest_by),
-        row_identity=_names(arguments.row_identity),
-        private_schema=arguments.private_schema,
-        archive_table=arguments.archive_table,
-        ledger_table=arguments.ledger_table,
+        **_shared_options(arguments),
         postgresql_where=arguments.where,
-        postgresql_include=_names(arguments.include),
-        postgresql_nulls_not_distinct=arguments.nulls_not_distinct,
     )
 
 
