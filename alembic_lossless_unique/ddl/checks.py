@@ -34,8 +34,26 @@ END
 """
 
 
-def _table_problems(target: UniqueTarget) -> str:
-    """The checks both directions share: the table is there, ours to alter, and workable."""
+def _partitioned_problem(target: UniqueTarget, online: bool) -> str:
+    """plpgsql: a partitioned table takes its unique partition by partition, online only (each
+    partition's concurrent build is a transaction of its own), and as a constraint."""
+    if online and not target.is_index:
+        return "            NULL;"
+    why = (
+        "the offline script cannot give it a unique without blocking writes (each partition''s"
+        " concurrent build needs a transaction of its own): run the migration online"
+        " (alembic upgrade, without --sql)"
+        if not online
+        else "ensure_unique_index does not handle partitioned tables yet: declare the key as"
+        " a unique constraint (op.ensure_unique_constraint), which works partition by partition"
+    )
+    return f"""            problems := problems || pg_catalog.format(
+                '%s is partitioned: {why}', {literal(target.display_table)});"""
+
+
+def _table_problems(target: UniqueTarget, online: bool = True) -> str:
+    """The checks both directions share: the table is there, ours to alter, and workable.
+    `online`: a partitioned table is one (operations/partitioned.py), offline it is refused."""
     table = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
     display = literal(target.display_table)
     return f"""
@@ -56,9 +74,11 @@ def _table_problems(target: UniqueTarget) -> str:
                 'role %s cannot alter %s (owned by %s): run the migration as the table''s'
                 ' owner or a member of its role', current_user, {display}, owner);
         END IF;
-        IF kind <> 'r' THEN
+        IF kind = 'p' THEN
+{_partitioned_problem(target, online)}
+        ELSIF kind <> 'r' THEN
             problems := problems || pg_catalog.format(
-                '%s is not a plain table (relkind %s): a unique constraint cannot be built'
+                '%s is not a table (relkind %s): a unique constraint cannot be built'
                 ' concurrently on it', {display}, kind);
         END IF;
         IF forced_rls AND NOT bypasses_rls THEN
@@ -134,25 +154,25 @@ DECLARE
 """
 
 
-def table_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
+def table_checks_sql(target: UniqueTarget, *, refuse: bool, online: bool = True) -> str:
     """The checks that need no key: the table, the role, the options, the private schema. All
     that stops the upgrade of a table that does not exist yet (a pending revision creates it),
     whose key the index form cannot read (probe.py) before it does."""
     body = f"""{_DECLARE.format(refuse="true" if refuse else "false")}
 BEGIN
-{_table_problems(target)}
+{_table_problems(target, online)}
 {_FINISH}"""
     return f"DO {dollar_quoted(body, 'table_checks')}"
 
 
-def upgrade_checks_sql(target: UniqueTarget, *, refuse: bool) -> str:
+def upgrade_checks_sql(target: UniqueTarget, *, refuse: bool, online: bool = True) -> str:
     """What would stop the upgrade: the table, the role, the private schema, the row identity,
     and every foreign key into the table that re-pointing could not handle."""
     display = literal(target.display_table)
     identity = literal_array(target.row_identity)
     body = f"""{_DECLARE.format(refuse="true" if refuse else "false")}
 BEGIN
-{_table_problems(target)}
+{_table_problems(target, online)}
     IF relation IS NOT NULL THEN
         IF NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_index i
@@ -344,7 +364,7 @@ def _key_match(target: UniqueTarget, left: str, right: str) -> str:
 
 
 def downgrade_checks_sql(
-    target: UniqueTarget, *, refuse: bool, archive_expected: bool = False
+    target: UniqueTarget, *, refuse: bool, archive_expected: bool = False, online: bool = True
 ) -> str:
     """What would stop the downgrade from putting back exactly what the upgrade found: a
     privilege it lacks on any table it reads, writes or locks (named with the GRANT that gives
@@ -361,7 +381,7 @@ def downgrade_checks_sql(
     index_row record;
     readable boolean := true;
 BEGIN
-{_table_problems(target)}
+{_table_problems(target, online)}
     archived := {archive_oid};
     IF relation IS NOT NULL AND (archived IS NOT NULL OR {
         "true" if archive_expected else "false"

@@ -23,7 +23,7 @@ its own work table: see convergence.archive_duplicates):
    the guard saw.
 """
 
-from alembic_lossless_unique.ddl import foreign_keys, private_schema
+from alembic_lossless_unique.ddl import foreign_keys, ledger, private_schema
 from alembic_lossless_unique.ddl.comparisons import (
     Comparisons,
     escape_format,
@@ -466,7 +466,8 @@ BEGIN
         'rows', archived, 'groups', groups, 'listed', listed,
         'changed_since_listed', changed, 'gone_since_listed', members - still_listed - changed,
         'sample_keys', coalesce(keys, '[]'::jsonb),
-        'triggers_skipped', triggers_off, 'repointed', repointed_total));
+        'triggers_skipped', triggers_off, 'repointed', repointed_total)
+        || {ledger.partition_detail_sql(target)});
     DROP TABLE {target.work};
 END
 """

@@ -17,7 +17,7 @@ recorded in the ledger in one transaction; dropped with the promotion, in one tr
 re-run or the downgrade removes a guard a killed run left behind.
 """
 
-from alembic_lossless_unique.ddl import ledger, private_schema
+from alembic_lossless_unique.ddl import ledger, partitions, private_schema
 from alembic_lossless_unique.ddl.comparisons import Comparisons, regclass
 from alembic_lossless_unique.ddl.indexes import under_lock_retries
 from alembic_lossless_unique.ddl.sqltext import dollar_quoted, ident, idents, literal, literal_array
@@ -75,6 +75,8 @@ def install(db: Database, target: UniqueTarget) -> None:
         "SELECT " + Comparisons(key.columns, known).operators_sql(regclass(target.qualified_table))
     )
     statements = install_statements(target, dict(zip(key.columns, operators, strict=True)))
+    if exists(db, target):  # a leftover's triggers are dropped first
+        statements = lock_first(db, target) + statements
 
     def create() -> None:
         for statement in statements:
@@ -90,9 +92,20 @@ def remove(db: Database, target: UniqueTarget) -> None:
         db,
         target,
         "remove the duplicate guard",
+        *lock_first(db, target),
         *drop_statements(target),
         record_removed_sql(target),
     )
+
+
+def lock_first(db: Database, target: UniqueTarget) -> list[str]:
+    """On a partitioned table, the statements that drop the guard's triggers lock each partition
+    (its copy of the trigger) before the partitioned table itself, the reverse of an insert's
+    order: the partitioned table is locked first, so that they wait for the app's inserts
+    instead of deadlocking with one."""
+    if not partitions.is_partitioned(db, target):
+        return []
+    return [f"LOCK TABLE {target.qualified_table} IN ACCESS EXCLUSIVE MODE"]
 
 
 def drop_statements(target: UniqueTarget) -> list[str]:

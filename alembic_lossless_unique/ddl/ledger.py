@@ -20,6 +20,28 @@ class Step:
     action: str
     detail: dict[str, Any]
 
+    @property
+    def partition(self) -> tuple[str, str] | None:
+        """The partition (schema, table) the step acted on, in an operation on a partitioned
+        table; None for the table the operation was given."""
+        where = self.detail.get(PARTITION)
+        return (where[0], where[1]) if where else None
+
+
+# The detail that names a partition's steps in the ledger of an operation on its partitioned
+# table: [schema, table].
+PARTITION = "partition"
+
+
+def partition_detail(target: UniqueTarget) -> dict[str, Any]:
+    """What every ledger entry of `target` carries: the partition it acts on, if it is one."""
+    return {PARTITION: [target.schema, target.table]} if target.partition_of else {}
+
+
+def partition_detail_sql(target: UniqueTarget) -> str:
+    """The same as a jsonb expression, for entries that SQL writes itself (the dedupe's)."""
+    return f"CAST({literal(json.dumps(partition_detail(target)))} AS jsonb)"
+
 
 def create_ledger_sql(target: UniqueTarget) -> str:
     return (
@@ -38,11 +60,22 @@ def exists(db: Database, target: UniqueTarget) -> bool:
 def record(db: Database, target: UniqueTarget, action: str, **detail: Any) -> None:
     db.execute(
         f"INSERT INTO {target.ledger} (action, detail) VALUES (:action, CAST(:detail AS jsonb))",
-        {"action": action, "detail": json.dumps(detail)},
+        {"action": action, "detail": json.dumps({**detail, **partition_detail(target)})},
     )
 
 
 def steps(db: Database, target: UniqueTarget) -> list[Step]:
+    """The steps of `target` itself: of the table given, or of one partition of it."""
+    mine = partition_detail(target).get(PARTITION)
+    return [
+        step
+        for step in every_step(db, target)
+        if (list(step.partition) if step.partition else None) == mine
+    ]
+
+
+def every_step(db: Database, target: UniqueTarget) -> list[Step]:
+    """Every step of the operation, a partitioned table's partitions' included."""
     if not exists(db, target):
         return []
     # As text, parsed here: drivers differ in what they make of jsonb (asyncpg: a str).
@@ -85,4 +118,7 @@ def built_before(steps_done: list[Step]) -> bool:
 
 def built_before_sql(target: UniqueTarget) -> str:
     """The same question asked in SQL, for the offline script (the ledger exists by then)."""
-    return f"EXISTS (SELECT 1 FROM {target.ledger} WHERE action = 'built')"
+    return (
+        f"EXISTS (SELECT 1 FROM {target.ledger} WHERE action = 'built'"
+        f" AND NOT detail ? {literal(PARTITION)})"
+    )

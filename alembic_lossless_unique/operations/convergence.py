@@ -18,6 +18,7 @@ from alembic_lossless_unique.ddl import (
     guard,
     indexes,
     ledger,
+    partitions,
     private_schema,
     probe,
     restore,
@@ -68,7 +69,18 @@ def ensure_unique_constraint(
     (default: the library's command with the operation's arguments)."""
     target = probe.resolve(db, target)  # the index form's key, or a refusal: nothing changed
     report = RunReport(f"{target.kind} {target.constraint_name} on {target.key_description}")
+    partitioned = partitions.is_partitioned(db, target)
+    if partitioned:  # PostgreSQL's own rules first: nothing else matters when they refuse
+        found = partitions.problems(db, target)
+        if found:
+            raise MigrationAbort(found[0])
     refuse_on_problems(db, checks.upgrade_checks_sql(target, refuse=True))
+    if partitioned:
+        # Imported here: the partitioned story is told with this module's steps.
+        from alembic_lossless_unique.operations import partitioned as partition_by_partition
+
+        partition_by_partition.ensure(db, target, ddl_command)
+        return
     steps_done = ledger.steps(db, target)
     plan = read_plan(db, target, steps_done)
     if plan.refusal:
@@ -149,7 +161,7 @@ def forget_if_nothing_done(db: Database, target: UniqueTarget) -> None:
     try:
         if db.connection.closed or not ledger.exists(db, target) or guard.exists(db, target):
             return
-        for step in ledger.steps(db, target):
+        for step in ledger.every_step(db, target):
             archived_nothing = step.action == "archived" and not step.detail.get("rows")
             if step.action not in WITHOUT_EFFECT and not archived_nothing:
                 return
@@ -198,38 +210,7 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
     with report.step("install duplicate guard"), removing_guard_on_failure(db, target):
         guard.install(db, target)
     with removing_guard_on_failure(db, target):
-        groups = rows = repointed = 0
-        definition = indexes.unique_index_definition(target, target.constraint_name)
-        slipped_in: list[str] = []
-        for attempt in range(1, db.settings.build_attempts + 1):
-            archived = archive_duplicates(db, target, report)
-            groups += archived["groups"]
-            rows += archived["rows"]
-            repointed += sum(archived["repointed"].values())
-            ledger.record(db, target, "built", index_name=target.constraint_name)
-            try:
-                with report.step("build index concurrently"):
-                    indexes.create_index_concurrently(
-                        db, target, target.constraint_name, definition
-                    )
-                break
-            except IntegrityError as error:
-                slipped_in.append(duplicate_detail(error))
-                if attempt == db.settings.build_attempts:
-                    raise MigrationAbort(past_the_guard_message(db, target, slipped_in)) from None
-                log.warning(
-                    "a duplicate arrived during the build, past the duplicate guard (%s);"
-                    " archiving it and building again",
-                    slipped_in[-1],
-                )
-        report.fact("duplicate groups", groups)
-        report.fact("rows archived", f"{rows} (moved to {target.archive})")
-        if repointed:
-            report.fact(
-                "re-pointed",
-                f"{repointed} child rows to the kept row (recorded in {target.repointed})",
-            )
-        report.fact("built", f"unique index {target.constraint_name}, concurrently")
+        archive_and_build(db, target, report)
         if target.is_index:  # the index is the end state: only the guard goes
             with report.step("remove duplicate guard"):
                 under_lock_retries(
@@ -250,6 +231,41 @@ def build_and_promote(db: Database, target: UniqueTarget, report: RunReport) -> 
                 guard.record_removed_sql(target),
             )
         report.fact("promoted", f"index -> constraint {target.constraint_name}")
+
+
+def archive_and_build(db: Database, target: UniqueTarget, report: RunReport) -> None:
+    """With the guard on: archive duplicates, build the unique index concurrently; again after
+    another dedupe when a duplicate slipped past the guard, `build_attempts` times at most."""
+    groups = rows = repointed = 0
+    definition = indexes.unique_index_definition(target, target.constraint_name)
+    slipped_in: list[str] = []
+    for attempt in range(1, db.settings.build_attempts + 1):
+        archived = archive_duplicates(db, target, report)
+        groups += archived["groups"]
+        rows += archived["rows"]
+        repointed += sum(archived["repointed"].values())
+        ledger.record(db, target, "built", index_name=target.constraint_name)
+        try:
+            with report.step("build index concurrently"):
+                indexes.create_index_concurrently(db, target, target.constraint_name, definition)
+            break
+        except IntegrityError as error:
+            slipped_in.append(duplicate_detail(error))
+            if attempt == db.settings.build_attempts:
+                raise MigrationAbort(past_the_guard_message(db, target, slipped_in)) from None
+            log.warning(
+                "a duplicate arrived during the build, past the duplicate guard (%s);"
+                " archiving it and building again",
+                slipped_in[-1],
+            )
+    report.fact("duplicate groups", groups)
+    report.fact("rows archived", f"{rows} (moved to {target.archive})")
+    if repointed:
+        report.fact(
+            "re-pointed",
+            f"{repointed} child rows to the kept row (recorded in {target.repointed})",
+        )
+    report.fact("built", f"unique index {target.constraint_name}, concurrently")
 
 
 def duplicate_detail(error: DBAPIError) -> str:
@@ -464,7 +480,7 @@ class Undo:
             f"undo {target.kind} {target.constraint_name} on {target.key_description}"
         )
         self.steps: list[ledger.Step] = []
-        self.prebuilt: list[str] = []
+        self.prebuilt: list[tuple[UniqueTarget, str]] = []  # (on whose table, index)
         self.in_transaction: list[str] = []
         self.build_in_transaction = False
 
@@ -479,18 +495,22 @@ class Undo:
                 target.key_description,
             )
             return False
-        to_rebuild = [s for s in self.steps if s.action in ("dropped_redundant", "promoted")]
+        to_rebuild = [
+            (target, step)
+            for step in self.steps
+            if step.action in ("dropped_redundant", "promoted")
+        ] + partition_rebuilds(target, ledger.every_step(db, target))
         if not to_rebuild:
             self._restore_in_batches(db)
             return True
         self.build_in_transaction = db.concurrent and indexes.rebuild_in_transaction(db, target)
         how = "inside the final transaction" if self.build_in_transaction else "concurrently"
         with self.report.step(f"rebuild dropped uniques {how}"):
-            for step in reversed(to_rebuild):
+            for on, step in reversed(to_rebuild):
                 if step.action == "dropped_redundant":
-                    self._rebuild(db, step.detail, step.detail["index_name"])
-                else:
-                    self._rebuild_promoted(db, step.detail)
+                    self._rebuild(db, on, step.detail, step.detail["index_name"])
+                else:  # promoted, or a partition's own constraint adopted
+                    self._rebuild_in_place(db, on, step.detail)
         if self.build_in_transaction:
             self.report.fact(
                 "rebuilt",
@@ -534,13 +554,20 @@ class Undo:
             except DBAPIError as error:
                 raise as_abort(error) from None
 
-    def _rebuild(self, db: Database, detail: dict[str, Any], build_as: str) -> None:
-        """Build `detail`'s unique concurrently as `build_as`, or (downgrade_rebuild) inside
-        the final transaction under its own name; its comment and constraint follow in the
-        final transaction."""
-        target = self.target
+    def _rebuild(
+        self,
+        db: Database,
+        target: UniqueTarget,
+        detail: dict[str, Any],
+        build_as: str,
+        in_place: bool = False,
+    ) -> None:
+        """Build `detail`'s unique on `target`'s table concurrently as `build_as`, or
+        (downgrade_rebuild) inside the final transaction under its own name; its comment and
+        constraint follow in the final transaction. `in_place`: the unique is still there
+        until the final transaction drops it (a partition's, attached to the constraint)."""
         name, constraint = detail["index_name"], detail.get("constraint_name")
-        if constraint and indexes.constraint_exists(db, target, constraint):
+        if constraint and not in_place and indexes.constraint_exists(db, target, constraint):
             return
         if self.build_in_transaction:
             # The constraint is dropped first in that transaction, which frees its name.
@@ -552,7 +579,7 @@ class Undo:
             if build_as != name:
                 definition = indexes.renamed(definition, name, build_as)
             if not indexes.index_is_valid(db, target, build_as):
-                self.prebuilt.append(build_as)
+                self.prebuilt.append((target, build_as))
             indexes.create_index_concurrently(db, target, build_as, definition)
             if build_as != name:
                 self.in_transaction.append(indexes.rename_index_sql(target, build_as, name))
@@ -571,16 +598,15 @@ class Undo:
                 )
             )
 
-    def _rebuild_promoted(self, db: Database, detail: dict[str, Any]) -> None:
-        """The index the upgrade promoted: under its own name when the constraint does not hold
-        that name, else under a temporary one, renamed once the constraint is gone."""
-        same_name = detail["index_name"] == self.target.constraint_name
+    def _rebuild_in_place(self, db: Database, target: UniqueTarget, detail: dict[str, Any]) -> None:
+        """A unique whose name the constraint holds until the final transaction (the index the
+        upgrade promoted, a partition's constraint it adopted): built under a temporary name,
+        renamed once the constraint is gone; under its own name when it is free."""
+        same_name = detail["index_name"] == target.constraint_name
         build_as = (
-            self.target.temporary_index_name(detail["index_name"])
-            if same_name
-            else detail["index_name"]
+            target.temporary_index_name(detail["index_name"]) if same_name else detail["index_name"]
         )
-        self._rebuild(db, detail, build_as)
+        self._rebuild(db, target, detail, build_as, in_place=bool(target.partition_of))
 
     def finish(self, db: Database) -> None:
         """The single transaction: everything, or (on any failure) nothing."""
@@ -630,9 +656,9 @@ class Undo:
         return []
 
     def compensate(self, db: Database) -> None:
-        for name in reversed(self.prebuilt):
+        for on, name in reversed(self.prebuilt):
             try:
-                indexes.drop_index(db, self.target, name)
+                indexes.drop_index(db, on, name)
             except (DBAPIError, MigrationAbort) as error:
                 log.warning("could not drop %s, built for the failed downgrade: %s", name, error)
 
@@ -640,7 +666,7 @@ class Undo:
 # What the upgrade did to get the constraint, and what it did beside it that the downgrade
 # rebuilds: the latest of these decides how the constraint is undone.
 _CONSTRAINT_STEPS = ("built", "renamed", "promoted")
-_REBUILT_STEPS = ("dropped_redundant", "promoted")
+_REBUILT_STEPS = ("dropped_redundant", "promoted", "adopted")
 
 
 def restores_in_batches(
@@ -655,6 +681,21 @@ def restores_in_batches(
         and not any(s.action in _REBUILT_STEPS for s in steps)
         and archived_rows > settings.restore_batch_rows
     )
+
+
+def partition_rebuilds(
+    target: UniqueTarget, steps: list[ledger.Step]
+) -> list[tuple[UniqueTarget, ledger.Step]]:
+    """Every partition's unique that an upgrade on a partitioned table adopted (its own
+    constraint, attached: the drop of the partitioned table's constraint takes it along),
+    promoted or dropped, with the partition's target, in the order recorded."""
+    rebuilt = []
+    for step in steps:
+        if step.partition is None or step.action not in _REBUILT_STEPS:
+            continue
+        name = step.detail.get("constraint_name") or step.detail["index_name"]
+        rebuilt.append((target.for_partition(*step.partition, name), step))
+    return rebuilt
 
 
 def run_undo(

@@ -383,7 +383,7 @@ END
         _announce(target),
     ]
     return f"""\
-{gated(checks.upgrade_checks_sql(target, refuse=True))};
+{gated(checks.upgrade_checks_sql(target, refuse=True, online=False))};
 
 {gated(f"DO {dollar_quoted(body, 'start')}")};
 
@@ -778,7 +778,7 @@ END
 {revision_header(f"undo unique constraint {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
-{gated(checks.downgrade_checks_sql(target, refuse=True))};
+{gated(checks.downgrade_checks_sql(target, refuse=True, online=False))};
 
 {gated(f"DO {dollar_quoted(body, 'undo')}")};
 

@@ -4,7 +4,7 @@ other name (archive, ledger, guard, work table) is derived here, in one place, a
 as the unique judges it (UniqueKey): every statement that compares keys asks it."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from alembic_lossless_unique.ddl.sqltext import (
     MAX_IDENTIFIER_BYTES,
@@ -159,6 +159,9 @@ class UniqueTarget:
     where: str | None = None
     # The key as PostgreSQL parsed it (probe.py): what every statement of the index form asks.
     probed_key: UniqueKey | None = field(default=None, compare=False)
+    # A partition's own part of an operation on a partitioned table (for_partition): the
+    # partitioned table the operation was given, as schema.table. Empty for that table itself.
+    partition_of: str = ""
 
     def __post_init__(self) -> None:
         for attribute in (
@@ -232,6 +235,22 @@ class UniqueTarget:
                 f"private_schema {self.private_schema!r} must differ from the table's schema:"
                 " archived rows must not sit where the API can reach them"
             )
+
+    def for_partition(self, schema: str, table: str, constraint_name: str) -> "UniqueTarget":
+        """The same key on one partition of this (partitioned) table, its unique named
+        `constraint_name`; it shares the operation's private tables (archive, ledger), and its
+        ledger entries name the partition."""
+        return replace(
+            self,
+            schema=schema,
+            table=table,
+            constraint_name=constraint_name,
+            archive_table=self.archive_table,
+            ledger_table=self.ledger_table,
+            archive_reason=self.archive_reason,
+            adopt_first=(),
+            partition_of=self.display_table,
+        )
 
     # The table and what is derived from it.
 
