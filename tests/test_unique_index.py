@@ -6,6 +6,7 @@ Each ends with exactly the index op.create_index(..., unique=True, same argument
 that gets no error but the expected unique_violation (the guard's, judging as the index will)
 while duplicates move, and a downgrade that gives back pg_dump -s and every row."""
 
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from alembic_lossless_unique.operations.ops import target_from_index_arguments
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
+from tests.offline_support import apply_script, other_database
 from tests.online_support import Session, holding, libpq_dsn, wait_until
 from tests.support import failed_lines, run_child, through
 
@@ -376,6 +378,63 @@ def test_a_volatile_expression_is_refused_before_anything_changes(harness):
     assert "\n" not in str(refused.value)
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.accounts") == rows_before
+
+
+# Offline: the script `alembic --sql` writes, run by psql.
+
+
+def offline_script(arguments: dict, operation: str) -> str:
+    """What `alembic --sql` writes for `operation` in a revision, in the revision's transaction
+    (the CLI test below runs a whole project's script)."""
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql",
+        dialect_opts={"paramstyle": "named"},  # as environment.py writes scripts
+        opts={"as_sql": True, "output_buffer": buffer, "literal_binds": True},
+    )
+    getattr(Operations(context), operation)(**arguments)
+    return f"BEGIN;\n{buffer.getvalue()}\nCOMMIT;\n"
+
+
+def end_state(harness, arguments: dict) -> tuple:
+    table = arguments["table_name"]
+    return (
+        harness.schema_dump(),
+        rows(harness, f"public.{table}"),
+        archived(harness, arguments, table),
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "arguments", "kept"),
+    [(USERS, USERS_INDEX, {2, 3, 5}), (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8})],
+    ids=["soft_delete_users", "mastodon_accounts"],
+)
+def test_the_offline_script_ends_where_online_ends_and_runs_again(harness, setup, arguments, kept):
+    """The key is read by the script itself (its probe): the upgrade, run twice by psql, ends
+    with the index op.create_index makes, the rows and the archive the online run leaves; the
+    downgrade, twice, gives back pg_dump -s and every row."""
+    harness.execute(setup)
+    table = arguments["table_name"]
+    expected = create_index_on_twin(harness, arguments)
+    schema_before, rows_before = harness.schema_dump(), rows(harness, f"public.{table}")
+    with other_database(harness, "online") as on:
+        on.execute(setup)
+        ensure(on, arguments)
+        online_end = end_state(on, arguments)
+
+    upgrade = offline_script(arguments, "ensure_unique_index")
+    for _ in range(2):
+        apply_script(harness, upgrade)
+        assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
+        assert end_state(harness, arguments) == online_end
+    assert rows(harness, f"public.{table}").keys() == kept
+
+    downgrade = offline_script(arguments, "undo_unique_index")
+    for _ in range(2):
+        apply_script(harness, downgrade)
+        assert harness.schema_dump() == schema_before
+        assert rows(harness, f"public.{table}") == rows_before
 
 
 # Through the real CLI: `alembic upgrade` / `downgrade`, and `--sql` refused with one line.

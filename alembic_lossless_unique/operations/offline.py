@@ -50,6 +50,7 @@ from alembic_lossless_unique.ddl.sqltext import (
     literal,
     literal_array,
 )
+from alembic_lossless_unique.operations import offline_key
 from alembic_lossless_unique.operations.target import UniqueTarget
 from alembic_lossless_unique.runtime.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.runtime.rerunnable import DUE
@@ -201,7 +202,9 @@ def gated(statement: str, condition: str = DUE) -> str:
     """`statement`, run only where `condition` holds (by default: this revision is due). A DO
     block of this package's gets the check as the first statement of its body; any other
     statement is run by a DO block that checks first. (A DO block's DECLARE section still runs:
-    this package's only read there.)"""
+    this package's only read there.) A statement on the index form's key gets the key's parts
+    the script's probe read (offline_key)."""
+    statement = offline_key.filled(statement)
     check = f"    IF NOT {condition} THEN RETURN; END IF;"
     if statement.startswith("DO $"):
         marker = statement[3 : statement.index("$", 4) + 1]
@@ -309,10 +312,14 @@ def _recreation_record(variable: str) -> str:
 
 
 def write_upgrade(operations: Any, target: UniqueTarget) -> None:
-    """ensure_unique_constraint, offline, in the form the run asks for."""
+    """ensure_unique_constraint, offline, in the form the run asks for; ensure_unique_index
+    in the blocking form (one transaction), whichever is asked for."""
     context = operations.get_context()
     ready = MigrationSettings.from_context(context).subscribers_ready
     command = project_ddl_command(context.config, subscriber_ddl_command(target))
+    if target.is_index:
+        operations.execute(upgrade_sql(offline_key.pending(target), ready, command))
+        return
     if form_of(context) == BLOCKING:
         operations.execute(upgrade_sql(target, ready, command))
         return
@@ -360,8 +367,9 @@ def _start_sql(target: UniqueTarget, ready: tuple[str, ...], ddl_command: str) -
 BEGIN
 {_read_plan(target)}
     IF converged AND NOT {guard.exists_sql(target)} THEN
-        RAISE NOTICE 'already converged: unique constraint % on % is in place; nothing to do',
-                     {literal(target.constraint_name)}, {literal(target.key_description)};
+        RAISE NOTICE 'already converged: % % on % is in place; nothing to do',
+                     {literal(target.kind)}, {literal(target.constraint_name)},
+                     {literal(target.key_description)};
         {set_work(literal(NONE))}
     ELSE
         {set_work(f"CASE main_action WHEN 'build' THEN {literal(BUILD)} ELSE {literal(ADOPT)} END")}
@@ -420,13 +428,31 @@ def _remove_guard(target: UniqueTarget) -> str:
             END IF;"""
 
 
+def _rename(target: UniqueTarget) -> str:
+    """plpgsql, for the plan's 'rename': the constraint renamed, or the index form's index."""
+    name = literal(target.constraint_name)
+    if target.is_index:
+        renamed = "pg_catalog.jsonb_build_object('index_name', step.index_name)"
+        return f"""
+            {_record(target, "renamed", renamed)}
+            EXECUTE pg_catalog.format('ALTER INDEX %I.%I RENAME TO %I', {literal(target.schema)},
+                                      step.index_name, {name});
+            RAISE NOTICE 'renamed index % to %', step.index_name, {name};"""
+    renamed = "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)"
+    table = target.qualified_table
+    return f"""
+            {_record(target, "renamed", renamed)}
+            EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                      step.constraint_name, {name});
+            RAISE NOTICE 'renamed constraint % to %', step.constraint_name, {name};"""
+
+
 def _converge_sql(target: UniqueTarget, build: str, tag: str) -> str:
     """The plan's steps, in order, in one block; `build` is what it does for 'build'."""
     name = literal(target.constraint_name)
     table = target.qualified_table
     index_of = f"pg_catalog.format('%I.%I', {literal(target.schema)}, step.index_name)"
     dropped_invalid = "pg_catalog.jsonb_build_object('index_name', step.index_name)"
-    renamed = "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)"
     comment_off = literal(indexes.set_index_comment_sql(target, target.constraint_name, None))
     body = f"""{_DECLARE}
     operators text[];
@@ -441,13 +467,10 @@ BEGIN{_read_built_before(target)}
             RAISE NOTICE 'dropped INVALID index %', step.index_name;
         WHEN 'keep' THEN
             {_remove_guard(target)}
-            RAISE NOTICE 'constraint % is already there: nothing to build', {name};
+            RAISE NOTICE '% % is already there: nothing to build', {literal(target.kind)},
+                         {name};
         WHEN 'rename' THEN
-            {_remove_guard(target)}
-            {_record(target, "renamed", renamed)}
-            EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
-                                      step.constraint_name, {name});
-            RAISE NOTICE 'renamed constraint % to %', step.constraint_name, {name};
+            {_remove_guard(target)}{_rename(target)}
         WHEN 'promote' THEN
             {_remove_guard(target)}
             IF NOT step.ours THEN
@@ -500,6 +523,13 @@ END
     ]
 
 
+def _probe(target: UniqueTarget) -> str:
+    """The index form's probe, where the revision is due: its key, as online (offline_key)."""
+    if not target.is_index:
+        return ""
+    return f"\n{gated(offline_key.probe_sql(target))};\n"
+
+
 def upgrade_sql(
     target: UniqueTarget, ready: tuple[str, ...] = (), ddl_command: str = SUBSCRIBER_DDL
 ) -> str:
@@ -510,19 +540,26 @@ def upgrade_sql(
             -- No duplicate can arrive between the dedupe below and the build.
             EXECUTE {lock};
             {_remove_guard(target)}"""
+    promote = (
+        ""
+        if target.is_index  # the index is the end state
+        else f"\n    EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};"
+    )
+    built = "built unique index %"
+    if not target.is_index:
+        built += " and promoted it to the constraint"
     build_body = f"""
 BEGIN
     -- Not CONCURRENTLY: this runs inside the revision's transaction.
-    EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};
-    EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};
-    RAISE NOTICE 'built unique index % and promoted it to the constraint', {name};
+    EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};{promote}
+    RAISE NOTICE {literal(built)}, {name};
 END
 """
     building = [*_dedupe_statements(target), f"DO {dollar_quoted(build_body, 'build')}"]
     return f"""\
-{revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
+{revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")}
 {SESSION};
-
+{_probe(target)}
 {_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, build, "converge"), work_is(ADOPT, BUILD))};
@@ -715,15 +752,35 @@ def _recreate(target: UniqueTarget, detail: str) -> str:
         END IF;"""
 
 
+def _rename_back(target: UniqueTarget) -> str:
+    """plpgsql, for the ledger's 'renamed' (its `detail`): the old name back, unless it is."""
+    name = literal(target.constraint_name)
+    if target.is_index:
+        return f"""
+            IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', {literal(target.schema)},
+                                                        detail->>'index_name')) IS NULL THEN
+                EXECUTE pg_catalog.format('ALTER INDEX %I.%I RENAME TO %I',
+                                          {literal(target.schema)}, {name},
+                                          detail->>'index_name');
+            END IF;"""
+    table = target.qualified_table
+    return f"""
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
+                              AND conname = detail->>'constraint_name') THEN
+                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                          {name}, detail->>'constraint_name');
+            END IF;"""
+
+
 def write_downgrade(operations: Any, target: UniqueTarget) -> None:
     operations.execute(downgrade_sql(target))
 
 
 def downgrade_sql(target: UniqueTarget) -> str:
-    """undo_unique_constraint: the checks, the uniques the upgrade found, the archived rows and
-    the re-pointed child rows back, the private objects gone."""
+    """undo_unique_constraint or undo_unique_index: the checks, the uniques the upgrade found,
+    the archived rows and the re-pointed child rows back, the private objects gone."""
     table = target.qualified_table
-    name = literal(target.constraint_name)
     every_step = f"SELECT action, detail FROM {target.ledger} ORDER BY seq DESC"
     latest_constraint_step = (
         f"SELECT action, detail FROM {target.ledger}"
@@ -757,14 +814,8 @@ BEGIN
     FOR step IN EXECUTE {literal(latest_constraint_step)} LOOP
         detail := step.detail;
         IF step.action = 'built' THEN
-            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
-        ELSIF step.action = 'renamed' THEN
-            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
-                              AND conname = detail->>'constraint_name') THEN
-                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
-                                          {name}, detail->>'constraint_name');
-            END IF;
+            EXECUTE {literal(indexes.drop_target_sql(target))};
+        ELSIF step.action = 'renamed' THEN{_rename_back(target)}
         ELSE
             -- The constraint (and its index) go before the original returns: it may share
             -- the name, and the lock is held to the end anyway.
@@ -775,7 +826,7 @@ BEGIN
 END
 """
     return f"""\
-{revision_header(f"undo unique constraint {target.constraint_name} on {target.key_description}")}
+{revision_header(f"undo {target.kind} {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
 {gated(checks.downgrade_checks_sql(target, refuse=True))};
