@@ -393,7 +393,11 @@ def offline_script(arguments: dict, operation: str) -> str:
         opts={"as_sql": True, "output_buffer": buffer, "literal_binds": True},
     )
     getattr(Operations(context), operation)(**arguments)
-    return f"BEGIN;\n{buffer.getvalue()}\nCOMMIT;\n"
+    script = f"BEGIN;\n{buffer.getvalue()}\nCOMMIT;\n"
+    assert ("CREATE UNIQUE INDEX CONCURRENTLY" in script) == (
+        operation == "ensure_unique_index" and os.environ["MIGRATION_OFFLINE_BUILD"] == "concurrent"
+    )
+    return script
 
 
 def end_state(harness, arguments: dict) -> tuple:
@@ -406,14 +410,20 @@ def end_state(harness, arguments: dict) -> tuple:
 
 
 @pytest.mark.parametrize(
-    ("setup", "arguments", "kept"),
-    [(USERS, USERS_INDEX, {2, 3, 5}), (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8})],
-    ids=["soft_delete_users", "mastodon_accounts"],
+    ("setup", "arguments", "kept", "form"),
+    [
+        (USERS, USERS_INDEX, {2, 3, 5}, "concurrent"),
+        (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8}, "blocking"),
+    ],
+    ids=["soft_delete_users_concurrent", "mastodon_accounts_blocking"],
 )
-def test_the_offline_script_ends_where_online_ends_and_runs_again(harness, setup, arguments, kept):
+def test_the_offline_script_ends_where_online_ends_and_runs_again(
+    harness, monkeypatch, setup, arguments, kept, form
+):
     """The key is read by the script itself (its probe): the upgrade, run twice by psql, ends
     with the index op.create_index makes, the rows and the archive the online run leaves; the
-    downgrade, twice, gives back pg_dump -s and every row."""
+    downgrade, twice, gives back pg_dump -s and every row. Both forms of the build."""
+    monkeypatch.setenv("MIGRATION_OFFLINE_BUILD", form)
     harness.execute(setup)
     table = arguments["table_name"]
     expected = create_index_on_twin(harness, arguments)
@@ -437,7 +447,7 @@ def test_the_offline_script_ends_where_online_ends_and_runs_again(harness, setup
         assert rows(harness, f"public.{table}") == rows_before
 
 
-# Through the real CLI: `alembic upgrade` / `downgrade`, and `--sql` refused with one line.
+# Through the real CLI: `alembic upgrade` / `downgrade`, and the scripts of `--sql`.
 
 TAGS_REVISION = '''"""One tag per lowercase name, as Mastodon's index judges it.
 
@@ -474,9 +484,10 @@ def downgrade() -> None:
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
-def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
+def test_through_the_alembic_cli_and_offline(harness, tmp_path, driver):
     """The index form as a user runs it, through each driver (the probe's temporary table, the
-    expression's `::` casts and the guard's plpgsql reach the server unchanged through each).
+    expression's `::` casts and the guard's plpgsql reach the server unchanged through each),
+    and offline: the project's upgrade and downgrade scripts, each run twice by psql.
     The plan lists it with what it archives, as the index judges it, and its hazards; a deploy
     against a plan whose index changed since is refused, the one reviewed runs."""
     directory = tmp_path / "inventory"
@@ -502,11 +513,22 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
     assert alembic("upgrade", "0002").returncode == 0
     schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
 
-    if driver == "psycopg2":  # offline, no driver speaks
-        offline = alembic("upgrade", "0002:head", "--sql", database=False)
-        assert offline.returncode != 0
-        [line] = failed_lines(offline)
-        assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+    if driver == "psycopg2":  # offline, no driver speaks: the project's scripts, by psql
+        upgrade, downgrade = (
+            alembic(direction, revisions, "--sql", database=False)
+            for direction, revisions in (("upgrade", "0002:head"), ("downgrade", "head:0002"))
+        )
+        assert upgrade.returncode == downgrade.returncode == 0, upgrade.output + downgrade.output
+        for _ in range(2):  # again: already applied, nothing changes
+            apply_script(harness, upgrade.stdout)
+            assert rows(harness, "public.tags").keys() == {2, 4}
+            assert indexdef(harness, "public.tags", TAGS_INDEX["index_name"]) == (
+                " USING btree (lower((name)::text) text_pattern_ops)"
+            )
+        for _ in range(2):
+            apply_script(harness, downgrade.stdout)
+            assert harness.schema_dump() == schema_before
+            assert rows(harness, "public.tags") == rows_before
 
     planned = plan()
     assert planned["pending_revisions"] == ["0003"]

@@ -40,13 +40,12 @@ from alembic_lossless_unique.ddl import (
     private_schema,
     restore,
 )
-from alembic_lossless_unique.ddl.comparisons import Comparisons, escape_format, regclass
+from alembic_lossless_unique.ddl.comparisons import escape_format
 from alembic_lossless_unique.ddl.plan import plan_sql
 from alembic_lossless_unique.ddl.sqltext import (
     dollar_quoted,
     executed_when,
     ident,
-    idents,
     literal,
     literal_array,
 )
@@ -312,14 +311,13 @@ def _recreation_record(variable: str) -> str:
 
 
 def write_upgrade(operations: Any, target: UniqueTarget) -> None:
-    """ensure_unique_constraint, offline, in the form the run asks for; ensure_unique_index
-    in the blocking form (one transaction), whichever is asked for."""
+    """ensure_unique_constraint or ensure_unique_index, offline, in the form the run asks for.
+    The index form's key is read by the script itself (offline_key)."""
     context = operations.get_context()
     ready = MigrationSettings.from_context(context).subscribers_ready
     command = project_ddl_command(context.config, subscriber_ddl_command(target))
     if target.is_index:
-        operations.execute(upgrade_sql(offline_key.pending(target), ready, command))
-        return
+        target = offline_key.pending(target)
     if form_of(context) == BLOCKING:
         operations.execute(upgrade_sql(target, ready, command))
         return
@@ -577,7 +575,7 @@ _OPERATOR_MARK = "\x01operator {}\x01"
 
 def _guard_install(target: UniqueTarget) -> str:
     """plpgsql: guard.install's statements, the operators filled in by the database."""
-    marks = {c: _OPERATOR_MARK.format(n) for n, c in enumerate(target.columns, 1)}
+    marks = {c: _OPERATOR_MARK.format(n) for n, c in enumerate(target.key.columns, 1)}
     templates = []
     # A leftover guard is dropped by _remove_guard first, where there is one.
     new_guard = guard.install_statements(target, marks)[len(guard.drop_statements(target)) :]
@@ -586,7 +584,7 @@ def _guard_install(target: UniqueTarget) -> str:
         for n, mark in enumerate(marks.values(), 1):
             template = template.replace(escape_format(mark), f"%{n}$s")
         templates.append(template)
-    operators = Comparisons(target.columns).operators_sql(regclass(target.qualified_table))
+    operators = guard.operators_sql(target)
     executes = "".join(
         f"\n            EXECUTE pg_catalog.format({literal(t)}, VARIADIC operators);"
         for t in templates
@@ -613,11 +611,11 @@ def concurrent_prepare_sql(
     """Part 1: checks, plan, adoption or drops, and the guard where an index will be built.
     `ready`, `ddl_command`: see _start_sql."""
     return f"""\
-{revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
+{revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
 {_lock_for_the_run()};
-
+{_probe(target)}
 {_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, _guard_install(target), "converge"), work_is(ADOPT, BUILD))}"""
@@ -630,9 +628,12 @@ def concurrent_archive_sql(target: UniqueTarget) -> str:
     name_taken = f"""EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                      WHERE c.relname = {literal(target.constraint_name)}
                        AND c.relnamespace = pg_catalog.to_regnamespace({literal(schema)}))"""
-    stand_in = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}"
-        f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
+    stand_in = f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}" + (
+        # The index form's elements read the table's columns: a copy of them, where there is
+        # a table (where there is none, the build below fails, naming the column).
+        f" (LIKE {target.qualified_table})"
+        if target.is_index
+        else f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
     )
     # pg_temp named last: a temporary table of the same name must not be found first.
     on_the_table = literal(ident(schema) + ", pg_catalog, pg_temp")
@@ -660,23 +661,30 @@ BEGIN
     PERFORM pg_catalog.set_config('statement_timeout', '0', false);
 END
 """
+    # Not gated: where the revision is not due, the stand-in is made all the same.
+    decide_block = offline_key.filled(f"DO {dollar_quoted(decide, 'decide')}")
     return f"""\
 {session_sql(lock_timeout="0")};
-
+{_probe(target)}
 -- Where the index is to be built here, the search_path set below names this table; otherwise
 -- a temporary stand-in of the same name, on which the build below is a no-op.
-DO {dollar_quoted(decide, "decide")};
+{decide_block};
 
 {gated_statements(_dedupe_statements(target), work_is(BUILD))}"""
 
 
 def concurrent_build_sql(target: UniqueTarget) -> str:
     """Part 3, outside any transaction: the build, on the table the search_path now names."""
+    unqualified = indexes.unique_index_definition(target, target.constraint_name).replace(
+        f" ON {target.qualified_table} ", f" ON {ident(target.table)} ", 1
+    )
+    built = indexes.concurrently(indexes.if_not_exists(unqualified))
+    if not built.startswith(f"{CONCURRENT_BUILD} "):
+        raise ValueError(f"an unexpected concurrent build: {built}")
     return (
         "-- Not schema-qualified on purpose: the block above chose the table through the\n"
         "-- search_path (this table where this run builds; otherwise a temporary stand-in).\n"
-        f"{CONCURRENT_BUILD} {ident(target.constraint_name)} ON {ident(target.table)}"
-        f" USING btree ({idents(target.columns)}){target.index_options}"
+        + built
     )
 
 
@@ -714,7 +722,7 @@ END
 """
     return f"""\
 {SESSION};
-
+{_probe(target)}
 {gated(f"DO {dollar_quoted(decide, 'decide')}")};
 
 {gated(_converge_sql(target, build, "promote"), work_is(ADOPT))};

@@ -120,7 +120,8 @@ def filled(statement: str) -> str:
 DECLARE
     parts text[];
 BEGIN
-    parts := pg_catalog.current_setting({literal(KEY_SETTING)})::text[];
+    -- None where the probe did not run (the revision is not due): nothing reads them then.
+    parts := coalesce(pg_catalog.current_setting({literal(KEY_SETTING)}, true), '{{}}')::text[];
     EXECUTE pg_catalog.format({literal(template)},
                               VARIADIC ARRAY[{", ".join(parts)}]::text[]);
 END
