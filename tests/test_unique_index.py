@@ -422,7 +422,8 @@ def test_the_offline_script_ends_where_online_ends_and_runs_again(
 ):
     """The key is read by the script itself (its probe): the upgrade, run twice by psql, ends
     with the index op.create_index makes, the rows and the archive the online run leaves; the
-    downgrade, twice, gives back pg_dump -s and every row. Both forms of the build."""
+    downgrade, twice, gives back pg_dump -s and every row. Both forms of the build; the
+    concurrent one stopped after its build first, and completed by the next run."""
     monkeypatch.setenv("MIGRATION_OFFLINE_BUILD", form)
     harness.execute(setup)
     table = arguments["table_name"]
@@ -434,6 +435,13 @@ def test_the_offline_script_ends_where_online_ends_and_runs_again(
         online_end = end_state(on, arguments)
 
     upgrade = offline_script(arguments, "ensure_unique_index")
+    if form == "concurrent":  # a run stopped after its build (guard on, nothing promoted)
+        build = upgrade.index("CREATE UNIQUE INDEX CONCURRENTLY")
+        apply_script(harness, upgrade[: upgrade.index(";", build) + 1])
+        assert harness.scalar(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE :guard",
+            guard=f"{arguments['index_name']}_guard_%",
+        )
     for _ in range(2):
         apply_script(harness, upgrade)
         assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
