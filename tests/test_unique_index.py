@@ -409,21 +409,38 @@ def end_state(harness, arguments: dict) -> tuple:
     )
 
 
+# NULLS NOT DISTINCT and INCLUDE, and a predicate whose quotes and % the script's key carries.
+USERS_NND_QUOTED_INDEX = {
+    **USERS_NND_INDEX,
+    "postgresql_where": "deleted_at IS NULL AND email NOT LIKE '%@test.invalid'",
+}
+
+
 @pytest.mark.parametrize(
-    ("setup", "arguments", "kept", "form"),
+    ("setup", "arguments", "kept", "duplicate", "form"),
     [
-        (USERS, USERS_INDEX, {2, 3, 5}, "concurrent"),
-        (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8}, "blocking"),
+        (USERS, USERS_INDEX, {2, 3, 5}, "(100, 'EVE@X.ORG', NULL, 5, NULL)", "concurrent"),
+        (
+            USERS,
+            USERS_NND_QUOTED_INDEX,
+            {2, 3, 5},
+            "(100, 'Eve@x.org', NULL, 5, NULL)",
+            "concurrent",
+        ),
+        (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8}, None, "blocking"),
     ],
-    ids=["soft_delete_users_concurrent", "mastodon_accounts_blocking"],
+    ids=["soft_delete_users", "nulls_not_distinct_quoted_predicate", "mastodon_accounts_blocking"],
 )
 def test_the_offline_script_ends_where_online_ends_and_runs_again(
-    harness, monkeypatch, setup, arguments, kept, form
+    harness, monkeypatch, pg_major, setup, arguments, kept, duplicate, form
 ):
     """The key is read by the script itself (its probe): the upgrade, run twice by psql, ends
     with the index op.create_index makes, the rows and the archive the online run leaves; the
     downgrade, twice, gives back pg_dump -s and every row. Both forms of the build; the
-    concurrent one stopped after its build first, and completed by the next run."""
+    concurrent one stopped before its build first (its guard rejects a duplicate as the index
+    will), and completed by the next run."""
+    if arguments.get("postgresql_nulls_not_distinct") and pg_major < 15:
+        pytest.skip("NULLS NOT DISTINCT is PostgreSQL 15+")
     monkeypatch.setenv("MIGRATION_OFFLINE_BUILD", form)
     harness.execute(setup)
     table = arguments["table_name"]
@@ -435,13 +452,13 @@ def test_the_offline_script_ends_where_online_ends_and_runs_again(
         online_end = end_state(on, arguments)
 
     upgrade = offline_script(arguments, "ensure_unique_index")
-    if form == "concurrent":  # a run stopped after its build (guard on, nothing promoted)
-        build = upgrade.index("CREATE UNIQUE INDEX CONCURRENTLY")
-        apply_script(harness, upgrade[: upgrade.index(";", build) + 1])
-        assert harness.scalar(
-            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE :guard",
-            guard=f"{arguments['index_name']}_guard_%",
-        )
+    if duplicate is not None:  # stopped before the build: archived, the guard on
+        apply_script(harness, upgrade[: upgrade.index("CREATE UNIQUE INDEX CONCURRENTLY")])
+        app = Session(libpq_dsn(harness.url))
+        with pytest.raises(psycopg2.errors.UniqueViolation) as rejected:
+            app.run(f"INSERT INTO public.{table} VALUES {duplicate}")
+        app.close()
+        assert rejected.value.diag.constraint_name == arguments["index_name"]
     for _ in range(2):
         apply_script(harness, upgrade)
         assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
