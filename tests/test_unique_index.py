@@ -27,7 +27,7 @@ from alembic_lossless_unique.operations.ops import target_from_index_arguments
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
-from tests.offline_support import apply_script, other_database
+from tests.offline_support import apply_script, other_database, run_psql
 from tests.online_support import Session, holding, libpq_dsn, wait_until
 from tests.support import failed_lines, run_child, through
 
@@ -379,6 +379,14 @@ def test_a_volatile_expression_is_refused_before_anything_changes(harness):
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.accounts") == rows_before
 
+    # Offline, the script's probe refuses in the same words, before anything changes.
+    result = run_psql(harness, offline_script(arguments, "ensure_unique_index"))
+    assert result.returncode != 0
+    [error] = [line for line in result.stderr.splitlines() if "ERROR:" in line]
+    assert error.endswith(str(refused.value).removeprefix("FAILED: "))
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.accounts") == rows_before
+
 
 # Offline: the script `alembic --sql` writes, run by psql.
 
@@ -395,7 +403,8 @@ def offline_script(arguments: dict, operation: str) -> str:
     getattr(Operations(context), operation)(**arguments)
     script = f"BEGIN;\n{buffer.getvalue()}\nCOMMIT;\n"
     assert ("CREATE UNIQUE INDEX CONCURRENTLY" in script) == (
-        operation == "ensure_unique_index" and os.environ["MIGRATION_OFFLINE_BUILD"] == "concurrent"
+        operation == "ensure_unique_index"
+        and os.environ.get("MIGRATION_OFFLINE_BUILD", "concurrent") == "concurrent"
     )
     return script
 
