@@ -31,6 +31,8 @@ Two forms of the upgrade's index build (`-x offline_build`, settings.py):
 
 from typing import Any
 
+from sqlalchemy import text
+
 from alembic_lossless_unique.ddl import (
     checks,
     dedupe,
@@ -310,6 +312,12 @@ def _recreation_record(variable: str) -> str:
 # The upgrade.
 
 
+def _execute(operations: Any, sql: str) -> None:
+    """Write `sql` into the script verbatim: it may carry a user's SQL (an index expression, a
+    predicate) with a colon that text() would take for a parameter and render as NULL."""
+    operations.execute(text(sql.replace(":", "\\:")))
+
+
 def write_upgrade(operations: Any, target: UniqueTarget) -> None:
     """ensure_unique_constraint or ensure_unique_index, offline, in the form the run asks for.
     The index form's key is read by the script itself (offline_key)."""
@@ -319,15 +327,15 @@ def write_upgrade(operations: Any, target: UniqueTarget) -> None:
     if target.is_index:
         target = offline_key.pending(target)
     if form_of(context) == BLOCKING:
-        operations.execute(upgrade_sql(target, ready, command))
+        _execute(operations, upgrade_sql(target, ready, command))
         return
-    operations.execute(concurrent_prepare_sql(target, ready, command))
+    _execute(operations, concurrent_prepare_sql(target, ready, command))
     with context.autocommit_block():  # COMMIT, then BEGIN: the archive step's own transaction
         pass
-    operations.execute(concurrent_archive_sql(target))
+    _execute(operations, concurrent_archive_sql(target))
     with context.autocommit_block():
-        operations.execute(concurrent_build_sql(target))
-    operations.execute(concurrent_finish_sql(target))
+        _execute(operations, concurrent_build_sql(target))
+    _execute(operations, concurrent_finish_sql(target))
 
 
 _DECLARE = """
@@ -782,7 +790,7 @@ def _rename_back(target: UniqueTarget) -> str:
 
 
 def write_downgrade(operations: Any, target: UniqueTarget) -> None:
-    operations.execute(downgrade_sql(target))
+    _execute(operations, downgrade_sql(target))
 
 
 def downgrade_sql(target: UniqueTarget) -> str:
