@@ -76,6 +76,16 @@ TAGS_INDEX = {
     "private_schema": PRIVATE,
 }
 
+TAGS_INDEXED = """
+CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
+                          updated_at int NOT NULL);
+INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
+CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
+CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
+-- Not the same key: the operator class differs; it stays.
+CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
+"""
+
 STATUSES = """
 CREATE TABLE public.statuses (id bigint PRIMARY KEY, uri character varying,
                               updated_at int NOT NULL);
@@ -441,8 +451,15 @@ USERS_NND_QUOTED_INDEX = {
             "concurrent",
         ),
         (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8}, None, "blocking"),
+        # A fitting index renamed, another dropped as redundant: both back after the downgrade.
+        (TAGS_INDEXED, TAGS_INDEX, {1, 2}, None, "concurrent"),
     ],
-    ids=["soft_delete_users", "nulls_not_distinct_quoted_predicate", "mastodon_accounts_blocking"],
+    ids=[
+        "soft_delete_users",
+        "nulls_not_distinct_quoted_predicate",
+        "mastodon_accounts_blocking",
+        "tags_renamed_and_redundant",
+    ],
 )
 def test_the_offline_script_ends_where_online_ends_and_runs_again(
     harness, monkeypatch, pg_major, setup, arguments, kept, duplicate, form
@@ -622,16 +639,6 @@ def os_environ() -> dict[str, str]:
 
 
 # The plan: an index that judges the key as the target will is adopted, whatever its name.
-
-TAGS_INDEXED = """
-CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
-                          updated_at int NOT NULL);
-INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
-CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
-CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
--- Not the same key: the operator class differs; it stays.
-CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
-"""
 
 
 def index_names(harness, table: str) -> list[str]:

@@ -6,7 +6,9 @@ made by the database itself, in plpgsql DO blocks, from the same text the online
 plan query (plan.py), the checks (checks.py), the guard, the archive, the dedupe and the restore.
 The script ends where the online path ends, in every starting state: it creates what the online
 path creates and nothing more (a table already converged gets no ledger, no archive), and writes
-the same archive and ledger, so either path's downgrade undoes the other's upgrade.
+the same archive and ledger, so either path's downgrade undoes the other's upgrade. The index
+form's key, which online is read by a probe before any statement is written, is read by the
+script's own probe as it runs (offline_key.py).
 
 It can always be run again, whole: each revision's part runs only where the version table says
 it is due (rerunnable.py; each block here checks that first, see `gated`), and each part picks
@@ -637,8 +639,8 @@ def concurrent_archive_sql(target: UniqueTarget) -> str:
                      WHERE c.relname = {literal(target.constraint_name)}
                        AND c.relnamespace = pg_catalog.to_regnamespace({literal(schema)}))"""
     stand_in = f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}" + (
-        # The index form's elements read the table's columns: a copy of them, where there is
-        # a table (where there is none, the build below fails, naming the column).
+        # The index form's elements read the table's columns: a copy of them (where there is
+        # no table, a revision not due here, this fails, naming it: docs/offline-and-preflight).
         f" (LIKE {target.qualified_table})"
         if target.is_index
         else f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
