@@ -400,6 +400,15 @@ def test_a_volatile_expression_is_refused_before_anything_changes(harness):
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.accounts") == rows_before
 
+    # Two key columns in one entry of `columns`: online reads them; the script, written for
+    # one, refuses rather than judge keys by the first.
+    combined = {**ACCOUNTS_INDEX, "columns": [sa.text("lower(username), lower(domain)")]}
+    result = run_psql(harness, offline_script(combined, "ensure_unique_index"))
+    assert result.returncode != 0
+    assert "its key has 2 columns where `columns` gives 1" in result.stderr
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.accounts") == rows_before
+
 
 # Offline: the script `alembic --sql` writes, run by psql.
 

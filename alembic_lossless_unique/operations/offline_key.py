@@ -73,6 +73,14 @@ def probe_sql(target: UniqueTarget) -> str:
     )
     unbuildable = escape_format(probe.unbuildable(target, "\x02")).replace("\x02", "%s")
     names = ", ".join(f"element.{name}" for name in _PER_ELEMENT)
+    # The script was written for one key column per entry of `columns`; online reads any count.
+    count = len(target.index_elements)
+    miscounted = escape_format(
+        f"{target.kind} {target.constraint_name} on {target.key_description}: its key has"
+        "\x02 columns where `columns` gives"
+        f" {count}: the offline script needs each key column as an entry of its own"
+        " (run `alembic upgrade` without --sql, or split the SQL); nothing was changed"
+    ).replace("\x02", " %s")
     body = f"""
 DECLARE
     parts text[] := ARRAY[]::text[];
@@ -88,6 +96,11 @@ BEGIN{refuse_option}
     FOR element IN {probe.elements_sql()} LOOP
         parts := parts || ARRAY[{names}];
     END LOOP;
+    IF pg_catalog.cardinality(parts) <> {len(_PER_ELEMENT) * count} THEN
+        RAISE EXCEPTION USING ERRCODE = {literal(dedupe.REFUSED)},
+            MESSAGE = pg_catalog.format({literal(miscounted)},
+                                        pg_catalog.cardinality(parts) / {len(_PER_ELEMENT)});
+    END IF;
     SELECT * INTO found FROM ({probe.index_sql()}) AS i;
     parts := parts || ARRAY[found.predicate, found.shape];
     DROP TABLE pg_temp.{probe.PROBE_TABLE};
