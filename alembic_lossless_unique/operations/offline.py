@@ -531,6 +531,17 @@ END
     ]
 
 
+def _upgrade_heading(target: UniqueTarget) -> str:
+    heading = revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")
+    if target.is_index:
+        heading += (
+            "-- Its key is read as the script runs, from the index built on an empty temporary\n"
+            "-- copy of the table. Written for one key column per entry of columns: a key with\n"
+            "-- another count is refused there, before anything is changed.\n"
+        )
+    return heading
+
+
 def _probe(target: UniqueTarget) -> str:
     """The index form's probe, where the revision is due: its key, as online (offline_key)."""
     if not target.is_index:
@@ -565,7 +576,7 @@ END
 """
     building = [*_dedupe_statements(target), f"DO {dollar_quoted(build_body, 'build')}"]
     return f"""\
-{revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")}
+{_upgrade_heading(target)}
 {SESSION};
 {_probe(target)}
 {_start_sql(target, ready, ddl_command)};
@@ -621,7 +632,7 @@ def concurrent_prepare_sql(
     """Part 1: checks, plan, adoption or drops, and the guard where an index will be built.
     `ready`, `ddl_command`: see _start_sql."""
     return f"""\
-{revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")}
+{_upgrade_heading(target)}
 {SESSION};
 
 {_lock_for_the_run()};
