@@ -6,6 +6,7 @@ Each ends with exactly the index op.create_index(..., unique=True, same argument
 that gets no error but the expected unique_violation (the guard's, judging as the index will)
 while duplicates move, and a downgrade that gives back pg_dump -s and every row."""
 
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from alembic_lossless_unique.operations.ops import target_from_index_arguments
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
+from tests.offline_support import apply_script, other_database, run_psql
 from tests.online_support import Session, holding, libpq_dsn, wait_until
 from tests.support import failed_lines, run_child, through
 
@@ -73,6 +75,16 @@ TAGS_INDEX = {
     "keep_newest_by": ["updated_at"],
     "private_schema": PRIVATE,
 }
+
+TAGS_INDEXED = """
+CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
+                          updated_at int NOT NULL);
+INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
+CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
+CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
+-- Not the same key: the operator class differs; it stays.
+CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
+"""
 
 STATUSES = """
 CREATE TABLE public.statuses (id bigint PRIMARY KEY, uri character varying,
@@ -164,7 +176,10 @@ def create_index_on_twin(harness, arguments: dict) -> str:
     }
     if "postgresql_where" in arguments:
         where = arguments["postgresql_where"]
-        options["postgresql_where"] = sa.text(where) if isinstance(where, str) else where
+        # A colon escaped, as text() needs to keep it (the operations take the SQL verbatim).
+        options["postgresql_where"] = (
+            sa.text(where.replace(":", "\\:")) if isinstance(where, str) else where
+        )
     with harness.engine.begin() as connection:
         Operations(MigrationContext.configure(connection)).create_index(
             arguments["index_name"],
@@ -377,8 +392,126 @@ def test_a_volatile_expression_is_refused_before_anything_changes(harness):
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.accounts") == rows_before
 
+    # Offline, the script's probe refuses in the same words, before anything changes.
+    result = run_psql(harness, offline_script(arguments, "ensure_unique_index"))
+    assert result.returncode != 0
+    [error] = [line for line in result.stderr.splitlines() if "ERROR:" in line]
+    assert error.endswith(str(refused.value).removeprefix("FAILED: "))
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.accounts") == rows_before
 
-# Through the real CLI: `alembic upgrade` / `downgrade`, and `--sql` refused with one line.
+    # Two key columns in one entry of `columns`: online reads them; the script, written for
+    # one, refuses rather than judge keys by the first.
+    combined = {**ACCOUNTS_INDEX, "columns": [sa.text("lower(username), lower(domain)")]}
+    result = run_psql(harness, offline_script(combined, "ensure_unique_index"))
+    assert result.returncode != 0
+    assert "its key has 2 columns where `columns` gives 1" in result.stderr
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.accounts") == rows_before
+
+
+# Offline: the script `alembic --sql` writes, run by psql.
+
+
+def offline_script(arguments: dict, operation: str) -> str:
+    """What `alembic --sql` writes for `operation` in a revision, in the revision's transaction
+    (the CLI test below runs a whole project's script)."""
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql",
+        dialect_opts={"paramstyle": "named"},  # as environment.py writes scripts
+        opts={"as_sql": True, "output_buffer": buffer, "literal_binds": True},
+    )
+    getattr(Operations(context), operation)(**arguments)
+    script = f"BEGIN;\n{buffer.getvalue()}\nCOMMIT;\n"
+    assert ("CREATE UNIQUE INDEX CONCURRENTLY" in script) == (
+        operation == "ensure_unique_index"
+        and os.environ.get("MIGRATION_OFFLINE_BUILD", "concurrent") == "concurrent"
+    )
+    return script
+
+
+def end_state(harness, arguments: dict) -> tuple:
+    table = arguments["table_name"]
+    return (
+        harness.schema_dump(),
+        rows(harness, f"public.{table}"),
+        archived(harness, arguments, table),
+    )
+
+
+# NULLS NOT DISTINCT and INCLUDE, and a predicate with quotes, % and a colon (which text()
+# would take for a parameter) that the script carries verbatim.
+USERS_NND_QUOTED_INDEX = {
+    **USERS_NND_INDEX,
+    "postgresql_where": "deleted_at IS NULL AND email NOT LIKE '%@test.invalid :bounce'",
+}
+
+
+@pytest.mark.parametrize(
+    ("setup", "arguments", "kept", "duplicate", "form"),
+    [
+        (USERS, USERS_INDEX, {2, 3, 5}, "(100, 'EVE@X.ORG', NULL, 5, NULL)", "concurrent"),
+        (
+            USERS,
+            USERS_NND_QUOTED_INDEX,
+            {2, 3, 5},
+            "(100, 'Eve@x.org', NULL, 5, NULL)",
+            "concurrent",
+        ),
+        (ACCOUNTS, ACCOUNTS_INDEX, {2, 4, 6, 7, 8}, None, "blocking"),
+        # A fitting index renamed, another dropped as redundant: both back after the downgrade.
+        (TAGS_INDEXED, TAGS_INDEX, {1, 2}, None, "concurrent"),
+    ],
+    ids=[
+        "soft_delete_users",
+        "nulls_not_distinct_quoted_predicate",
+        "mastodon_accounts_blocking",
+        "tags_renamed_and_redundant",
+    ],
+)
+def test_the_offline_script_ends_where_online_ends_and_runs_again(
+    harness, monkeypatch, pg_major, setup, arguments, kept, duplicate, form
+):
+    """The key is read by the script itself (its probe): the upgrade, run twice by psql, ends
+    with the index op.create_index makes, the rows and the archive the online run leaves; the
+    downgrade, twice, gives back pg_dump -s and every row. Both forms of the build; the
+    concurrent one stopped before its build first (its guard rejects a duplicate as the index
+    will), and completed by the next run."""
+    if arguments.get("postgresql_nulls_not_distinct") and pg_major < 15:
+        pytest.skip("NULLS NOT DISTINCT is PostgreSQL 15+")
+    monkeypatch.setenv("MIGRATION_OFFLINE_BUILD", form)
+    harness.execute(setup)
+    table = arguments["table_name"]
+    expected = create_index_on_twin(harness, arguments)
+    schema_before, rows_before = harness.schema_dump(), rows(harness, f"public.{table}")
+    with other_database(harness, "online") as on:
+        on.execute(setup)
+        ensure(on, arguments)
+        online_end = end_state(on, arguments)
+
+    upgrade = offline_script(arguments, "ensure_unique_index")
+    if duplicate is not None:  # stopped before the build: archived, the guard on
+        apply_script(harness, upgrade[: upgrade.index("CREATE UNIQUE INDEX CONCURRENTLY")])
+        app = Session(libpq_dsn(harness.url))
+        with pytest.raises(psycopg2.errors.UniqueViolation) as rejected:
+            app.run(f"INSERT INTO public.{table} VALUES {duplicate}")
+        app.close()
+        assert rejected.value.diag.constraint_name == arguments["index_name"]
+    for _ in range(2):
+        apply_script(harness, upgrade)
+        assert indexdef(harness, f"public.{table}", arguments["index_name"]) == expected
+        assert end_state(harness, arguments) == online_end
+    assert rows(harness, f"public.{table}").keys() == kept
+
+    downgrade = offline_script(arguments, "undo_unique_index")
+    for _ in range(2):
+        apply_script(harness, downgrade)
+        assert harness.schema_dump() == schema_before
+        assert rows(harness, f"public.{table}") == rows_before
+
+
+# Through the real CLI: `alembic upgrade` / `downgrade`, and the scripts of `--sql`.
 
 TAGS_REVISION = '''"""One tag per lowercase name, as Mastodon's index judges it.
 
@@ -415,9 +548,10 @@ def downgrade() -> None:
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
-def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
+def test_through_the_alembic_cli_and_offline(harness, tmp_path, driver):
     """The index form as a user runs it, through each driver (the probe's temporary table, the
-    expression's `::` casts and the guard's plpgsql reach the server unchanged through each).
+    expression's `::` casts and the guard's plpgsql reach the server unchanged through each),
+    and offline: the project's upgrade and downgrade scripts, each run twice by psql.
     The plan lists it with what it archives, as the index judges it, and its hazards; a deploy
     against a plan whose index changed since is refused, the one reviewed runs."""
     directory = tmp_path / "inventory"
@@ -443,11 +577,22 @@ def test_through_the_alembic_cli_and_refused_offline(harness, tmp_path, driver):
     assert alembic("upgrade", "0002").returncode == 0
     schema_before, rows_before = harness.schema_dump(), rows(harness, "public.tags")
 
-    if driver == "psycopg2":  # offline, no driver speaks
-        offline = alembic("upgrade", "0002:head", "--sql", database=False)
-        assert offline.returncode != 0
-        [line] = failed_lines(offline)
-        assert "ensure_unique_index" in line and "`alembic upgrade`" in line and "--sql" in line
+    if driver == "psycopg2":  # offline, no driver speaks: the project's scripts, by psql
+        upgrade, downgrade = (
+            alembic(direction, revisions, "--sql", database=False)
+            for direction, revisions in (("upgrade", "0002:head"), ("downgrade", "head:0002"))
+        )
+        assert upgrade.returncode == downgrade.returncode == 0, upgrade.output + downgrade.output
+        for _ in range(2):  # again: already applied, nothing changes
+            apply_script(harness, upgrade.stdout)
+            assert rows(harness, "public.tags").keys() == {2, 4}
+            assert indexdef(harness, "public.tags", TAGS_INDEX["index_name"]) == (
+                " USING btree (lower((name)::text) text_pattern_ops)"
+            )
+        for _ in range(2):
+            apply_script(harness, downgrade.stdout)
+            assert harness.schema_dump() == schema_before
+            assert rows(harness, "public.tags") == rows_before
 
     planned = plan()
     assert planned["pending_revisions"] == ["0003"]
@@ -503,16 +648,6 @@ def os_environ() -> dict[str, str]:
 
 
 # The plan: an index that judges the key as the target will is adopted, whatever its name.
-
-TAGS_INDEXED = """
-CREATE TABLE public.tags (id bigint PRIMARY KEY, name character varying NOT NULL,
-                          updated_at int NOT NULL);
-INSERT INTO public.tags VALUES (1, 'Rust', 1), (2, 'go', 2);
-CREATE UNIQUE INDEX tags_lower ON public.tags (lower((name)::text) text_pattern_ops);
-CREATE UNIQUE INDEX tags_lower_copy ON public.tags (lower((name)::text) text_pattern_ops);
--- Not the same key: the operator class differs; it stays.
-CREATE UNIQUE INDEX tags_lower_plain ON public.tags (lower((name)::text));
-"""
 
 
 def index_names(harness, table: str) -> list[str]:

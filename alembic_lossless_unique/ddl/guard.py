@@ -68,12 +68,17 @@ def claims_key_sql(target: UniqueTarget) -> str:
     return f"ALTER TABLE {target.guard_claims} ADD PRIMARY KEY ({key})"
 
 
-def install(db: Database, target: UniqueTarget) -> None:
+def operators_sql(target: UniqueTarget) -> str:
+    """A text[] expression: each key column's equality operator, in the key's order (the key
+    element's own where it has one; else the column type's, looked up where it runs)."""
     key = target.key
     known = {e.column: e.operator for e in key.elements if e.operator is not None}
-    operators = db.scalar(
-        "SELECT " + Comparisons(key.columns, known).operators_sql(regclass(target.qualified_table))
-    )
+    return Comparisons(key.columns, known).operators_sql(regclass(target.qualified_table))
+
+
+def install(db: Database, target: UniqueTarget) -> None:
+    key = target.key
+    operators = db.scalar("SELECT " + operators_sql(target))
     statements = install_statements(target, dict(zip(key.columns, operators, strict=True)))
     if exists(db, target):  # a leftover's triggers are dropped first
         statements = lock_first(db, target) + statements
@@ -126,7 +131,10 @@ def record_removed_sql(target: UniqueTarget) -> str:
 def trigger_statements(target: UniqueTarget) -> list[str]:
     key = target.key
     on_insert, on_update = target.guard_triggers
-    update_of = f"AFTER UPDATE OF {idents(key.referenced)} ON {target.qualified_table}"
+    # Every update where the key's columns are not known when the statement is written (the
+    # offline script's probe reads them as it runs): the function skips those that leave it.
+    of = f" OF {idents(key.referenced)}" if key.referenced else ""
+    update_of = f"AFTER UPDATE{of} ON {target.qualified_table}"
     if not key.plain:
         # A trigger's WHEN takes no subquery: the function itself skips rows the key does not
         # judge, and updates that leave the key as it was.

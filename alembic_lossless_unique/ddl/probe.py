@@ -12,7 +12,9 @@ The probe writes (a temporary table, always rolled back), so it runs before a re
 turns its transaction READ ONLY (reports/preflight.py), and not at all on a standby.
 """
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
@@ -50,26 +52,31 @@ def shape_sql(index: str) -> str:
           WHERE pi.indexrelid = {index}))"""
 
 
+# Per key element: how PostgreSQL prints it, its operator class's equality operator, and its
+# value in a single-table scope (KeyElement.value: the expression with the index's collation).
 _ELEMENTS = """
-SELECT k.n,
-       pg_catalog.pg_get_indexdef(i.indexrelid, k.n::int, true) AS printed,
-       (SELECT pg_catalog.format('OPERATOR(%I.%s)', opn.nspname, o.oprname)
-          FROM pg_catalog.pg_opclass oc
-          JOIN pg_catalog.pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
-               AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
-          JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr
-          JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
-         WHERE oc.oid = i.indclass[k.n - 1]) AS operator,
-       (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname)
-          FROM pg_catalog.pg_collation co
-          JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
-         WHERE co.oid = i.indcollation[k.n - 1]) AS collation
-  FROM pg_catalog.pg_index i, pg_catalog.generate_series(1, i.indnkeyatts) AS k(n)
- WHERE i.indexrelid = {index}
- ORDER BY k.n"""
+SELECT e.n, e.printed, e.operator,
+       '(' || e.printed || ')' || coalesce(' COLLATE ' || e.collation, '') AS value
+  FROM (SELECT k.n,
+               pg_catalog.pg_get_indexdef(i.indexrelid, k.n::int, true) AS printed,
+               (SELECT pg_catalog.format('OPERATOR(%I.%s)', opn.nspname, o.oprname)
+                  FROM pg_catalog.pg_opclass oc
+                  JOIN pg_catalog.pg_amop ao
+                       ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
+                       AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
+                  JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr
+                  JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
+                 WHERE oc.oid = i.indclass[k.n - 1]) AS operator,
+               (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname)
+                  FROM pg_catalog.pg_collation co
+                  JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+                 WHERE co.oid = i.indcollation[k.n - 1]) AS collation
+          FROM pg_catalog.pg_index i, pg_catalog.generate_series(1, i.indnkeyatts) AS k(n)
+         WHERE i.indexrelid = {index}) AS e
+ ORDER BY e.n"""
 
 _INDEX = """
-SELECT pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
+SELECT '(' || pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) || ')' AS predicate,
        ARRAY(SELECT a.attname::text
                FROM pg_catalog.pg_depend d
                JOIN pg_catalog.pg_attribute a
@@ -83,6 +90,58 @@ SELECT pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
  WHERE i.indexrelid = {index}"""
 
 
+# The probe index, once built (an oid expression).
+PROBED = f"pg_catalog.to_regclass({literal('pg_temp.' + PROBE_INDEX)})"
+
+
+def probe_statements(target: UniqueTarget) -> list[str]:
+    """The probe: the table's columns (LIKE) as a temporary table, with the unique index on it,
+    the user's SQL verbatim. What builds here builds on the table."""
+    return [
+        f"CREATE TEMPORARY TABLE {PROBE_TABLE} (LIKE {target.qualified_table})",
+        target.index_statement(PROBE_INDEX, f"pg_temp.{ident(PROBE_TABLE)}"),
+    ]
+
+
+def elements_sql() -> str:
+    """The probe index's key elements, one row each, in order: n, printed, operator, value."""
+    return _ELEMENTS.format(index=PROBED)
+
+
+def index_sql() -> str:
+    """The probe index as one row: predicate, referenced, shape."""
+    return _INDEX.format(index=PROBED, shape=shape_sql(PROBED))
+
+
+def unbuildable(target: UniqueTarget, cause: str) -> str:
+    """The refusal where PostgreSQL will not build the index (`cause`: its words)."""
+    return (
+        f"{target.kind} {target.constraint_name} on {target.key_description} cannot be"
+        f" built: {cause}; nothing was changed"
+    )
+
+
+def key_from(target: UniqueTarget, elements: Sequence[Any], index: Any) -> UniqueKey:
+    """The key, from the probe's rows: `elements` as elements_sql() reads them, `index` as
+    index_sql() does."""
+    return UniqueKey(
+        tuple(
+            KeyElement(
+                value=row.value,
+                column=KEY_COLUMN.format(row.n),
+                operator=row.operator,
+                printed=row.printed,
+                is_column=False,
+            )
+            for row in elements
+        ),
+        nulls_not_distinct=target.nulls_not_distinct,
+        predicate=index.predicate,
+        referenced=tuple(index.referenced),
+        shape=index.shape,
+    )
+
+
 def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
     """`target` with its key as PostgreSQL parsed it (the constraint form needs no probe)."""
     if not target.is_index or target.probed_key is not None:
@@ -92,13 +151,12 @@ def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
         refusal = db.scalar(f"SELECT {option_problem}")
         if refusal:
             raise MigrationAbort(refusal)
-    index = f"pg_catalog.to_regclass({literal('pg_temp.' + PROBE_INDEX)})"
     try:
         with db.trial():  # rolled back: the probe leaves nothing, not even a temporary table
-            db.execute(f"CREATE TEMPORARY TABLE {PROBE_TABLE} (LIKE {target.qualified_table})")
-            db.execute(target.index_statement(PROBE_INDEX, f"pg_temp.{ident(PROBE_TABLE)}"))
-            elements = db.rows(_ELEMENTS.format(index=index))
-            found = db.rows(_INDEX.format(index=index, shape=shape_sql(index)))[0]
+            for statement in probe_statements(target):
+                db.execute(statement)
+            elements = db.rows(elements_sql())
+            found = db.rows(index_sql())[0]
     except DBAPIError as error:
         if drivers.sqlstate(error) == READ_ONLY_TRANSACTION:
             raise MigrationAbort(
@@ -107,24 +165,5 @@ def resolve(db: Database, target: UniqueTarget) -> UniqueTarget:
                 " which a read-only server (a standby) cannot create: run this against the"
                 " primary; nothing was changed"
             ) from None
-        raise MigrationAbort(
-            f"{target.kind} {target.constraint_name} on {target.key_description} cannot be"
-            f" built: {drivers.primary_message(error)}; nothing was changed"
-        ) from None
-    key = UniqueKey(
-        tuple(
-            KeyElement(
-                value=f"({row.printed})" + (f" COLLATE {row.collation}" if row.collation else ""),
-                column=KEY_COLUMN.format(row.n),
-                operator=row.operator,
-                printed=row.printed,
-                is_column=False,
-            )
-            for row in elements
-        ),
-        nulls_not_distinct=target.nulls_not_distinct,
-        predicate=f"({found.predicate})" if found.predicate else None,
-        referenced=tuple(found.referenced),
-        shape=found.shape,
-    )
-    return replace(target, probed_key=key)
+        raise MigrationAbort(unbuildable(target, drivers.primary_message(error))) from None
+    return replace(target, probed_key=key_from(target, elements, found))

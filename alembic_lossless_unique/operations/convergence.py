@@ -37,9 +37,10 @@ log = logging.getLogger("alembic_lossless_unique")
 
 
 def read_plan(db: Database, target: UniqueTarget, steps_done: list[ledger.Step]) -> Plan:
-    rows = db.rows(
-        plan_sql(target, ":built_before"), {"built_before": ledger.built_before(steps_done)}
-    )
+    # Written in, not a parameter: the index form's plan carries the user's SQL, whose colons
+    # a statement with parameters would take for more of them.
+    built_before = "true" if ledger.built_before(steps_done) else "false"
+    rows = db.rows(plan_sql(target, built_before))
     return Plan(tuple(Step(*row[1:]) for row in rows), is_index=target.is_index)
 
 

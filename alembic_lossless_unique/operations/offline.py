@@ -6,7 +6,9 @@ made by the database itself, in plpgsql DO blocks, from the same text the online
 plan query (plan.py), the checks (checks.py), the guard, the archive, the dedupe and the restore.
 The script ends where the online path ends, in every starting state: it creates what the online
 path creates and nothing more (a table already converged gets no ledger, no archive), and writes
-the same archive and ledger, so either path's downgrade undoes the other's upgrade.
+the same archive and ledger, so either path's downgrade undoes the other's upgrade. The index
+form's key, which online is read by a probe before any statement is written, is read by the
+script's own probe as it runs (offline_key.py).
 
 It can always be run again, whole: each revision's part runs only where the version table says
 it is due (rerunnable.py; each block here checks that first, see `gated`), and each part picks
@@ -31,6 +33,8 @@ Two forms of the upgrade's index build (`-x offline_build`, settings.py):
 
 from typing import Any
 
+from sqlalchemy import text
+
 from alembic_lossless_unique.ddl import (
     checks,
     dedupe,
@@ -40,16 +44,16 @@ from alembic_lossless_unique.ddl import (
     private_schema,
     restore,
 )
-from alembic_lossless_unique.ddl.comparisons import Comparisons, escape_format, regclass
+from alembic_lossless_unique.ddl.comparisons import escape_format
 from alembic_lossless_unique.ddl.plan import plan_sql
 from alembic_lossless_unique.ddl.sqltext import (
     dollar_quoted,
     executed_when,
     ident,
-    idents,
     literal,
     literal_array,
 )
+from alembic_lossless_unique.operations import offline_key
 from alembic_lossless_unique.operations.target import UniqueTarget
 from alembic_lossless_unique.runtime.locks import MIGRATOR_LOCK_KEY
 from alembic_lossless_unique.runtime.rerunnable import DUE
@@ -201,7 +205,9 @@ def gated(statement: str, condition: str = DUE) -> str:
     """`statement`, run only where `condition` holds (by default: this revision is due). A DO
     block of this package's gets the check as the first statement of its body; any other
     statement is run by a DO block that checks first. (A DO block's DECLARE section still runs:
-    this package's only read there.)"""
+    this package's only read there.) A statement on the index form's key gets the key's parts
+    the script's probe read (offline_key)."""
+    statement = offline_key.filled(statement)
     check = f"    IF NOT {condition} THEN RETURN; END IF;"
     if statement.startswith("DO $"):
         marker = statement[3 : statement.index("$", 4) + 1]
@@ -308,21 +314,30 @@ def _recreation_record(variable: str) -> str:
 # The upgrade.
 
 
+def _execute(operations: Any, sql: str) -> None:
+    """Write `sql` into the script verbatim: it may carry a user's SQL (an index expression, a
+    predicate) with a colon that text() would take for a parameter and render as NULL."""
+    operations.execute(text(sql.replace(":", "\\:")))
+
+
 def write_upgrade(operations: Any, target: UniqueTarget) -> None:
-    """ensure_unique_constraint, offline, in the form the run asks for."""
+    """ensure_unique_constraint or ensure_unique_index, offline, in the form the run asks for.
+    The index form's key is read by the script itself (offline_key)."""
     context = operations.get_context()
     ready = MigrationSettings.from_context(context).subscribers_ready
     command = project_ddl_command(context.config, subscriber_ddl_command(target))
+    if target.is_index:
+        target = offline_key.pending(target)
     if form_of(context) == BLOCKING:
-        operations.execute(upgrade_sql(target, ready, command))
+        _execute(operations, upgrade_sql(target, ready, command))
         return
-    operations.execute(concurrent_prepare_sql(target, ready, command))
+    _execute(operations, concurrent_prepare_sql(target, ready, command))
     with context.autocommit_block():  # COMMIT, then BEGIN: the archive step's own transaction
         pass
-    operations.execute(concurrent_archive_sql(target))
+    _execute(operations, concurrent_archive_sql(target))
     with context.autocommit_block():
-        operations.execute(concurrent_build_sql(target))
-    operations.execute(concurrent_finish_sql(target))
+        _execute(operations, concurrent_build_sql(target))
+    _execute(operations, concurrent_finish_sql(target))
 
 
 _DECLARE = """
@@ -360,8 +375,9 @@ def _start_sql(target: UniqueTarget, ready: tuple[str, ...], ddl_command: str) -
 BEGIN
 {_read_plan(target)}
     IF converged AND NOT {guard.exists_sql(target)} THEN
-        RAISE NOTICE 'already converged: unique constraint % on % is in place; nothing to do',
-                     {literal(target.constraint_name)}, {literal(target.key_description)};
+        RAISE NOTICE 'already converged: % % on % is in place; nothing to do',
+                     {literal(target.kind)}, {literal(target.constraint_name)},
+                     {literal(target.key_description)};
         {set_work(literal(NONE))}
     ELSE
         {set_work(f"CASE main_action WHEN 'build' THEN {literal(BUILD)} ELSE {literal(ADOPT)} END")}
@@ -420,13 +436,31 @@ def _remove_guard(target: UniqueTarget) -> str:
             END IF;"""
 
 
+def _rename(target: UniqueTarget) -> str:
+    """plpgsql, for the plan's 'rename': the constraint renamed, or the index form's index."""
+    name = literal(target.constraint_name)
+    if target.is_index:
+        renamed = "pg_catalog.jsonb_build_object('index_name', step.index_name)"
+        return f"""
+            {_record(target, "renamed", renamed)}
+            EXECUTE pg_catalog.format('ALTER INDEX %I.%I RENAME TO %I', {literal(target.schema)},
+                                      step.index_name, {name});
+            RAISE NOTICE 'renamed index % to %', step.index_name, {name};"""
+    renamed = "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)"
+    table = target.qualified_table
+    return f"""
+            {_record(target, "renamed", renamed)}
+            EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                      step.constraint_name, {name});
+            RAISE NOTICE 'renamed constraint % to %', step.constraint_name, {name};"""
+
+
 def _converge_sql(target: UniqueTarget, build: str, tag: str) -> str:
     """The plan's steps, in order, in one block; `build` is what it does for 'build'."""
     name = literal(target.constraint_name)
     table = target.qualified_table
     index_of = f"pg_catalog.format('%I.%I', {literal(target.schema)}, step.index_name)"
     dropped_invalid = "pg_catalog.jsonb_build_object('index_name', step.index_name)"
-    renamed = "pg_catalog.jsonb_build_object('constraint_name', step.constraint_name)"
     comment_off = literal(indexes.set_index_comment_sql(target, target.constraint_name, None))
     body = f"""{_DECLARE}
     operators text[];
@@ -441,13 +475,10 @@ BEGIN{_read_built_before(target)}
             RAISE NOTICE 'dropped INVALID index %', step.index_name;
         WHEN 'keep' THEN
             {_remove_guard(target)}
-            RAISE NOTICE 'constraint % is already there: nothing to build', {name};
+            RAISE NOTICE '% % is already there: nothing to build', {literal(target.kind)},
+                         {name};
         WHEN 'rename' THEN
-            {_remove_guard(target)}
-            {_record(target, "renamed", renamed)}
-            EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
-                                      step.constraint_name, {name});
-            RAISE NOTICE 'renamed constraint % to %', step.constraint_name, {name};
+            {_remove_guard(target)}{_rename(target)}
         WHEN 'promote' THEN
             {_remove_guard(target)}
             IF NOT step.ours THEN
@@ -500,6 +531,24 @@ END
     ]
 
 
+def _upgrade_heading(target: UniqueTarget) -> str:
+    heading = revision_header(f"{target.kind} {target.constraint_name} on {target.key_description}")
+    if target.is_index:
+        heading += (
+            "-- Its key is read as the script runs, from the index built on an empty temporary\n"
+            "-- copy of the table. Written for one key column per entry of columns: a key with\n"
+            "-- another count is refused there, before anything is changed.\n"
+        )
+    return heading
+
+
+def _probe(target: UniqueTarget) -> str:
+    """The index form's probe, where the revision is due: its key, as online (offline_key)."""
+    if not target.is_index:
+        return ""
+    return f"\n{gated(offline_key.probe_sql(target))};\n"
+
+
 def upgrade_sql(
     target: UniqueTarget, ready: tuple[str, ...] = (), ddl_command: str = SUBSCRIBER_DDL
 ) -> str:
@@ -510,19 +559,26 @@ def upgrade_sql(
             -- No duplicate can arrive between the dedupe below and the build.
             EXECUTE {lock};
             {_remove_guard(target)}"""
+    promote = (
+        ""
+        if target.is_index  # the index is the end state
+        else f"\n    EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};"
+    )
+    built = "built unique index %"
+    if not target.is_index:
+        built += " and promoted it to the constraint"
     build_body = f"""
 BEGIN
     -- Not CONCURRENTLY: this runs inside the revision's transaction.
-    EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};
-    EXECUTE {literal(indexes.promote_sql(target, target.constraint_name))};
-    RAISE NOTICE 'built unique index % and promoted it to the constraint', {name};
+    EXECUTE {literal(indexes.unique_index_definition(target, target.constraint_name))};{promote}
+    RAISE NOTICE {literal(built)}, {name};
 END
 """
     building = [*_dedupe_statements(target), f"DO {dollar_quoted(build_body, 'build')}"]
     return f"""\
-{revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
+{_upgrade_heading(target)}
 {SESSION};
-
+{_probe(target)}
 {_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, build, "converge"), work_is(ADOPT, BUILD))};
@@ -540,7 +596,7 @@ _OPERATOR_MARK = "\x01operator {}\x01"
 
 def _guard_install(target: UniqueTarget) -> str:
     """plpgsql: guard.install's statements, the operators filled in by the database."""
-    marks = {c: _OPERATOR_MARK.format(n) for n, c in enumerate(target.columns, 1)}
+    marks = {c: _OPERATOR_MARK.format(n) for n, c in enumerate(target.key.columns, 1)}
     templates = []
     # A leftover guard is dropped by _remove_guard first, where there is one.
     new_guard = guard.install_statements(target, marks)[len(guard.drop_statements(target)) :]
@@ -549,7 +605,7 @@ def _guard_install(target: UniqueTarget) -> str:
         for n, mark in enumerate(marks.values(), 1):
             template = template.replace(escape_format(mark), f"%{n}$s")
         templates.append(template)
-    operators = Comparisons(target.columns).operators_sql(regclass(target.qualified_table))
+    operators = guard.operators_sql(target)
     executes = "".join(
         f"\n            EXECUTE pg_catalog.format({literal(t)}, VARIADIC operators);"
         for t in templates
@@ -576,11 +632,11 @@ def concurrent_prepare_sql(
     """Part 1: checks, plan, adoption or drops, and the guard where an index will be built.
     `ready`, `ddl_command`: see _start_sql."""
     return f"""\
-{revision_header(f"unique constraint {target.constraint_name} on {target.key_description}")}
+{_upgrade_heading(target)}
 {SESSION};
 
 {_lock_for_the_run()};
-
+{_probe(target)}
 {_start_sql(target, ready, ddl_command)};
 
 {gated(_converge_sql(target, _guard_install(target), "converge"), work_is(ADOPT, BUILD))}"""
@@ -593,9 +649,12 @@ def concurrent_archive_sql(target: UniqueTarget) -> str:
     name_taken = f"""EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                      WHERE c.relname = {literal(target.constraint_name)}
                        AND c.relnamespace = pg_catalog.to_regnamespace({literal(schema)}))"""
-    stand_in = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}"
-        f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
+    stand_in = f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{ident(table)}" + (
+        # The index form's elements read the table's columns: a copy of them (where there is
+        # no table, a revision not due here, this fails, naming it: docs/offline-and-preflight).
+        f" (LIKE {target.qualified_table})"
+        if target.is_index
+        else f" ({', '.join(f'{ident(c)} text' for c in target.columns)})"
     )
     # pg_temp named last: a temporary table of the same name must not be found first.
     on_the_table = literal(ident(schema) + ", pg_catalog, pg_temp")
@@ -623,23 +682,30 @@ BEGIN
     PERFORM pg_catalog.set_config('statement_timeout', '0', false);
 END
 """
+    # Not gated: where the revision is not due, the stand-in is made all the same.
+    decide_block = offline_key.filled(f"DO {dollar_quoted(decide, 'decide')}")
     return f"""\
 {session_sql(lock_timeout="0")};
-
+{_probe(target)}
 -- Where the index is to be built here, the search_path set below names this table; otherwise
 -- a temporary stand-in of the same name, on which the build below is a no-op.
-DO {dollar_quoted(decide, "decide")};
+{decide_block};
 
 {gated_statements(_dedupe_statements(target), work_is(BUILD))}"""
 
 
 def concurrent_build_sql(target: UniqueTarget) -> str:
     """Part 3, outside any transaction: the build, on the table the search_path now names."""
+    unqualified = indexes.unique_index_definition(target, target.constraint_name).replace(
+        f" ON {target.qualified_table} ", f" ON {ident(target.table)} ", 1
+    )
+    built = indexes.concurrently(indexes.if_not_exists(unqualified))
+    if not built.startswith(f"{CONCURRENT_BUILD} "):
+        raise ValueError(f"an unexpected concurrent build: {built}")
     return (
         "-- Not schema-qualified on purpose: the block above chose the table through the\n"
         "-- search_path (this table where this run builds; otherwise a temporary stand-in).\n"
-        f"{CONCURRENT_BUILD} {ident(target.constraint_name)} ON {ident(target.table)}"
-        f" USING btree ({idents(target.columns)}){target.index_options}"
+        + built
     )
 
 
@@ -677,7 +743,7 @@ END
 """
     return f"""\
 {SESSION};
-
+{_probe(target)}
 {gated(f"DO {dollar_quoted(decide, 'decide')}")};
 
 {gated(_converge_sql(target, build, "promote"), work_is(ADOPT))};
@@ -715,15 +781,35 @@ def _recreate(target: UniqueTarget, detail: str) -> str:
         END IF;"""
 
 
+def _rename_back(target: UniqueTarget) -> str:
+    """plpgsql, for the ledger's 'renamed' (its `detail`): the old name back, unless it is."""
+    name = literal(target.constraint_name)
+    if target.is_index:
+        return f"""
+            IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', {literal(target.schema)},
+                                                        detail->>'index_name')) IS NULL THEN
+                EXECUTE pg_catalog.format('ALTER INDEX %I.%I RENAME TO %I',
+                                          {literal(target.schema)}, {name},
+                                          detail->>'index_name');
+            END IF;"""
+    table = target.qualified_table
+    return f"""
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
+                              AND conname = detail->>'constraint_name') THEN
+                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
+                                          {name}, detail->>'constraint_name');
+            END IF;"""
+
+
 def write_downgrade(operations: Any, target: UniqueTarget) -> None:
-    operations.execute(downgrade_sql(target))
+    _execute(operations, downgrade_sql(target))
 
 
 def downgrade_sql(target: UniqueTarget) -> str:
-    """undo_unique_constraint: the checks, the uniques the upgrade found, the archived rows and
-    the re-pointed child rows back, the private objects gone."""
+    """undo_unique_constraint or undo_unique_index: the checks, the uniques the upgrade found,
+    the archived rows and the re-pointed child rows back, the private objects gone."""
     table = target.qualified_table
-    name = literal(target.constraint_name)
     every_step = f"SELECT action, detail FROM {target.ledger} ORDER BY seq DESC"
     latest_constraint_step = (
         f"SELECT action, detail FROM {target.ledger}"
@@ -757,14 +843,8 @@ BEGIN
     FOR step IN EXECUTE {literal(latest_constraint_step)} LOOP
         detail := step.detail;
         IF step.action = 'built' THEN
-            EXECUTE {literal(indexes.drop_constraint_sql(target, target.constraint_name))};
-        ELSIF step.action = 'renamed' THEN
-            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                            WHERE conrelid = {literal(table)}::pg_catalog.regclass
-                              AND conname = detail->>'constraint_name') THEN
-                EXECUTE pg_catalog.format('ALTER TABLE {table} RENAME CONSTRAINT %I TO %I',
-                                          {name}, detail->>'constraint_name');
-            END IF;
+            EXECUTE {literal(indexes.drop_target_sql(target))};
+        ELSIF step.action = 'renamed' THEN{_rename_back(target)}
         ELSE
             -- The constraint (and its index) go before the original returns: it may share
             -- the name, and the lock is held to the end anyway.
@@ -775,7 +855,7 @@ BEGIN
 END
 """
     return f"""\
-{revision_header(f"undo unique constraint {target.constraint_name} on {target.key_description}")}
+{revision_header(f"undo {target.kind} {target.constraint_name} on {target.key_description}")}
 {SESSION};
 
 {gated(checks.downgrade_checks_sql(target, refuse=True, online=False))};

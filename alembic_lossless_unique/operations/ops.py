@@ -300,7 +300,7 @@ class EnsureUniqueIndexOp(UniqueIndexOp):
     unique=True, same arguments) makes it, whatever duplicate rows it holds: duplicates are
     judged as that index judges them (its expressions, operator classes, collations, among the
     rows its predicate admits) and archived; rows outside the predicate, and rows with a NULL
-    in the key unless NULLS NOT DISTINCT, are never touched. Online only."""
+    in the key unless NULLS NOT DISTINCT, are never touched."""
 
     diff_kind = "add_index"
 
@@ -343,24 +343,11 @@ class UndoUniqueIndexOp(UniqueIndexOp):
         return EnsureUniqueIndexOp(*self.arguments, **self.options)
 
 
-def refused_offline(name: str) -> OfflineWriter:
-    """The index form has no offline script yet: refused while the script is written."""
-
-    def refuse(operations: Operations, target: UniqueTarget) -> None:
-        raise MigrationAbort(
-            f"op.{name}({target.constraint_name!r}, ...) on {target.display_table} runs online"
-            " only: `alembic upgrade` / `alembic downgrade` without --sql (the offline script"
-            " covers op.ensure_unique_constraint)"
-        )
-
-    return refuse
-
-
 @Operations.implementation_for(EnsureUniqueIndexOp)
 def ensure_unique_index(operations: Operations, operation: EnsureUniqueIndexOp) -> None:
-    ensure(operations, "ensure_unique_index", operation, refused_offline("ensure_unique_index"))
+    ensure(operations, "ensure_unique_index", operation, offline.write_upgrade)
 
 
 @Operations.implementation_for(UndoUniqueIndexOp)
 def undo_unique_index(operations: Operations, operation: UndoUniqueIndexOp) -> None:
-    undo(operations, "undo_unique_index", operation, refused_offline("undo_unique_index"))
+    undo(operations, "undo_unique_index", operation, offline.write_downgrade)

@@ -267,12 +267,7 @@ def gather(
         report.foreign_keys = foreign_keys_into(db, target, losers)
     report.steps = planned_steps(db, target, plan, report)
     report.downgrade_steps = planned_downgrade(db, target, steps_done, report)
-    if target.is_index:
-        report.offline = [
-            "none: the index form runs online only (`alembic upgrade --sql` refuses it)"
-        ]
-    else:
-        report.offline_blocking_seconds, report.offline = offline_lines(plan, report)
+    report.offline_blocking_seconds, report.offline = offline_lines(plan, report)
     return report
 
 
