@@ -8,19 +8,26 @@ unique_violation, the worst insert wait reported), and a downgrade that gives ba
 and every row, each archived row in its partition.
 """
 
+import json
 import threading
 import time
 from contextlib import contextmanager
 
 import psycopg2
 import pytest
+import sqlalchemy as sa
 
 from alembic_lossless_unique.operations import convergence
-from alembic_lossless_unique.operations.ops import target_from_arguments
+from alembic_lossless_unique.operations.ops import (
+    target_from_arguments,
+    target_from_index_arguments,
+)
 from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
+from tests.offline_support import offline_script, run_psql
 from tests.online_support import Session, holding, libpq_dsn, wait_until
+from tests.test_preflight import library_preflight
 
 PRIVATE = "events_private"
 NAME = "ev_workspace_phone_key"
@@ -395,7 +402,8 @@ def test_refusals_before_anything_changes(harness, setup, arguments, refusal):
 def test_a_foreign_table_partition_is_refused(harness):
     harness.execute(
         WITHOUT_KEYS.replace(
-            "CREATE TABLE public.ev_p3 PARTITION OF public.ev FOR VALUES WITH (MODULUS 4, REMAINDER 3);\n",
+            "CREATE TABLE public.ev_p3 PARTITION OF public.ev"
+            " FOR VALUES WITH (MODULUS 4, REMAINDER 3);\n",
             "",
         ).split("INSERT")[0]
     )
@@ -406,7 +414,80 @@ def test_a_foreign_table_partition_is_refused(harness):
     )
     before = harness.schema_dump()
     with pytest.raises(
-        MigrationAbort, match="partition public.ev_p3 of public.ev is a foreign table"
+        MigrationAbort, match=r"partition public\.ev_p3 of public\.ev is a foreign table"
     ):
         ensure(harness)
+    assert harness.schema_dump() == before
+
+
+def test_the_offline_script_refuses_a_partitioned_table_before_changing_it(harness):
+    """The app's own script, as psql runs it, meets meta_assets_cache partitioned by tenant:
+    it says why in one line and names the online command; the table is as it was."""
+    harness.execute(
+        "CREATE TABLE public.workspaces (id uuid PRIMARY KEY);"
+        "CREATE TABLE public.meta_assets_cache (id uuid NOT NULL, workspace_id uuid NOT NULL"
+        " REFERENCES public.workspaces, business_id text, waba_id text, phone_number_id text,"
+        " display_phone_number text, verified_name text, quality_rating text,"
+        " updated_at timestamptz NOT NULL DEFAULT now(), last_synced_at timestamptz,"
+        " last_error text, PRIMARY KEY (id, workspace_id)) PARTITION BY HASH (workspace_id);"
+        "CREATE TABLE public.meta_assets_cache_p0 PARTITION OF public.meta_assets_cache"
+        " FOR VALUES WITH (MODULUS 2, REMAINDER 0);"
+        "CREATE TABLE public.meta_assets_cache_p1 PARTITION OF public.meta_assets_cache"
+        " FOR VALUES WITH (MODULUS 2, REMAINDER 1);"
+    )
+    script = offline_script("upgrade", "head")
+    assert "-- A partitioned table is refused" in script
+    before = harness.schema_dump("--schema=public")
+    result = run_psql(harness, script)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr
+    assert "public.meta_assets_cache is partitioned: the offline script cannot" in errors[0]
+    assert "alembic upgrade, without --sql" in errors[0]
+    assert harness.schema_dump("--schema=public") == before
+
+
+def test_preflight_lists_the_partitions_and_counts_what_the_upgrade_archives(harness):
+    harness.execute(HASH + HAND_MADE)
+    flags = [
+        "--table", "ev", "--constraint", NAME, "--columns", "workspace_id,phone_number_id",
+        "--keep-newest-by", "updated_at", "--row-identity", "id,workspace_id",
+        "--private-schema", PRIVATE,
+    ]  # fmt: skip
+    schema_before = harness.schema_dump()
+    result = library_preflight(harness, "--json", *flags)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert harness.schema_dump() == schema_before  # read only
+    assert not report["problems"]
+    by_partition = {line.split(":")[0]: line for line in report["partitions"]}
+    assert sorted(by_partition) == [f"public.ev_p{n}" for n in range(4)]
+    assert "adopts index ev_p1_hand_fix" in by_partition["public.ev_p1"]
+    assert "adopts constraint ev_p2_fixed" in by_partition["public.ev_p2"]
+    assert "built concurrently" in by_partition["public.ev_p0"]
+    assert "until the last partition's unique is attached" in report["on_conflict"]
+    assert any("refuses a partitioned table" in line for line in report["offline"])
+    text = library_preflight(harness, *flags).stdout
+    assert "partition            public.ev_p0:" in text
+
+    ensure(harness)
+    archived = harness.scalar(f"SELECT count(*) FROM {PRIVATE}.{NAME}_archive")
+    assert report["rows_to_archive"] == archived > 0
+    after = json.loads(library_preflight(harness, "--json", *flags).stdout)
+    assert after["state"] == "constrained" and not after["steps"]
+    assert "works already" in after["on_conflict"]
+
+
+def test_the_index_form_is_refused_on_a_partitioned_table_naming_the_constraint_form(harness):
+    harness.execute(HASH)
+    before = harness.schema_dump()
+    with harness.engine.connect() as connection:
+        db = Database(connection, MigrationSettings())
+        target = target_from_index_arguments(
+            "ev_phone_lower_key", "ev", ["workspace_id", sa.text("lower(phone_number_id)")],
+            keep_newest_by=["updated_at"], row_identity=["id", "workspace_id"],
+            private_schema=PRIVATE,
+        )  # fmt: skip
+        with pytest.raises(MigrationAbort, match=r"op\.ensure_unique_constraint"):
+            convergence.ensure_unique_constraint(db, target)
     assert harness.schema_dump() == before

@@ -124,6 +124,9 @@ def _form_header(body: str) -> str:
         "-- Run it again at will: each revision runs only where the version table says it is\n"
         "-- due, and a run that stopped midway (a lock timeout, an error, a lost connection) is\n"
         "-- completed. A run with nothing left to do changes nothing and says so.\n"
+        "-- A partitioned table is refused, before anything changes: its unique is built\n"
+        "-- partition by partition, each partition's build a transaction of its own, which\n"
+        "-- only the online command (alembic upgrade, without --sql) does.\n"
     )
     if CONCURRENT_BUILD in body:
         return (

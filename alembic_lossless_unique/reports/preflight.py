@@ -30,7 +30,15 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
-from alembic_lossless_unique.ddl import checks, dedupe, foreign_keys, indexes, ledger, probe
+from alembic_lossless_unique.ddl import (
+    checks,
+    dedupe,
+    foreign_keys,
+    indexes,
+    ledger,
+    partitions,
+    probe,
+)
 from alembic_lossless_unique.ddl.comparisons import regclass
 from alembic_lossless_unique.ddl.plan import Plan
 from alembic_lossless_unique.ddl.sqltext import ident, list_items
@@ -162,6 +170,10 @@ class Report:
     offline_blocking_seconds: float | None = None
     offline: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # A partitioned table's: each partition as one line (reports/partitioned.py), and when ON
+    # CONFLICT on the key starts to work.
+    partitions: list[str] = field(default_factory=list)
+    on_conflict: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,6 +229,11 @@ def gather(
             report.state, report.state_description = "blocked", refusal
         return report
     report.problems += problems_of(db, checks.upgrade_checks_sql(target, refuse=False))
+    if partitions.is_partitioned(db, target):
+        # Imported here: that report is written with this module's parts.
+        from alembic_lossless_unique.reports import partitioned
+
+        return partitioned.gather(db, target, report, ddl_command)
     report.table_exists = True
     report.triggers_skipped = surroundings.may_skip_user_triggers(db)
     facts = db.execute(
@@ -601,6 +618,9 @@ def text_lines(report: Report, *, upgrade: bool = True) -> list[str]:
             f"  foreign key          {fk.name} of {fk.child} (ON DELETE {fk.on_delete}):"
             f" {'?' if fk.rows_to_repoint is None else fk.rows_to_repoint} child rows to re-point"
         )
+    lines += [f"  partition            {line}" for line in report.partitions]
+    if report.on_conflict:
+        lines.append(f"  ON CONFLICT          {report.on_conflict}")
     lines += [f"  around the table     {line}" for line in report.surroundings]
     lines += [f"  replication          {line}" for line in report.replication]
     if upgrade:
