@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from alembic_lossless_unique.operations import convergence
 from alembic_lossless_unique.operations.ops import (
@@ -131,6 +133,28 @@ def twin_uniques(harness, setup: str, columns: str = "workspace_id, phone_number
     return made
 
 
+def autogenerate_differences(harness) -> list:
+    """What `alembic check` would find between the table and its model, which declares the
+    constraint as SQLAlchemy does."""
+    model = sa.MetaData()
+    sa.Table(
+        "ev",
+        model,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("workspace_id", sa.Integer, primary_key=True),
+        sa.Column("phone_number_id", sa.Text),
+        sa.Column("updated_at", sa.Integer, nullable=False),
+        sa.UniqueConstraint("workspace_id", "phone_number_id", name=NAME),
+        schema="public",
+    )
+    with harness.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={"include_name": lambda name, kind, _: kind != "table" or name == "ev"},
+        )
+        return compare_metadata(context, model)
+
+
 class Writer:
     """The app: inserts into the partitioned table as fast as it can, each insert timed; one of
     every `duplicate_every` repeats a key that exists: a unique_violation on the key (the
@@ -188,6 +212,7 @@ def test_hash_partitions_every_starting_state_with_writers(harness, capsys):
     # adopted, not doubled (where ADD CONSTRAINT would build a second beside an index).
     expected = twin_uniques(harness, HASH)
     schema_before, rows_before = harness.schema_dump(), rows(harness)
+    assert autogenerate_differences(harness)  # the model's constraint, not there yet
 
     with Writer(harness, first_id=10_000) as writer:
         time.sleep(0.2)
@@ -199,6 +224,7 @@ def test_hash_partitions_every_starting_state_with_writers(harness, capsys):
         print(f"\n  worst insert wait during the upgrade: {writer.worst * 1000:.0f} ms")
 
     assert uniques(harness, "public.ev") == expected
+    assert not autogenerate_differences(harness)
     # ON CONFLICT on the partitioned table's key works.
     harness.execute(
         "INSERT INTO public.ev VALUES (1, 1, 'phone-1', 0)"
