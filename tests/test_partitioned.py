@@ -504,16 +504,68 @@ def test_preflight_lists_the_partitions_and_counts_what_the_upgrade_archives(har
     assert "works already" in after["on_conflict"]
 
 
-def test_the_index_form_is_refused_on_a_partitioned_table_naming_the_constraint_form(harness):
-    harness.execute(HASH)
-    before = harness.schema_dump()
+# The soft-delete pattern, per tenant, on a table partitioned by tenant: the index form.
+USERS = """
+CREATE TABLE public.users (id bigint NOT NULL, workspace_id int NOT NULL, email text,
+                           deleted_at timestamptz, updated_at int NOT NULL,
+                           PRIMARY KEY (id, workspace_id))
+    PARTITION BY HASH (workspace_id);
+CREATE TABLE public.users_p0 PARTITION OF public.users FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE public.users_p1 PARTITION OF public.users FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+INSERT INTO public.users
+SELECT g, g % 7, (ARRAY['Ann', 'ann', 'ANN', 'eve'])[g % 4 + 1] || '@x.org',
+       CASE WHEN g % 5 = 0 THEN '2020-01-01'::timestamptz END, g
+  FROM generate_series(1, 300) AS g;
+"""
+USERS_INDEX = {
+    "index_name": "users_workspace_email_key",
+    "table_name": "users",
+    "columns": ["workspace_id", sa.text("lower(email)")],
+    "postgresql_where": "deleted_at IS NULL",
+    "keep_newest_by": ["updated_at"],
+    "row_identity": ["id", "workspace_id"],
+    "private_schema": PRIVATE,
+}
+
+
+def test_the_index_form_on_a_partitioned_table(harness):
+    """An expression and partial unique, per tenant, partition by partition: it ends as CREATE
+    UNIQUE INDEX on the partitioned table ends; soft-deleted rows are never touched."""
+    harness.execute(USERS)
+    harness.execute("CREATE SCHEMA twin;" + USERS.split("INSERT")[0].replace("public.", "twin."))
+    harness.execute(
+        "CREATE UNIQUE INDEX users_workspace_email_key ON twin.users"
+        " (workspace_id, lower(email)) WHERE deleted_at IS NULL"
+    )
+    expected = uniques(harness, "twin.users")
+    harness.execute("DROP SCHEMA twin CASCADE")
+    schema_before = harness.schema_dump()
+    rows_before = rows(harness, "public.users")
+
     with harness.engine.connect() as connection:
         db = Database(connection, MigrationSettings())
-        target = target_from_index_arguments(
-            "ev_phone_lower_key", "ev", ["workspace_id", sa.text("lower(phone_number_id)")],
-            keep_newest_by=["updated_at"], row_identity=["id", "workspace_id"],
-            private_schema=PRIVATE,
-        )  # fmt: skip
-        with pytest.raises(MigrationAbort, match=r"op\.ensure_unique_constraint"):
-            convergence.ensure_unique_constraint(db, target)
-    assert harness.schema_dump() == before
+        convergence.ensure_unique_constraint(db, target_from_index_arguments(**USERS_INDEX))
+
+    assert uniques(harness, "public.users") == expected
+    assert harness.count("public.users", "deleted_at IS NOT NULL") == 60
+    assert harness.count("public.users", "deleted_at IS NULL") == harness.scalar(
+        "SELECT count(DISTINCT (workspace_id, lower(email))) FROM public.users"
+        " WHERE deleted_at IS NULL"
+    )
+    settings = MigrationSettings()
+
+    @contextmanager
+    def online():
+        with harness.engine.connect() as connection:
+            yield Database(connection, settings)
+
+    with harness.engine.connect() as autocommit:
+        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
+        with connection.begin():
+            convergence.run_undo(
+                target_from_index_arguments(**USERS_INDEX),
+                online=online,
+                in_transaction=lambda: Database(connection, settings, concurrent=False),
+            )
+    assert harness.schema_dump() == schema_before
+    assert rows(harness, "public.users") == rows_before

@@ -36,16 +36,13 @@ END
 
 def _partitioned_problem(target: UniqueTarget, online: bool) -> str:
     """plpgsql: a partitioned table takes its unique partition by partition, online only (each
-    partition's concurrent build is a transaction of its own), and as a constraint."""
-    if online and not target.is_index:
+    partition's concurrent build is a transaction of its own)."""
+    if online:
         return "            NULL;"
     why = (
         "the offline script cannot give it a unique without blocking writes (each partition''s"
         " concurrent build needs a transaction of its own): run the migration online"
         " (alembic upgrade, without --sql)"
-        if not online
-        else "ensure_unique_index does not handle partitioned tables yet: declare the key as"
-        " a unique constraint (op.ensure_unique_constraint), which works partition by partition"
     )
     return f"""            problems := problems || pg_catalog.format(
                 '%s is partitioned: {why}', {literal(target.display_table)});"""

@@ -9,8 +9,11 @@ index turns valid with its last partition's. Every level of a sub-partitioned ta
 index, attached to its parent's once all of its own partitions are.
 """
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
+from alembic_lossless_unique.ddl.probe import shape_sql
 from alembic_lossless_unique.ddl.sqltext import (
     MAX_IDENTIFIER_BYTES,
     ident,
@@ -83,11 +86,31 @@ SELECT n.nspname::text AS schema, c.relname::text AS table, t.level, c.relkind <
     ]
 
 
+def key_columns(target: UniqueTarget) -> tuple[str, ...]:
+    """The key's plain columns, which are what PostgreSQL's rule counts: the constraint's
+    columns; the index form's elements that are a bare column (pg_get_indexdef prints them as
+    their quoted names)."""
+    if not target.is_index:
+        return target.columns
+    return tuple(
+        unquoted(element.printed)
+        for element in target.key.elements
+        if element.printed == ident(unquoted(element.printed))
+    )
+
+
+def unquoted(name: str) -> str:
+    """A name as ident() quotes it, unquoted."""
+    if name.startswith('"') and name.endswith('"') and len(name) > 1:
+        return name[1:-1].replace('""', '"')
+    return name
+
+
 def problems_sql(target: UniqueTarget) -> str:
     """A query of one text column: every reason PostgreSQL allows no unique on the key of the
     partitioned table (none: no rows). Read-only, for the refusal and for preflight."""
     root = f"pg_catalog.to_regclass({literal(target.qualified_table)})"
-    key = literal_array(target.columns)
+    key = literal_array(key_columns(target))
     return f"""
 WITH members AS (
     SELECT t.relid, t.parentrelid, c.relkind,
@@ -104,7 +127,7 @@ SELECT pg_catalog.format(
 UNION ALL
 SELECT pg_catalog.format(
            '%s on %s lacks column %s, which partitions %s (%s): PostgreSQL''s rule is "%s";'
-           ' add %s to the key', {literal(f"{target.kind} {target.constraint_name}")},
+           ' add %s to the key as a column', {literal(f"{target.kind} {target.constraint_name}")},
            {literal(target.display_table)}, a.attname, m.display,
            pg_catalog.pg_get_partkeydef(m.relid), {literal(PARTITION_KEY_RULE)}, a.attname)
   FROM members m
@@ -144,31 +167,54 @@ SELECT ic.relname::text AS index_name, con.conname::text AS name,
                 ORDER BY 1)"""
 
 
+def _shaped_like_sql(table: str, target: UniqueTarget) -> str:
+    """The index form's: every unique index on `table` that judges keys as the target will
+    (its shape), as _uniques_on_key_sql describes them; an index alone is its own name."""
+    return f"""
+SELECT ic.relname::text AS index_name, ic.relname::text AS name,
+       'unique index ' || ic.relname AS description
+  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+ WHERE i.indrelid = pg_catalog.to_regclass({literal(table)}) AND i.indisunique
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint con WHERE con.conindid = ic.oid)
+   AND {shape_sql("i.indexrelid")} = {literal(target.key.shape)}"""
+
+
+def uniques_on_key(db: Database, table: str, target: UniqueTarget) -> list[Any]:
+    if target.is_index:
+        return db.rows(_shaped_like_sql(table, target))
+    return db.rows(_uniques_on_key_sql(table, target))
+
+
 def other_uniques(db: Database, target: UniqueTarget) -> list[str]:
-    """The uniques on the partitioned table's key other than the target constraint, described."""
+    """The uniques on the partitioned table's key other than the target's, described."""
     return [
         str(row.description)
-        for row in db.rows(_uniques_on_key_sql(target.qualified_table, target))
+        for row in uniques_on_key(db, target.qualified_table, target)
         if row.name != target.constraint_name
     ]
 
 
 def existing_name(db: Database, member: Member, target: UniqueTarget) -> str | None:
-    """The constraint a partitioned level already has on the key (this operation's, from an
+    """The unique a partitioned level already has on the key (this operation's, from an
     interrupted run), or None."""
     names = [
         str(row.name)
-        for row in db.rows(_uniques_on_key_sql(member.qualified, target))
+        for row in uniques_on_key(db, member.qualified, target)
         if row.name is not None
     ]
     return min(names) if names else None
 
 
-def chosen_name(db: Database, member: Member, columns: tuple[str, ...]) -> str:
-    """The name PostgreSQL gives a partition's unique when ALTER TABLE ... ADD CONSTRAINT on its
-    partitioned table makes it (ChooseRelationName: table_columns_key, each part shortened to
-    fit, a number after `key` while the name is taken in the schema). An INVALID index of the
-    partition's own, which its plan drops first, does not take a name."""
+def chosen_name(db: Database, member: Member, target: UniqueTarget) -> str:
+    """The name PostgreSQL gives a partition's unique when ALTER TABLE ... ADD CONSTRAINT (or
+    CREATE UNIQUE INDEX) on its partitioned table makes it (ChooseRelationName:
+    table_columns_key, or _idx for an index, each part shortened to fit, a number after the
+    label while the name is taken in the schema; an expression goes by its function's name).
+    An INVALID index of the partition's own, which its plan drops first, takes no name."""
+    columns = target.columns
+    if target.is_index:
+        columns = tuple(element_name(element.printed) for element in target.key.elements)
+    base_label = "idx" if target.is_index else "key"
     taken = {
         str(row[0])
         for row in db.rows(
@@ -183,11 +229,21 @@ def chosen_name(db: Database, member: Member, columns: tuple[str, ...]) -> str:
     addition = "_".join(columns)
     number = 0
     while True:
-        label = "key" if number == 0 else f"key{number}"
+        label = base_label if number == 0 else f"{base_label}{number}"
         name = object_name(member.table, addition, label)
         if name not in taken:
             return name
         number += 1
+
+
+def element_name(printed: str) -> str:
+    """How PostgreSQL names a key element in an index's name: a column by its name, a call by
+    its function's name, anything else `expr`."""
+    name = unquoted(printed)
+    if printed == ident(name):
+        return name
+    match = re.match(r"\(*([A-Za-z_][A-Za-z0-9_$]*)\(", printed)
+    return match.group(1).lower() if match else "expr"
 
 
 def object_name(name1: str, name2: str, label: str) -> str:
@@ -210,8 +266,10 @@ def object_name(name1: str, name2: str, label: str) -> str:
 
 
 def add_constraint_only_sql(target: UniqueTarget, member: Member, name: str) -> str:
-    """The partitioned table's own constraint, ONLY: a catalog change that leaves its index
-    invalid until every partition's is attached."""
+    """The partitioned table's own constraint (the index form: unique index), ONLY: a catalog
+    change that leaves its index invalid until every partition's is attached."""
+    if target.is_index:
+        return target.index_statement(name, f"ONLY {member.qualified}")
     nulls = " NULLS NOT DISTINCT" if target.nulls_not_distinct else ""
     include = f" INCLUDE ({idents(target.include)})" if target.include else ""
     return (
@@ -235,6 +293,23 @@ def attached(db: Database, parent_index: str, child_index: str) -> bool:
             {"child": child_index, "parent": parent_index},
         )
     )
+
+
+def unique_index(
+    db: Database, member: Member, name: str, target: UniqueTarget
+) -> tuple[str, bool] | None:
+    """`member`'s unique `name` as the target's form makes it (a constraint, or an index),
+    as its index (qualified) and whether that is valid; None when there is none."""
+    if not target.is_index:
+        return constraint_index(db, member, name)
+    rows = db.rows(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, ic.relname) AS index, i.indisvalid"
+        " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace"
+        " WHERE i.indrelid = pg_catalog.to_regclass(:table) AND ic.relname = :name",
+        {"table": member.qualified, "name": name},
+    )
+    return (str(rows[0].index), bool(rows[0].indisvalid)) if rows else None
 
 
 def constraint_index(db: Database, member: Member, name: str) -> tuple[str, bool] | None:

@@ -71,7 +71,7 @@ def ensure_unique_constraint(
     target = probe.resolve(db, target)  # the index form's key, or a refusal: nothing changed
     report = RunReport(f"{target.kind} {target.constraint_name} on {target.key_description}")
     partitioned = partitions.is_partitioned(db, target)
-    if partitioned and not target.is_index:  # PostgreSQL's rules first: they refuse all else
+    if partitioned:  # PostgreSQL's own rules first: nothing else matters when they refuse
         found = partitions.problems(db, target)
         if found:
             raise MigrationAbort(found[0])

@@ -101,7 +101,7 @@ def root_constraint(db: Database, target: UniqueTarget) -> tuple[str, bool] | No
     """The partitioned table's constraint (its index, valid or not), or None; a refusal when
     the name is taken otherwise, or another unique already covers the key."""
     root = Member(target.schema, target.table, 0, False, None)
-    index = partitions.constraint_index(db, root, target.constraint_name)
+    index = partitions.unique_index(db, root, target.constraint_name, target)
     others = partitions.other_uniques(db, target)
     if others:
         raise MigrationAbort(
@@ -119,12 +119,13 @@ def read_parts(db: Database, target: UniqueTarget) -> list[Part]:
     for member in partitions.tree(db, target)[1:]:
         # A leaf's plan finds the unique it may already have; a level's is this operation's.
         existing = None if member.is_leaf else partitions.existing_name(db, member, target)
-        name = existing or partitions.chosen_name(db, member, target.columns)
+        name = existing or partitions.chosen_name(db, member, target)
         part_target = target.for_partition(member.schema, member.table, name)
         plan = None
         if member.is_leaf:
             plan = convergence.read_plan(db, part_target, ledger.steps(db, part_target))
             if plan.main is not None and plan.main.action in ("rename", "promote"):
+                # (The index form renames an index that judges keys alike: adopted too.)
                 # Adopted under its own name, as PostgreSQL's ADD CONSTRAINT would.
                 adopted = plan.main.constraint_name or plan.main.index_name
                 part_target = target.for_partition(member.schema, member.table, cast(str, adopted))
@@ -191,7 +192,7 @@ def add_level_constraint(
     db: Database, target: UniqueTarget, member: Member, level: UniqueTarget
 ) -> None:
     """A partitioned table's constraint, ONLY, unless it has it."""
-    if partitions.constraint_index(db, member, level.constraint_name) is not None:
+    if partitions.unique_index(db, member, level.constraint_name, target) is not None:
         return
     ledger.record(db, level, "built", index_name=level.constraint_name)
     under_lock_retries(
@@ -211,12 +212,13 @@ def converge_partition(db: Database, part: Part, report: RunReport) -> None:
     main = plan.main
     if main.action == "build":
         convergence.archive_and_build(db, target, leaf_report)
-        under_lock_retries(
-            db,
-            target,
-            f"promote index {target.constraint_name} to constraint {target.constraint_name}",
-            indexes.promote_sql(target, target.constraint_name),
-        )
+        if not target.is_index:
+            under_lock_retries(
+                db,
+                target,
+                f"promote index {target.constraint_name} to constraint {target.constraint_name}",
+                indexes.promote_sql(target, target.constraint_name),
+            )
     elif main.action == "promote":
         convergence.adopt_existing_unique(db, target, main, leaf_report)
     elif not any(step.action in MADE_HERE for step in ledger.steps(db, target)):
@@ -238,8 +240,8 @@ def attach(db: Database, target: UniqueTarget, part: Part) -> None:
         if (parent_schema, parent_table) == (target.schema, target.table)
         else cast(str, partitions.existing_name(db, parent, target))
     )
-    parent_index = partitions.constraint_index(db, parent, parent_name)
-    child_index = partitions.constraint_index(db, part.member, part.target.constraint_name)
+    parent_index = partitions.unique_index(db, parent, parent_name, target)
+    child_index = partitions.unique_index(db, part.member, part.target.constraint_name, target)
     assert parent_index is not None and child_index is not None
     if partitions.attached(db, parent_index[0], child_index[0]):
         return
@@ -253,5 +255,5 @@ def attach(db: Database, target: UniqueTarget, part: Part) -> None:
 
 def root_is_valid(db: Database, target: UniqueTarget) -> bool:
     root = Member(target.schema, target.table, 0, False, None)
-    index = partitions.constraint_index(db, root, target.constraint_name)
+    index = partitions.unique_index(db, root, target.constraint_name, target)
     return index is not None and index[1]
