@@ -278,7 +278,7 @@ CREATE TABLE public.ev_eu_rest PARTITION OF public.ev_eu DEFAULT;
 CREATE TABLE public.ev_us PARTITION OF public.ev FOR VALUES IN ('us');
 CREATE TABLE public.ev_other PARTITION OF public.ev DEFAULT;
 INSERT INTO public.ev
-SELECT g, (ARRAY['eu', 'us', 'ap'])[g % 3 + 1], g % 40, 'phone-' || (g % 31), g
+SELECT g, (ARRAY['eu', 'us', 'ap'])[g % 3 + 1], g % 40, 'phone-' || (g % 7), g
   FROM generate_series(1, 1500) AS g;
 """
 LEVELS_ARGUMENTS = {
