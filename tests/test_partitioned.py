@@ -68,13 +68,14 @@ ALTER TABLE public.ev_p2 ADD CONSTRAINT ev_p2_fixed UNIQUE (workspace_id, phone_
 """
 
 
-def ensure(harness, arguments: dict = ARGUMENTS) -> None:
+def ensure(harness, arguments: dict = ARGUMENTS, form=target_from_arguments) -> None:
+    """The upgrade's operation; `form` makes its target (the index form's: its own)."""
     with harness.engine.connect() as connection:
         db = Database(connection, MigrationSettings())
-        convergence.ensure_unique_constraint(db, target_from_arguments(**arguments))
+        convergence.ensure_unique_constraint(db, form(**arguments))
 
 
-def undo(harness, arguments: dict = ARGUMENTS) -> None:
+def undo(harness, arguments: dict = ARGUMENTS, form=target_from_arguments) -> None:
     settings = MigrationSettings()
 
     @contextmanager
@@ -86,7 +87,7 @@ def undo(harness, arguments: dict = ARGUMENTS) -> None:
         connection = autocommit.execution_options(isolation_level="READ COMMITTED")
         with connection.begin():
             convergence.run_undo(
-                target_from_arguments(**arguments),
+                form(**arguments),
                 online=online,
                 in_transaction=lambda: Database(connection, settings, concurrent=False),
             )
@@ -557,10 +558,7 @@ def test_the_index_form_on_a_partitioned_table(harness):
     schema_before = harness.schema_dump()
     rows_before = rows(harness, "public.users")
 
-    with harness.engine.connect() as connection:
-        db = Database(connection, MigrationSettings())
-        convergence.ensure_unique_constraint(db, target_from_index_arguments(**USERS_INDEX))
-
+    ensure(harness, USERS_INDEX, form=target_from_index_arguments)
     assert uniques(harness, "public.users") == expected
     assert unique_names(harness, "public.users") == expected_names
     assert harness.count("public.users", "deleted_at IS NOT NULL") == 60
@@ -568,20 +566,6 @@ def test_the_index_form_on_a_partitioned_table(harness):
         "SELECT count(DISTINCT (workspace_id, lower(email))) FROM public.users"
         " WHERE deleted_at IS NULL"
     )
-    settings = MigrationSettings()
-
-    @contextmanager
-    def online():
-        with harness.engine.connect() as connection:
-            yield Database(connection, settings)
-
-    with harness.engine.connect() as autocommit:
-        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
-        with connection.begin():
-            convergence.run_undo(
-                target_from_index_arguments(**USERS_INDEX),
-                online=online,
-                in_transaction=lambda: Database(connection, settings, concurrent=False),
-            )
+    undo(harness, USERS_INDEX, form=target_from_index_arguments)
     assert harness.schema_dump() == schema_before
     assert rows(harness, "public.users") == rows_before

@@ -413,26 +413,19 @@ def adopt_existing_unique(
         report.fact("built", f"nothing: {target.the_unique} is already there")
         return
     with report.step("adopt existing unique"):
-        if main.action == "rename" and target.is_index:
-            ledger.record(db, target, "renamed", index_name=main.index_name)
-            under_lock_retries(
-                db,
-                target,
-                f"rename index {main.index_name} to {name}",
-                indexes.rename_index_sql(target, cast(str, main.index_name), name),
-            )
-            report.fact("renamed", f"index {main.index_name} -> {name}")
-            return
         if main.action == "rename":
-            ledger.record(db, target, "renamed", constraint_name=main.constraint_name)
-            under_lock_retries(
-                db,
-                target,
-                f"rename constraint {main.constraint_name} to {name}",
-                # a rename step's unique is a constraint
-                indexes.rename_constraint_sql(target, cast(str, main.constraint_name), name),
+            # The index form's fitting unique is an index; the constraint form's, a constraint.
+            what, old_name = (
+                ("index", cast(str, main.index_name))
+                if target.is_index
+                else ("constraint", cast(str, main.constraint_name))
             )
-            report.fact("renamed", f"constraint {main.constraint_name} -> {name}")
+            ledger.record(db, target, "renamed", **{f"{what}_name": old_name})
+            rename = indexes.rename_index_sql if target.is_index else indexes.rename_constraint_sql
+            under_lock_retries(
+                db, target, f"rename {what} {old_name} to {name}", rename(target, old_name, name)
+            )
+            report.fact("renamed", f"{what} {old_name} -> {name}")
             return
         if not main.ours:
             ledger.record(db, target, "promoted", **main.recreation_record())

@@ -32,7 +32,6 @@ from alembic_lossless_unique.ddl import guard, indexes, ledger, partitions
 from alembic_lossless_unique.ddl.indexes import under_lock_retries
 from alembic_lossless_unique.ddl.partitions import Member
 from alembic_lossless_unique.ddl.plan import Plan
-from alembic_lossless_unique.ddl.sqltext import qualified
 from alembic_lossless_unique.operations import convergence
 from alembic_lossless_unique.operations.target import UniqueTarget
 from alembic_lossless_unique.reports.report import RunReport
@@ -59,11 +58,6 @@ class Part:
     member: Member
     target: UniqueTarget
     plan: Plan | None
-
-    @property
-    def index(self) -> str:
-        """Its unique's index, qualified: a promoted index takes its constraint's name."""
-        return qualified(self.member.schema, self.target.constraint_name)
 
 
 def ensure(db: Database, target: UniqueTarget, ddl_command: str | None) -> None:
