@@ -517,6 +517,10 @@ def test_preflight_lists_the_partitions_and_counts_what_the_upgrade_archives(har
     after = json.loads(library_preflight(harness, "--json", *flags).stdout)
     assert after["state"] == "constrained" and not after["steps"]
     assert "works already" in after["on_conflict"]
+    # The downgrade puts back the partitions' own uniques it adopted.
+    downgrade = json.dumps(after["downgrade_steps"])
+    assert "ev_p1_hand_fix" in downgrade and "ev_p2_fixed" in downgrade, downgrade
+    assert after["rows_already_archived"] == archived
 
 
 # The soft-delete pattern, per tenant, on a table partitioned by tenant: the index form.

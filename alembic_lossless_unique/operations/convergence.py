@@ -490,9 +490,7 @@ class Undo:
             )
             return False
         to_rebuild = [
-            (target, step)
-            for step in self.steps
-            if step.action in ("dropped_redundant", "promoted")
+            (target, step) for step in self.steps if step.action in REBUILT_STEPS
         ] + partition_rebuilds(target, ledger.every_step(db, target))
         if not to_rebuild:
             self._restore_in_batches(db)
@@ -660,7 +658,7 @@ class Undo:
 # What the upgrade did to get the constraint, and what it did beside it that the downgrade
 # rebuilds: the latest of these decides how the constraint is undone.
 _CONSTRAINT_STEPS = ("built", "renamed", "promoted")
-_REBUILT_STEPS = ("dropped_redundant", "promoted", "adopted")
+REBUILT_STEPS = ("dropped_redundant", "promoted", "adopted")
 
 
 def restores_in_batches(
@@ -672,7 +670,7 @@ def restores_in_batches(
     made = next((s.action for s in reversed(steps) if s.action in _CONSTRAINT_STEPS), None)
     return (
         made == "built"
-        and not any(s.action in _REBUILT_STEPS for s in steps)
+        and not any(s.action in REBUILT_STEPS for s in steps)
         and archived_rows > settings.restore_batch_rows
     )
 
@@ -685,7 +683,7 @@ def partition_rebuilds(
     promoted or dropped, with the partition's target, in the order recorded."""
     rebuilt = []
     for step in steps:
-        if step.partition is None or step.action not in _REBUILT_STEPS:
+        if step.partition is None or step.action not in REBUILT_STEPS:
             continue
         name = step.detail.get("constraint_name") or step.detail["index_name"]
         rebuilt.append((target.for_partition(*step.partition, name), step))

@@ -68,6 +68,14 @@ def gather(db: Database, target: UniqueTarget, report: Report, ddl_command: str 
     ]
     if not converged:
         report.steps = steps(db, target, leaves)
+    if db.relation_exists(target.archive):
+        report.rows_already_archived = db.scalar(
+            f"SELECT pg_catalog.count(*) FROM {target.archive}"
+        )
+    # Every partition's steps too: the uniques the downgrade builds again are theirs.
+    report.downgrade_steps = preflight.planned_downgrade(
+        db, target, ledger.every_step(db, target), report
+    )
     return report
 
 

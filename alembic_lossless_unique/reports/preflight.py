@@ -43,7 +43,11 @@ from alembic_lossless_unique.ddl.comparisons import regclass
 from alembic_lossless_unique.ddl.plan import Plan
 from alembic_lossless_unique.ddl.sqltext import ident, list_items
 from alembic_lossless_unique.operations import offline
-from alembic_lossless_unique.operations.convergence import read_plan, restores_in_batches
+from alembic_lossless_unique.operations.convergence import (
+    REBUILT_STEPS,
+    read_plan,
+    restores_in_batches,
+)
 from alembic_lossless_unique.operations.ops import (
     target_from_arguments,
     target_from_index_arguments,
@@ -518,7 +522,7 @@ def planned_downgrade(
     if not steps_done:
         return []
     settings = db.settings
-    rebuilt = [s.detail for s in steps_done if s.action in ("dropped_redundant", "promoted")]
+    rebuilt = [s.detail for s in steps_done if s.action in REBUILT_STEPS]
     concurrent_build = build_seconds(report.table_bytes, concurrently=True)
     one_build = build_seconds(report.table_bytes, concurrently=False)
     inside = bool(rebuilt) and indexes.rebuild_in_transaction(db, target)
