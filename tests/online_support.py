@@ -5,8 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +133,46 @@ def holding(harness, *statements: str) -> Session:
     for statement in statements:
         held.run(statement)
     return held
+
+
+@contextmanager
+def migrating_while_held(
+    harness, lock: str, migrate: Callable[[], None], waiting_in: str = "%"
+) -> Iterator[tuple[Session, list[BaseException]]]:
+    """`migrate` in a thread while the app holds the row locks of `lock` (a SELECT ... FOR
+    UPDATE): yields (the app's session, the list that gets the thread's failure) once the
+    migrator waits on it in a statement LIKE `waiting_in`; then the app lets go, and the thread
+    is joined."""
+    holder = holding(harness, lock)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate()
+        except BaseException as error:  # the test thread reports it
+            failure.append(error)
+
+    migrator = threading.Thread(target=run, daemon=True)
+    migrator.start()
+    try:
+        wait_until(
+            "the migrator to wait for the app's row lock",
+            lambda: (
+                failure
+                or harness.rows(
+                    "SELECT 1 FROM pg_stat_activity WHERE :pid = ANY (pg_blocking_pids(pid))"
+                    " AND query LIKE :waiting_in",
+                    pid=holder.pid(),
+                    waiting_in=waiting_in,
+                )
+            ),
+        )
+        assert not failure, failure
+        yield holder, failure
+    finally:
+        holder.rollback()
+        holder.close()
+        migrator.join(timeout=120)
 
 
 def migrator_backends(

@@ -28,7 +28,7 @@ from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import offline_script, run_psql
-from tests.online_support import Session, holding, libpq_dsn, wait_until
+from tests.online_support import Session, libpq_dsn, migrating_while_held
 from tests.test_preflight import library_preflight
 
 PRIVATE = "events_private"
@@ -317,37 +317,11 @@ def upgrade_waiting_on(harness, arguments: dict, partition: str):
     duplicate rows: the partitioned tables' constraints and the guard are on by then.
     Yields the holder's session and the list that gets the thread's failure, if any."""
     # Locked in the partition itself: the partitioned table's own locks are left to DDL.
-    holder = holding(
-        harness, f"SELECT 1 FROM {partition} WHERE {a_duplicate_in(harness, partition)} FOR UPDATE"
-    )
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ensure(harness, arguments)
-        except BaseException as error:  # the test thread reports it
-            failure.append(error)
-
-    migrator = threading.Thread(target=run, daemon=True)
-    migrator.start()
-    try:
-        wait_until(
-            "the move to wait for the app's row lock",
-            lambda: (
-                failure
-                or harness.rows(
-                    "SELECT 1 FROM pg_stat_activity WHERE :pid = ANY (pg_blocking_pids(pid))"
-                    " AND query LIKE 'DO $move$%'",
-                    pid=holder.pid(),
-                )
-            ),
-        )
-        assert not failure, failure
-        yield holder, failure
-    finally:
-        holder.rollback()
-        holder.close()
-        migrator.join(timeout=120)
+    lock = f"SELECT 1 FROM {partition} WHERE {a_duplicate_in(harness, partition)} FOR UPDATE"
+    with migrating_while_held(
+        harness, lock, lambda: ensure(harness, arguments), waiting_in="DO $move$%"
+    ) as held:
+        yield held
 
 
 def a_duplicate_in(harness, partition: str) -> str:

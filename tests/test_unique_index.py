@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import apply_script, other_database, run_psql
-from tests.online_support import Session, holding, libpq_dsn, wait_until
+from tests.online_support import Session, libpq_dsn, migrating_while_held
 from tests.support import failed_lines, run_child, through
 
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
@@ -226,29 +225,8 @@ def converge_with_a_writer(
     `duplicate` (an INSERT of a key the index will hold) fails with unique_violation naming the
     index, the guard's doing, and each of `welcome` succeeds."""
     table = arguments["table_name"]
-    holder = holding(harness, f"SELECT 1 FROM public.{table} WHERE id = {locked_id} FOR UPDATE")
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ensure(harness, arguments)
-        except BaseException as error:  # the test thread reports it
-            failure.append(error)
-
-    migrator = threading.Thread(target=run, daemon=True)
-    migrator.start()
-    try:
-        wait_until(
-            "the move to wait for the app's row lock",
-            lambda: (
-                failure
-                or harness.rows(
-                    "SELECT 1 FROM pg_stat_activity WHERE :pid = ANY (pg_blocking_pids(pid))",
-                    pid=holder.pid(),
-                )
-            ),
-        )
-        assert not failure, failure
+    lock = f"SELECT 1 FROM public.{table} WHERE id = {locked_id} FOR UPDATE"
+    with migrating_while_held(harness, lock, lambda: ensure(harness, arguments)) as (_, failure):
         assert not harness.scalar(
             "SELECT count(*) FROM pg_class WHERE relname = :n", n=arguments["index_name"]
         )
@@ -258,10 +236,6 @@ def converge_with_a_writer(
         for statement in welcome:
             app.run(statement)
         app.close()
-    finally:
-        holder.rollback()
-        holder.close()
-        migrator.join(timeout=120)
     assert not failure, failure
     assert rejected.value.diag.constraint_name == arguments["index_name"]
 
