@@ -29,6 +29,9 @@ from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.online_support import Session, holding, libpq_dsn, wait_until
 from tests.support import failed_lines, run_child, through
 
+# On PostgreSQL 18 too (tests/conftest.py).
+pytestmark = pytest.mark.pg18
+
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 PRIVATE = "accounts_private"
 
