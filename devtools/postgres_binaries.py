@@ -130,7 +130,7 @@ def requested_major() -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise BinariesError(f"PG_MAJOR must be a PostgreSQL major such as 15 or 17, not {value!r}")
+        raise BinariesError(f"PG_MAJOR must be a PostgreSQL major (15, 17, 18), not {value!r}")
     return int(value)
 
 
