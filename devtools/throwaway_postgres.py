@@ -1,10 +1,10 @@
 """A throwaway PostgreSQL server in a temporary directory, for the demo, tests and benchmark.
 
 The server binaries are found by devtools.postgres_binaries: PG_BIN_DIR, an initdb on PATH,
-Debian's /usr/lib/postgresql/*/bin, or the project's cache of npm releases; PG_MAJOR=17 asks for
-a major (scripts/bootstrap.sh fetches it when missing). initdb and pg_ctl refuse to run as root,
-so as root the server runs as the unprivileged `postgres` (or `nobody`) user. It listens on
-127.0.0.1 only, with a random password, and everything is removed on exit.
+Debian's /usr/lib/postgresql/*/bin, or the project's cache of npm releases; PG_MAJOR (15, 17 or
+18) asks for a major (scripts/bootstrap.sh fetches it when missing). initdb and pg_ctl refuse to
+run as root, so as root the server runs as the unprivileged `postgres` (or `nobody`) user. It
+listens on 127.0.0.1 only, with a random password, and everything is removed on exit.
 """
 
 import contextlib

@@ -43,6 +43,9 @@ from tests.test_any_table import (
     version,
 )
 
+# On PostgreSQL 18 too (tests/conftest.py).
+pytestmark = pytest.mark.pg18
+
 NULLS_NOT_DISTINCT = {"postgresql_nulls_not_distinct": True}
 INCLUDE = {"postgresql_include": ["quantity"]}
 DEFERRED = {"deferrable": True, "initially": "DEFERRED"}

@@ -1,15 +1,17 @@
-"""The test infrastructure is what it claims: the PostgreSQL major asked for, and a real PgBouncer
-whose transaction mode hands one client's session state to the next client (the leak the
-migration must guard against) while its session mode does not."""
+"""The test infrastructure is what it claims: the PostgreSQL major asked for, client tools that
+take it, and a real PgBouncer whose transaction mode hands one client's session state to the
+next client (the leak the migration must guard against) while its session mode does not."""
 
 import contextlib
+import re
 import secrets
+import subprocess
 
 import psycopg2
 import pytest
 
 from devtools.pgbouncer import DEFAULT_POOL_SIZE
-from devtools.postgres_binaries import requested_major
+from devtools.postgres_binaries import pg_basebackup, requested_major
 
 LOCK_TIMEOUT = "4321ms"  # not a default anywhere: seeing it means someone's SET leaked
 ADVISORY_KEY = 424242
@@ -71,6 +73,25 @@ def test_server_is_the_major_asked_for(pg_server, pg_major):
     asked = requested_major()
     if asked is not None:  # scripts/test.sh always asks
         assert pg_major == asked
+
+
+@pytest.mark.pg18
+def test_the_client_tools_take_this_server(pg_server, pg_major):
+    """pg_dump and pg_basebackup refuse a server newer than themselves (pg_dump 17 against 18:
+    "server version mismatch"), and the tests compare schemas with pg_dump and make standbys
+    with pg_basebackup: each server gets client tools of its major or newer."""
+    tools = [pg_server.bin_dir / "pg_dump", pg_server.bin_dir / "psql"]
+    for tool in [*tools, pg_basebackup(pg_server.bin_dir)]:
+        version = subprocess.run(
+            [str(tool), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        assert int(re.search(r"\(PostgreSQL\) (\d+)", version).group(1)) >= pg_major, version
+    dump = subprocess.run(
+        [str(tools[0]), "--schema-only", pg_server.url_string().replace("+psycopg2", "")],
+        capture_output=True,
+        text=True,
+    )
+    assert dump.returncode == 0, dump.stderr
 
 
 def test_transaction_mode_hands_session_state_to_the_next_client(pgbouncer_transaction, postgresql):

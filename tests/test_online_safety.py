@@ -67,6 +67,7 @@ def migrator(harness, *args: str, env: dict[str, str] | None = None):
 # 1. Writers are never stalled.
 
 
+@pytest.mark.pg18
 def test_writes_keep_succeeding_during_upgrade(harness):
     harness.build_state("drifted", keys=50_000)
     harness.upgrade(BASELINE)

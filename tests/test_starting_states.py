@@ -15,6 +15,9 @@ from app.unique_pair import TARGET
 from devtools.starting_states import STATES
 from tests.support import BASELINE
 
+# On PostgreSQL 18 too (tests/conftest.py).
+pytestmark = pytest.mark.pg18
+
 UPSERT_WORKSPACE = "00000000-0000-0000-0000-00000000abcd"
 UPSERT = f"""
 INSERT INTO public.meta_assets_cache (workspace_id, phone_number_id, display_phone_number)

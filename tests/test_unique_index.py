@@ -30,6 +30,9 @@ from tests.offline_support import apply_script, other_database, run_psql
 from tests.online_support import Session, libpq_dsn, migrating_while_held
 from tests.support import failed_lines, run_child, through
 
+# On PostgreSQL 18 too (tests/conftest.py).
+pytestmark = pytest.mark.pg18
+
 TEMPLATE = Path(__file__).resolve().parent / "projects" / "inventory"
 PRIVATE = "accounts_private"
 

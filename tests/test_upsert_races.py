@@ -95,6 +95,7 @@ def test_no_upsert_fails_while_the_downgrade_rebuilds_in_its_transaction_behind_
     assert_every_upsert_served(running)
 
 
+@pytest.mark.pg18  # the docs say which majors fail them: 18 and older
 def test_a_concurrent_rebuild_fails_racing_upserts_as_postgresql_does(harness):
     """What downgrade_rebuild=concurrently trades for never making a query wait: PostgreSQL 18
     and older fail ON CONFLICT upserts racing on a key while a second unique on it is being
