@@ -400,6 +400,11 @@ WITHOUT_KEYS = HASH.replace(", PRIMARY KEY (id, workspace_id)", "")
             "partitioned by an expression",
         ),
         (
+            HASH,
+            {"row_identity": ["id"]},
+            "row_identity \\(id\\) is not a primary key .* holds the partition key's columns",
+        ),
+        (
             LEVELS,
             {
                 "columns": ["region", "phone_number_id"],
