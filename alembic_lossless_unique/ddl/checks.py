@@ -186,8 +186,9 @@ BEGIN
             problems := problems || pg_catalog.format(
                 'row_identity (%s) is not a primary key or unique NOT NULL key of %s: give the'
                 ' columns that identify a row of it%s',
-                pg_catalog.array_to_string({identity}, ', '), {display}, CASE WHEN kind = 'p' THEN ' (on a partitioned table its primary key'
-                ' holds the partition key''s columns too)' ELSE '' END);
+                pg_catalog.array_to_string({identity}, ', '), {display},
+                CASE WHEN kind = 'p' THEN ' (on a partitioned table its primary key holds the'
+                ' partition key''s columns too)' ELSE '' END);
         END IF;
         FOR fk IN {foreign_keys.inbound_sql("relation")} LOOP
 {_foreign_key_problems(target)}
