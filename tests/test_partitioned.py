@@ -337,13 +337,16 @@ def a_duplicate_in(harness, partition: str) -> str:
     return f"id = {row.id} AND workspace_id = {row.workspace_id}"
 
 
-def test_a_partition_created_during_the_upgrade_ends_covered(harness):
+@pytest.mark.parametrize("crash", [False, True], ids=["run", "crash-then-re-run"])
+def test_a_partition_created_during_the_upgrade_ends_covered(harness, crash):
     """While the upgrade waits on a row the app holds, the app creates a partition, which
-    copies the partitioned table's invalid index, and writes to it: it ends covered."""
+    copies the partitioned table's invalid index, and writes to it: it ends covered, by this
+    run or (its session killed there) by the re-run; and its unique, PostgreSQL's copy of the
+    upgrade's, goes with the downgrade, which is not what becomes of a partition's own."""
     harness.execute(
         HASH + "ALTER TABLE public.ev DETACH PARTITION public.ev_p3;DROP TABLE public.ev_p3;"
     )
-    with upgrade_waiting_on(harness, ARGUMENTS, "public.ev_p0") as (_, failure):
+    with upgrade_waiting_on(harness, ARGUMENTS, "public.ev_p0") as (holder, failure):
         app = Session(libpq_dsn(harness.url))
         app.run(
             "CREATE TABLE public.ev_p3 PARTITION OF public.ev"
@@ -355,9 +358,24 @@ def test_a_partition_created_during_the_upgrade_ends_covered(harness):
             " AND phone_number_id = 'late')"
         )
         app.close()
-    assert not failure, failure
+        if crash:
+            kill_the_migrator_waiting_on(harness, holder)
+    if crash:
+        assert failure
+        ensure(harness)
+    else:
+        assert not failure, failure
     assert harness.count("public.ev_p3") > 0
     assert uniques(harness, "public.ev") == twin_uniques(harness, HASH)
+    undo(harness)
+    assert not unique_names(harness, "public.ev")  # no unique of the upgrade's left anywhere
+
+
+def kill_the_migrator_waiting_on(harness, holder: Session) -> None:
+    harness.admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE {holder.pid()} = ANY (pg_blocking_pids(pid))"
+    )
 
 
 def test_a_crashed_run_is_finished_by_a_re_run(harness):
@@ -370,10 +388,7 @@ def test_a_crashed_run_is_finished_by_a_re_run(harness):
         holder,
         failure,
     ):
-        harness.admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE {holder.pid()} = ANY (pg_blocking_pids(pid))"
-        )
+        kill_the_migrator_waiting_on(harness, holder)
     assert failure
     assert harness.scalar(
         "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = CAST(:i AS regclass)",

@@ -63,7 +63,7 @@ class Part:
 def ensure(db: Database, target: UniqueTarget, ddl_command: str | None) -> None:
     """The upgrade, once the checks have passed (convergence.ensure_unique_constraint)."""
     report = RunReport(f"{target.kind} {target.constraint_name} on {target.key_description}")
-    root_index = root_constraint(db, target)
+    root_index = root_unique(db, target)
     parts = read_parts(db, target)
     leftover_guard = guard.exists(db, target)
     if (
@@ -91,17 +91,16 @@ def ensure(db: Database, target: UniqueTarget, ddl_command: str | None) -> None:
         raise
 
 
-def root_constraint(db: Database, target: UniqueTarget) -> tuple[str, bool] | None:
-    """The partitioned table's constraint (its index, valid or not), or None; a refusal when
-    the name is taken otherwise, or another unique already covers the key."""
-    root = Member(target.schema, target.table, 0, False, None)
-    index = partitions.unique_index(db, root, target.constraint_name, target)
+def root_unique(db: Database, target: UniqueTarget) -> tuple[str, bool] | None:
+    """The partitioned table's unique (its index, valid or not), or None; a refusal when
+    another unique already covers the key."""
+    index = partitions.unique_index(db, root_of(target), target.constraint_name, target)
     others = partitions.other_uniques(db, target)
     if others:
         raise MigrationAbort(
             f"{target.display_table} already has {', '.join(others)} on the key"
-            f" ({', '.join(target.columns)}): a partitioned table is given its unique from none;"
-            f" drop that one, or name the operation {target.kind} after it"
+            f" ({', '.join(target.columns)}): on a partitioned table the operation starts from no"
+            f" unique on the key; drop that one, or give the operation its name, then re-run"
         )
     return index
 
@@ -136,9 +135,8 @@ def converge(db: Database, target: UniqueTarget, parts: list[Part], report: RunR
         if not ledger.every_step(db, target):
             ledger.record(db, target, "found", partitions=len(parts))
     convergence.announce(db, target)
-    root = Member(target.schema, target.table, 0, False, None)
     with report.step("constraint on the partitioned tables, ONLY"):
-        add_level_constraint(db, target, root, target)
+        add_level_constraint(db, target, root_of(target), target)
         for part in parts:
             if not part.member.is_leaf:
                 add_level_constraint(db, target, part.member, part.target)
@@ -157,7 +155,7 @@ def converge(db: Database, target: UniqueTarget, parts: list[Part], report: RunR
             leaves = [part for part in parts if part.member.is_leaf]
             for part in leaves:
                 with report.step(f"partition {part.member.display}"):
-                    converge_partition(db, part, report)
+                    converge_partition(db, target, part, report)
                     attach(db, target, part)
             for part in sorted(parts, key=lambda p: -p.member.level):
                 if not part.member.is_leaf:
@@ -197,8 +195,8 @@ def add_level_constraint(
     )
 
 
-def converge_partition(db: Database, part: Part, report: RunReport) -> None:
-    """One leaf: the plain table's path, guarded by the partitioned table's guard."""
+def converge_partition(db: Database, part_of: UniqueTarget, part: Part, report: RunReport) -> None:
+    """One leaf of `part_of`: the plain table's path, guarded by the partitioned table's guard."""
     plan, target = part.plan, part.target
     assert plan is not None and plan.main is not None  # a leaf's, refusals raised before
     leaf_report = RunReport(part.member.display)
@@ -215,39 +213,57 @@ def converge_partition(db: Database, part: Part, report: RunReport) -> None:
             )
     elif main.action == "promote":
         convergence.adopt_existing_unique(db, target, main, leaf_report)
-    elif not any(step.action in MADE_HERE for step in ledger.steps(db, target)):
-        # Its own constraint, found, not made by this operation: the downgrade's drop of the
-        # partitioned table's constraint takes it along once attached, so it is recorded, to
-        # be built again.
+    elif not any(step.action in MADE_HERE for step in ledger.steps(db, target)) and (
+        indexes_to_attach(db, part_of, part) is not None
+    ):
+        # Its own unique, found, not made by this operation nor copied by PostgreSQL from the
+        # partitioned table's (a partition created since, whose copy is attached already): the
+        # downgrade's drop of the partitioned table's takes it along once attached, so it is
+        # recorded, to be built again.
         ledger.record(db, target, "adopted", **main.recreation_record())
     convergence.drop_redundant_uniques(db, target, plan, leaf_report)
     facts = [f"{label} {value}" for label, value in leaf_report.facts]
     report.fact(f"partition {part.member.display}", "; ".join(facts) or main.description)
 
 
-def attach(db: Database, target: UniqueTarget, part: Part) -> None:
-    """A table's unique attached to its parent level's index, unless it is."""
+def indexes_to_attach(db: Database, target: UniqueTarget, part: Part) -> tuple[str, str] | None:
+    """(its parent level's index, its own), qualified, while its unique is not attached to its
+    parent's; None once it is (or has none yet)."""
     parent_schema, parent_table = cast(tuple[str, str], part.member.parent)
     parent = Member(parent_schema, parent_table, part.member.level - 1, False, None)
     parent_name = (
         target.constraint_name
         if (parent_schema, parent_table) == (target.schema, target.table)
-        else cast(str, partitions.existing_name(db, parent, target))
+        else partitions.existing_name(db, parent, target)
     )
-    parent_index = partitions.unique_index(db, parent, parent_name, target)
+    parent_index = parent_name and partitions.unique_index(db, parent, parent_name, target)
     child_index = partitions.unique_index(db, part.member, part.target.constraint_name, target)
-    assert parent_index is not None and child_index is not None
+    if not parent_index or child_index is None:
+        return None
     if partitions.attached(db, parent_index[0], child_index[0]):
+        return None
+    return parent_index[0], child_index[0]
+
+
+def attach(db: Database, target: UniqueTarget, part: Part) -> None:
+    """A table's unique attached to its parent level's index, unless it is."""
+    to_attach = indexes_to_attach(db, target, part)
+    if to_attach is None:
         return
+    parent_index, child_index = to_attach
     under_lock_retries(
         db,
         part.target,
-        f"attach {child_index[0]} to {parent_index[0]}",
-        partitions.attach_sql(parent_index[0], child_index[0]),
+        f"attach {child_index} to {parent_index}",
+        partitions.attach_sql(parent_index, child_index),
     )
 
 
 def root_is_valid(db: Database, target: UniqueTarget) -> bool:
-    root = Member(target.schema, target.table, 0, False, None)
-    index = partitions.unique_index(db, root, target.constraint_name, target)
+    index = partitions.unique_index(db, root_of(target), target.constraint_name, target)
     return index is not None and index[1]
+
+
+def root_of(target: UniqueTarget) -> Member:
+    """The partitioned table the operation was given, as a member of its own tree."""
+    return Member(target.schema, target.table, 0, False, None)

@@ -21,7 +21,7 @@ def gather(db: Database, target: UniqueTarget, report: Report, ddl_command: str 
         report.state, report.state_description = "blocked", report.problems[0]
         return report
     try:
-        root_index = partitioned.root_constraint(db, target)
+        root_index = partitioned.root_unique(db, target)
         parts = partitioned.read_parts(db, target)
     except MigrationAbort as refused:
         report.problems.append(str(refused))
