@@ -81,6 +81,7 @@ def insert_new_key(harness, key: str) -> str:
         app.close()
 
 
+@pytest.mark.any_major  # what differs between drivers, not between servers
 def test_drifted_upgrade_is_online_and_the_downgrade_exact(harness, driver):
     """While an old snapshot holds the concurrent build and a reader holds the table, the
     upgrade through `driver` builds CONCURRENTLY (an insert passes meanwhile), reports the
@@ -150,6 +151,8 @@ def test_drifted_upgrade_is_online_and_the_downgrade_exact(harness, driver):
     assert harness.schema_dump() == schema_before
 
 
+# What differs between drivers, not between servers: each runs on one major.
+@pytest.mark.any_major
 @pytest.mark.parametrize("driver", ("psycopg2", *OTHER_DRIVERS))
 def test_transaction_pooler_is_refused_and_leaves_nothing_behind(
     harness, driver, pgbouncer_transaction

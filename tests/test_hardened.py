@@ -90,6 +90,8 @@ def roles(harness):
 # 1. Nothing on the migrating role's own search_path runs as the migrator.
 
 
+# What differs between drivers and search_paths, not between servers: each on one major.
+@pytest.mark.any_major
 @pytest.mark.parametrize(
     ("path", "driver"),
     [

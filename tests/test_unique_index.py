@@ -524,6 +524,8 @@ def downgrade() -> None:
 '''
 
 
+# What differs between drivers, not between servers: each runs on one major.
+@pytest.mark.any_major
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
 def test_through_the_alembic_cli_and_offline(harness, tmp_path, driver):
     """The index form as a user runs it, through each driver (the probe's temporary table, the

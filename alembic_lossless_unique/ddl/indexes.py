@@ -133,10 +133,11 @@ def rebuild_in_transaction(db: Database, target: UniqueTarget) -> bool:
         return choice == "in_transaction"
     return bool(
         db.scalar(
-            # A partitioned table's heap is its partitions': the tree of a plain table is itself.
-            "SELECT sum(pg_catalog.pg_relation_size(t.relid))"
-            " <= pg_catalog.pg_size_bytes(:limit)"
-            " FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(:table)) AS t",
+            # A partitioned table's heap is its partitions' (a plain table has no tree).
+            "SELECT coalesce((SELECT sum(pg_catalog.pg_relation_size(t.relid))"
+            " FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(:table)) AS t),"
+            " pg_catalog.pg_relation_size(pg_catalog.to_regclass(:table)))"
+            " <= pg_catalog.pg_size_bytes(:limit)",
             {"table": target.qualified_table, "limit": db.settings.downgrade_rebuild_limit},
         )
     )
