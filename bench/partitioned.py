@@ -58,7 +58,7 @@ def outcome_table(results: dict[str, Result], outcome) -> str:
     """Each run's outcome, failed writes, rows lost and WAL: what the ratios must not hide."""
     lines = [
         "| contender | outcome | failed writes | rows deleted | rows lost overall"
-        " | NULL-phone rows lost | WAL | batches moved |",
+        " | NULL-phone rows lost | WAL | most batches of one move |",
         "|" + "---|" * 8,
     ]
     lines += [

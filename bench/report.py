@@ -461,6 +461,9 @@ other error is a failed write. `--growth 1M,10M,30M` runs ours, its rollback (`a
 recipe a DBA runs by hand (`DELETE ... USING`, `CREATE UNIQUE INDEX CONCURRENTLY`, `ADD CONSTRAINT
 ... USING INDEX`) at 10M rows, then again beside a streaming standby (`pg_basebackup -R`) behind a
 relay capped at `--link-rate` MB/s, with ours unpaced (`-x max_replica_lag=off`) too.
+`--partitioned` runs ours' upgrade and downgrade (`bench/partitioned_migration`) on the same
+rows twice, the table hash-partitioned 16 ways on `workspace_id` and unpartitioned, both with
+the primary key `(id, workspace_id)` a table partitioned on `workspace_id` needs.
 
 The server is durable unless a section says `fast`: fsync, full_page_writes and
 synchronous_commit on, a quarter of memory as shared_buffers, PostgreSQL's default work_mem and
