@@ -5,6 +5,7 @@
                               [--out DIR] [--write-benchmarks-md]
     python bench/benchmark.py --growth 1M,10M,30M [--mix ...] [--fast] ...
     python bench/benchmark.py --race [--rows 10M] [--link-rate MB_PER_S] [--mix ...] ...
+    python bench/benchmark.py --partitioned [ROWS] [--mix ...] [--repeat R] ...
 
 A drifted meta_assets_cache (duplicates, ties, NULL last_synced_at, NULL-phone rows) is built
 once on a throwaway PostgreSQL, durable unless --fast, then cloned with CREATE DATABASE ...
@@ -32,17 +33,21 @@ from bench.report import (  # noqa: E402
     comparison_report,
     growth_report,
     machine,
+    partitioned_report,
     print_blocks,
     race_report,
     run_label,
     save_comparison,
     save_growth,
+    save_partitioned,
     save_race,
     write_benchmarks_md,
 )
 from bench.runs import (  # noqa: E402
     COMPARISON_CONTENDERS,
     GROWTH_CONTENDERS,
+    KEYED_MIGRATION,
+    PARTITIONED_CONTENDERS,
     RACE_CONTENDERS,
     RACE_WITHOUT_STANDBY,
     Contender,
@@ -58,13 +63,19 @@ from bench.server_settings import (  # noqa: E402
     server_settings,
 )
 from bench.starting_tables import (  # noqa: E402
+    HASH_PARTITIONS,
     MIXES,
+    TEMPLATE_KEYED_PARTITIONED,
+    TEMPLATE_KEYED_PARTITIONED_UPGRADED,
+    TEMPLATE_KEYED_PLAIN,
+    TEMPLATE_KEYED_PLAIN_UPGRADED,
     Census,
     Mix,
     build_deduped_and_constrained,
     build_drifted,
     build_upgraded,
     census,
+    keyed_schema_sql,
     table_facts,
 )
 from bench.writers import DUPLICATE_RATE  # noqa: E402
@@ -127,6 +138,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ROWS",
         help="the race (default 10M rows): the reference, ours and the recipe by hand, then"
         " beside a streaming standby on a capped link ours paced and unpaced too",
+    )
+    sizes.add_argument(
+        "--partitioned",
+        type=parse_size,
+        nargs="?",
+        const=10_000_000,
+        metavar="ROWS",
+        help=f"ours, both directions, on the table (default 10M rows) hash-partitioned"
+        f" {HASH_PARTITIONS} ways on workspace_id and on it unpartitioned, side by side",
     )
     parser.add_argument(
         "--link-rate",
@@ -312,6 +332,40 @@ def run_race(
     return without, beside
 
 
+def run_partitioned(
+    server: ThrowawayServer, info: RunInfo, rows: int, mix: Mix, repeat: int
+) -> dict[str, Result]:
+    """The same drifted rows in a plain and in a hash-partitioned table, both with the primary
+    key (id, workspace_id) a table partitioned on workspace_id needs; each upgraded once with
+    nothing writing, for the downgrades."""
+    layouts = (
+        (0, TEMPLATE_KEYED_PLAIN, TEMPLATE_KEYED_PLAIN_UPGRADED),
+        (HASH_PARTITIONS, TEMPLATE_KEYED_PARTITIONED, TEMPLATE_KEYED_PARTITIONED_UPGRADED),
+    )
+    facts = []
+    for partitions, template, upgraded in layouts:
+        shape = build_drifted(server, rows, mix, template, keyed_schema_sql(partitions))
+        facts.append(table_facts(server, mix, shape, template))
+        build_upgraded(server, PROJECT_ROOT, template, upgraded, KEYED_MIGRATION)
+    if facts[0] != facts[1]:  # built by the same deterministic SQL: a difference is a bug
+        raise RuntimeError(f"the plain and partitioned tables differ: {facts}")
+    info.tables.append(facts[0])
+    workload = Workload(shape, info.duplicate_rate)
+    contenders = PARTITIONED_CONTENDERS
+    return run_rounds(server, contenders, workload, templates_census(server, contenders), repeat)
+
+
+def partitioned_main(arguments: argparse.Namespace, out: Path) -> list[str]:
+    with benchmark_server(arguments) as (server, info):
+        results = run_partitioned(
+            server, info, arguments.partitioned, MIXES[arguments.mix], arguments.repeat
+        )
+    print_blocks(partitioned_report(info, results, arguments.partitioned))
+    label = run_label(size_label(arguments.partitioned), info)
+    save_partitioned(info, results, arguments.partitioned, out / f"partitioned_{label}.json")
+    return failed_contenders(results)
+
+
 def race_main(arguments: argparse.Namespace, out: Path) -> list[str]:
     with benchmark_server(arguments) as (server, info):
         without, beside = run_race(
@@ -372,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     elif arguments.growth:
         failed = growth_main(arguments, out)
+    elif arguments.partitioned:
+        failed = partitioned_main(arguments, out)
     else:
         failed = comparison_main(arguments, out)
     if arguments.write_benchmarks_md:

@@ -22,6 +22,7 @@ from bench.growth import (
     rollback_target,
 )
 from bench.observe import SAMPLE_INTERVAL
+from bench.partitioned import LAYOUT, outcome_table, ratio_lines, side_by_side_table
 from bench.runs import Result, result_from_json, result_to_json
 from bench.server_settings import memory_total_mb, settings_line
 from bench.starting_tables import TableFacts
@@ -281,6 +282,36 @@ def race_report(
     return blocks
 
 
+def partitioned_report(info: RunInfo, results: dict[str, Result], rows: int) -> list[Block]:
+    blocks = [
+        Block("run", "\n".join([*info.header_lines(), LAYOUT]), fenced=True),
+        Block("partitioned and plain, side by side", side_by_side_table(results)),
+        Block(
+            "outcomes (waits, errors and rows lost: the worst round)",
+            outcome_table(results, outcome),
+        ),
+        Block("duplicate stream", stream_table(results)),
+        *(
+            Block(
+                f"{result.label}, per phase (the round with the worst insert wait)",
+                phase_table(result),
+            )
+            for result in results.values()
+        ),
+        Block(
+            "where the probe waited",
+            "\n".join(line for result in results.values() for line in insight_lines(result)),
+            fenced=True,
+        ),
+        Block(
+            f"partitioned / plain at {rows:,} rows",
+            "\n".join([*ratio_lines(results), *round_lines(results)]),
+            fenced=True,
+        ),
+    ]
+    return blocks
+
+
 def growth_report(info: RunInfo, points: list[GrowthPoint]) -> list[Block]:
     blocks = [
         Block("run", "\n".join(info.header_lines()), fenced=True),
@@ -361,6 +392,18 @@ def save_race(
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def save_partitioned(info: RunInfo, results: dict[str, Result], rows: int, path: Path) -> None:
+    payload = {
+        "format": FORMAT,
+        "kind": "partitioned",
+        "rows": rows,
+        "info": asdict(info),
+        "results": {key: result_to_json(result) for key, result in results.items()},
+        "ratios": ratio_lines(results),
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def save_growth(info: RunInfo, points: list[GrowthPoint], path: Path) -> None:
     payload = {
         "format": FORMAT,
@@ -385,6 +428,9 @@ def stored_report(run: dict) -> tuple[str, list[Block]]:
         sizes = ", ".join(point.size for point in points)
         return f"Growth ({sizes}), {info.mix} mix, {info.mode}", growth_report(info, points)
     results = {key: result_from_json(values) for key, values in run["results"].items()}
+    if run["kind"] == "partitioned":
+        heading = f"Partitioned and plain at {run['rows']:,} rows, {info.mix} mix, {info.mode}"
+        return heading, partitioned_report(info, results, run["rows"])
     if run["kind"] == "race":
         beside = {key: result_from_json(values) for key, values in run["beside_standby"].items()}
         heading = f"The race at {run['rows']:,} rows, {info.mix} mix, {info.mode}"
@@ -415,6 +461,9 @@ other error is a failed write. `--growth 1M,10M,30M` runs ours, its rollback (`a
 recipe a DBA runs by hand (`DELETE ... USING`, `CREATE UNIQUE INDEX CONCURRENTLY`, `ADD CONSTRAINT
 ... USING INDEX`) at 10M rows, then again beside a streaming standby (`pg_basebackup -R`) behind a
 relay capped at `--link-rate` MB/s, with ours unpaced (`-x max_replica_lag=off`) too.
+`--partitioned` runs ours' upgrade and downgrade (`bench/partitioned_migration`) on the same
+rows twice, the table hash-partitioned 16 ways on `workspace_id` and unpartitioned, both with
+the primary key `(id, workspace_id)` a table partitioned on `workspace_id` needs.
 
 The server is durable unless a section says `fast`: fsync, full_page_writes and
 synchronous_commit on, a quarter of memory as shared_buffers, PostgreSQL's default work_mem and
@@ -447,6 +496,7 @@ def load_runs(out: Path) -> list[dict]:
         sorted(out.glob("results_*.json"))
         + sorted(out.glob("race_*.json"))
         + sorted(out.glob("growth_*.json"))
+        + sorted(out.glob("partitioned_*.json"))
     ):
         run = json.loads(path.read_text())
         if run.get("format") != FORMAT:
@@ -458,12 +508,12 @@ def load_runs(out: Path) -> list[dict]:
 
 def run_order(run: dict) -> tuple:
     info = run["info"]
-    kinds = ("comparison", "race", "growth")
+    kinds = ("comparison", "race", "growth", "partitioned")
     return (kinds.index(run["kind"]), info["mode"], info["mix"], run.get("rows", 0))
 
 
 def write_benchmarks_md(out: Path, destination: Path) -> None:
-    """BENCHMARKS.md from every results_*.json and growth_*.json in `out`."""
+    """BENCHMARKS.md from every results_, race_, growth_ and partitioned_*.json in `out`."""
     runs = load_runs(out)
     if not runs:
         return

@@ -27,6 +27,10 @@ from bench.starting_tables import (
     TEMPLATE_CONSTRAINED,
     TEMPLATE_DEDUPED,
     TEMPLATE_DRIFTED,
+    TEMPLATE_KEYED_PARTITIONED,
+    TEMPLATE_KEYED_PARTITIONED_UPGRADED,
+    TEMPLATE_KEYED_PLAIN,
+    TEMPLATE_KEYED_PLAIN_UPGRADED,
     TEMPLATE_UPGRADED,
     Census,
     TableShape,
@@ -158,6 +162,47 @@ RACE_CONTENDERS = tuple(
     c for c in CONTENDERS if c.key in ("reference", "ours", "ours_unpaced", "by_hand")
 )
 RACE_WITHOUT_STANDBY = tuple(c for c in RACE_CONTENDERS if c.key != "ours_unpaced")
+
+
+# The partitioned section: ours on the table with PRIMARY KEY (id, workspace_id), plain and
+# hash-partitioned, both directions, through a migration whose row identity is that key.
+KEYED_MIGRATION = ("-c", str(PROJECT_ROOT / "bench" / "partitioned_migration" / "alembic.ini"))
+PARTITIONED_CONTENDERS = (
+    Contender(
+        "ours_plain",
+        "plain table: alembic upgrade head",
+        TEMPLATE_KEYED_PLAIN,
+        "start-up",
+        "start-up",
+        alembic_arguments=(*KEYED_MIGRATION, "upgrade", "head"),
+    ),
+    Contender(
+        "ours_partitioned",
+        "partitioned table: alembic upgrade head",
+        TEMPLATE_KEYED_PARTITIONED,
+        "start-up",
+        "start-up",
+        alembic_arguments=(*KEYED_MIGRATION, "upgrade", "head"),
+    ),
+    Contender(
+        "ours_plain_rollback",
+        "plain table: alembic downgrade -1",
+        TEMPLATE_KEYED_PLAIN_UPGRADED,
+        "start-up",
+        "start-up",
+        alembic_arguments=(*KEYED_MIGRATION, "downgrade", "-1"),
+        leaves_unique=False,
+    ),
+    Contender(
+        "ours_partitioned_rollback",
+        "partitioned table: alembic downgrade -1",
+        TEMPLATE_KEYED_PARTITIONED_UPGRADED,
+        "start-up",
+        "start-up",
+        alembic_arguments=(*KEYED_MIGRATION, "downgrade", "-1"),
+        leaves_unique=False,
+    ),
+)
 
 
 @dataclass(frozen=True)

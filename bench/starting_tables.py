@@ -98,15 +98,22 @@ DELETE FROM public.meta_assets_cache
 """
 
 
-def build_drifted(server: ThrowawayServer, rows: int, mix: Mix) -> TableShape:
-    """The drifted table, in chunks so a 10M-row build reports its progress."""
+def build_drifted(
+    server: ThrowawayServer,
+    rows: int,
+    mix: Mix,
+    template: str = TEMPLATE_DRIFTED,
+    schema_sql: str | None = None,
+) -> TableShape:
+    """The drifted table, in chunks so a 10M-row build reports its progress. `schema_sql`: the
+    schema it is built in (the reference's unless given); the rows are the same either way."""
     shape = shape_for_rows(rows, mix)
     with session(server, "postgres") as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DRIFTED}")
-        cursor.execute(f"CREATE DATABASE {TEMPLATE_DRIFTED}")
+        cursor.execute(f"DROP DATABASE IF EXISTS {template}")
+        cursor.execute(f"CREATE DATABASE {template}")
     started = time.monotonic()
-    with build_session(server, TEMPLATE_DRIFTED) as cursor:
-        cursor.execute(SUPABASE_SCHEMA.read_text())
+    with build_session(server, template) as cursor:
+        cursor.execute(schema_sql or SUPABASE_SCHEMA.read_text())
         for first in range(1, shape.keys + 1, CHUNK_KEYS):
             last = min(shape.keys, first + CHUNK_KEYS - 1)
             cursor.execute(
@@ -118,14 +125,48 @@ def build_drifted(server: ThrowawayServer, rows: int, mix: Mix) -> TableShape:
                     null_phone_rows_per_workspace=3 if first == 1 else 0,
                 )
             )
-            message = f"building drifted table: {last:,} of {shape.keys:,} keys"
+            message = f"building {template}: {last:,} of {shape.keys:,} keys"
             progress(message, started, last / shape.keys)
         if mix.thin_to_one_in > 1:
             cursor.execute(thin_duplicates_sql(mix))
         # A production table has been vacuumed: hint bits set, visibility map current.
         cursor.execute("VACUUM ANALYZE public.meta_assets_cache")
-    progress("building drifted table: vacuumed", started, 1.0, final=True)
+    progress(f"building {template}: vacuumed", started, 1.0, final=True)
     return shape
+
+
+# The partitioned section: the reference's table with the primary key a table partitioned on
+# workspace_id must have, plain or hash-partitioned this many ways.
+TEMPLATE_KEYED_PLAIN = "bench_keyed_plain"
+TEMPLATE_KEYED_PARTITIONED = "bench_keyed_partitioned"
+TEMPLATE_KEYED_PLAIN_UPGRADED = "bench_keyed_plain_upgraded"
+TEMPLATE_KEYED_PARTITIONED_UPGRADED = "bench_keyed_partitioned_upgraded"
+HASH_PARTITIONS = 16
+REFERENCE_PRIMARY_KEY = "  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n"
+REFERENCE_TABLE_END = "  last_synced_at timestamptz NULL, last_error text NULL);\n"
+
+
+def keyed_schema_sql(partitions: int) -> str:
+    """The reference schema with meta_assets_cache's primary key (id, workspace_id), and, if
+    `partitions`, the table hash-partitioned on workspace_id into that many partitions (created
+    before the schema's grants, which then reach them as they reach the table)."""
+    schema = SUPABASE_SCHEMA.read_text()
+    if REFERENCE_PRIMARY_KEY not in schema or REFERENCE_TABLE_END not in schema:
+        raise RuntimeError(f"{SUPABASE_SCHEMA.name}: meta_assets_cache is no longer as expected")
+    table_end = "  last_synced_at timestamptz NULL, last_error text NULL,\n"
+    table_end += "  PRIMARY KEY (id, workspace_id))"
+    if partitions:
+        table_end += " PARTITION BY HASH (workspace_id);\n" + "".join(
+            f"CREATE TABLE public.meta_assets_cache_p{remainder} PARTITION OF"
+            f" public.meta_assets_cache FOR VALUES WITH (MODULUS {partitions},"
+            f" REMAINDER {remainder});\n"
+            for remainder in range(partitions)
+        )
+    else:
+        table_end += ";\n"
+    return schema.replace(
+        REFERENCE_PRIMARY_KEY, "  id uuid NOT NULL DEFAULT gen_random_uuid(),\n"
+    ).replace(REFERENCE_TABLE_END, table_end)
 
 
 def progress(message: str, started: float, fraction: float, final: bool = False) -> None:
@@ -166,18 +207,24 @@ def build_deduped_and_constrained(server: ThrowawayServer) -> None:
         cursor.execute(ADD_ORIGINAL_CONSTRAINT)
 
 
-def build_upgraded(server: ThrowawayServer, project_root: Path) -> None:
+def build_upgraded(
+    server: ThrowawayServer,
+    project_root: Path,
+    source: str = TEMPLATE_DRIFTED,
+    template: str = TEMPLATE_UPGRADED,
+    alembic_options: tuple[str, ...] = (),
+) -> None:
     """The drifted table upgraded by ours, with nothing writing: the rollback's starting point."""
-    clone(server, TEMPLATE_DRIFTED, TEMPLATE_UPGRADED)
+    clone(server, source, template)
     upgrade = subprocess.run(
-        alembic("upgrade", "head"),
+        alembic(*alembic_options, "upgrade", "head"),
         cwd=project_root,
-        env=command_env(server, TEMPLATE_UPGRADED),
+        env=command_env(server, template),
         capture_output=True,
         text=True,
     )
     if upgrade.returncode != 0:
-        raise RuntimeError(f"upgrading {TEMPLATE_UPGRADED} failed: {upgrade.stderr[-2000:]}")
+        raise RuntimeError(f"upgrading {template} failed: {upgrade.stderr[-2000:]}")
 
 
 # A valid, plain (no predicate, no expression) unique index on (workspace_id, phone_number_id).
@@ -234,9 +281,11 @@ class TableFacts:
         )
 
 
-def table_facts(server: ThrowawayServer, mix: Mix, shape: TableShape) -> TableFacts:
+def table_facts(
+    server: ThrowawayServer, mix: Mix, shape: TableShape, template: str = TEMPLATE_DRIFTED
+) -> TableFacts:
     """Counted, not computed from the mix: the surplus is every keyed row beyond one per pair."""
-    with build_session(server, TEMPLATE_DRIFTED) as cursor:
+    with build_session(server, template) as cursor:
         cursor.execute(
             "SELECT count(*), count(*) FILTER (WHERE phone_number_id IS NULL),"
             " count(phone_number_id) - count(DISTINCT (workspace_id, phone_number_id))"

@@ -234,3 +234,43 @@ def test_waits_wal_and_wait_events_are_attributed_to_phases():
     assert timeline.wal_between(0.5, 1.5) == 150  # interpolated between samples
     worst = slowest_inserts(probe, spans, timeline, "probe")[0]
     assert (worst.phase, worst.events) == ("move duplicates", {"IO/WALSync": 1})
+
+
+def test_partitioned_at_a_tiny_size(tmp_path):
+    """Ours both ways on the same rows, hash-partitioned and plain, both keyed (id,
+    workspace_id); the report sets them side by side with partitioned / plain ratios."""
+    completed = run_benchmark(tmp_path, "--partitioned", "5k")
+
+    assert completed.returncode == 0, failure_output(completed)
+    run = json.loads((tmp_path / "partitioned_5k_heavy_fast.json").read_text())
+    results = run["results"]
+    assert set(results) == {
+        "ours_plain",
+        "ours_partitioned",
+        "ours_plain_rollback",
+        "ours_partitioned_rollback",
+    }
+    for key, result in results.items():
+        assert result["exit_code"] == 0, result["failure"]
+        assert result["unique_on_pair"] == (not key.endswith("_rollback"))
+        assert result["rows_lost"] == result["null_phone_lost"] == 0
+        assert result["probe_errors"] == result["stream_errors"] == 0, result["write_failures"]
+        assert_every_insert_in_a_phase(result)
+    # The same duplicates in both: each upgrade archives its table's surplus.
+    assert results["ours_plain"]["rows_deleted"] > 0
+    assert results["ours_partitioned"]["rows_deleted"] > 0
+    # The partitioned upgrade went partition by partition.
+    assert "partition public.meta_assets_cache_p15" in {
+        phase["name"] for phase in results["ours_partitioned"]["phases"]
+    }
+    for words in (
+        "PRIMARY KEY (id, workspace_id)",
+        "upgrade, partitioned / plain: time",
+        "downgrade, partitioned / plain: time",
+    ):
+        assert words in completed.stdout
+    written = tmp_path / "BENCHMARKS.md"
+    write_benchmarks_md(tmp_path, written)
+    markdown = written.read_text()
+    assert "## Partitioned and plain at 5,000 rows, heavy mix, fast" in markdown
+    assert "**Partitioned and plain, side by side**" in markdown

@@ -292,6 +292,32 @@ def locked_work(target: UniqueTarget) -> str:
     return target.private(derived_name(target.constraint_name, "locked"))
 
 
+def lock_changed_sql(target: UniqueTarget) -> str:
+    """A format() template: lock the listed rows the app changed since the list (not locked at
+    their listed ctid), found again by their identity, as they are now.
+
+    The listed rows not locked yet are found first (a materialized CTE), then joined to the
+    table. As one join, the planner would estimate the join of the listed rows with the table
+    on a row identity of several columns (as a partitioned table's must be) at one row, since
+    it multiplies the columns' selectivities, and check every listed row against every locked
+    one in a nested loop: 45 s a batch of 10,000 keys (30,000 rows) at 1M rows."""
+    compare = comparisons(target)
+    live, work = escape_format(target.qualified_table), escape_format(target.work)
+    locked = escape_format(locked_work(target))
+    admitted = ""
+    if target.key.predicate is not None:
+        admitted = f"\n WHERE {escape_format(target.key.admits('c'))}"
+    return f"""
+WITH not_locked AS MATERIALIZED (
+    SELECT w.* FROM {work} w
+     WHERE NOT EXISTS (SELECT 1 FROM {locked} l
+                        WHERE {compare.equal("l", "w", target.row_identity)}))
+INSERT INTO {locked}
+SELECT c.ctid, {current_members(target, "c")}
+  FROM not_locked w JOIN {live} c ON {compare.equal("c", "w", target.row_identity)}{admitted}
+   FOR UPDATE OF c"""
+
+
 def move_sql(target: UniqueTarget) -> str:
     """The move step: lock every listed row as it is now, rank each key again, re-point
     children, delete and archive, check, record.
@@ -322,13 +348,7 @@ SELECT c.ctid, {current}
   FROM {live} c JOIN {work} w ON c.ctid = w.{ROW_CTID}
  WHERE c.ctid = ANY (ARRAY(SELECT {ROW_CTID} FROM {work})) AND {same_identity}{admitted}
    FOR UPDATE OF c"""
-    lock_changed = f"""
-INSERT INTO {locked}
-SELECT c.ctid, {current}
-  FROM {work} w JOIN {live} c ON {same_identity}
- WHERE NOT EXISTS (SELECT 1 FROM {locked} l
-                    WHERE {compare.equal("l", "w", target.row_identity)}){admitted}
-   FOR UPDATE OF c"""
+    lock_changed = lock_changed_sql(target)
     rank_again = f"CREATE UNLOGGED TABLE {work} AS{_losers_of(target, locked)}"
     kept_identity = compare.equal(
         "k", "w", target.row_identity, renamed={c: work_kept(c) for c in target.row_identity}
