@@ -14,6 +14,9 @@ from pathlib import Path
 
 import psycopg2
 
+from alembic_lossless_unique.operations import convergence
+from alembic_lossless_unique.runtime.database import Database
+from alembic_lossless_unique.runtime.settings import MigrationSettings
 from app.names import ARCHIVE, CANONICAL_UNIQUE_NAME, UNIQUE_PAIR_LEDGER
 from tests.support import PROJECT_ROOT, AlembicResult
 
@@ -255,3 +258,31 @@ def ledger_actions(harness) -> list[str]:
     if not harness.scalar("SELECT to_regclass(:n)", n=UNIQUE_PAIR_LEDGER):
         return []
     return [row[0] for row in harness.rows(f"SELECT action FROM {UNIQUE_PAIR_LEDGER} ORDER BY seq")]
+
+
+def converge(harness, target, settings=None) -> None:
+    """The upgrade's story for `target`, on a session of the migrator's, as the operation runs
+    it online."""
+    with harness.engine.connect() as connection:
+        db = Database(connection, settings or MigrationSettings())
+        convergence.ensure_unique_constraint(db, target)
+
+
+def undo_with_the_revision(harness, target, settings=None) -> None:
+    """The downgrade's story for `target`, as alembic runs it: prepared online, finished in the
+    transaction that would move the revision back (committed here)."""
+    settings = settings or MigrationSettings()
+
+    @contextmanager
+    def online():
+        with harness.engine.connect() as connection:
+            yield Database(connection, settings)
+
+    with harness.engine.connect() as autocommit:
+        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
+        with connection.begin():
+            convergence.run_undo(
+                target,
+                online=online,
+                in_transaction=lambda: Database(connection, settings, concurrent=False),
+            )

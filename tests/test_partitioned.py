@@ -21,16 +21,19 @@ from alembic.migration import MigrationContext
 
 from alembic_lossless_unique.ddl import dedupe
 from alembic_lossless_unique.ddl.sqltext import literal
-from alembic_lossless_unique.operations import convergence
 from alembic_lossless_unique.operations.ops import (
     target_from_arguments,
     target_from_index_arguments,
 )
-from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
-from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import offline_script, run_psql
-from tests.online_support import Session, libpq_dsn, migrating_while_held
+from tests.online_support import (
+    Session,
+    converge,
+    libpq_dsn,
+    migrating_while_held,
+    undo_with_the_revision,
+)
 from tests.test_preflight import library_preflight
 
 # PostgreSQL 18 changed how the non-ONLY form locks, which this path avoids: proved there too.
@@ -75,27 +78,11 @@ ALTER TABLE public.ev_p2 ADD CONSTRAINT ev_p2_fixed UNIQUE (workspace_id, phone_
 
 def ensure(harness, arguments: dict = ARGUMENTS, form=target_from_arguments) -> None:
     """The upgrade's operation; `form` makes its target (the index form's: its own)."""
-    with harness.engine.connect() as connection:
-        db = Database(connection, MigrationSettings())
-        convergence.ensure_unique_constraint(db, form(**arguments))
+    converge(harness, form(**arguments))
 
 
 def undo(harness, arguments: dict = ARGUMENTS, form=target_from_arguments) -> None:
-    settings = MigrationSettings()
-
-    @contextmanager
-    def online():
-        with harness.engine.connect() as connection:
-            yield Database(connection, settings)
-
-    with harness.engine.connect() as autocommit:
-        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
-        with connection.begin():
-            convergence.run_undo(
-                form(**arguments),
-                online=online,
-                in_transaction=lambda: Database(connection, settings, concurrent=False),
-            )
+    undo_with_the_revision(harness, form(**arguments))
 
 
 def rows(harness, table: str = "public.ev") -> dict[tuple, str]:

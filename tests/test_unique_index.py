@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -21,13 +20,17 @@ import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 
-from alembic_lossless_unique.operations import convergence
 from alembic_lossless_unique.operations.ops import target_from_index_arguments
-from alembic_lossless_unique.runtime.database import Database
 from alembic_lossless_unique.runtime.errors import MigrationAbort
 from alembic_lossless_unique.runtime.settings import MigrationSettings
 from tests.offline_support import apply_script, other_database, run_psql
-from tests.online_support import Session, libpq_dsn, migrating_while_held
+from tests.online_support import (
+    Session,
+    converge,
+    libpq_dsn,
+    migrating_while_held,
+    undo_with_the_revision,
+)
 from tests.support import failed_lines, run_child, through
 
 # On PostgreSQL 18 too (tests/conftest.py).
@@ -132,27 +135,11 @@ USERS_NND_INDEX = {
 
 
 def ensure(harness, arguments: dict) -> None:
-    with harness.engine.connect() as connection:
-        db = Database(connection, MigrationSettings())
-        convergence.ensure_unique_constraint(db, target_from_index_arguments(**arguments))
+    converge(harness, target_from_index_arguments(**arguments))
 
 
 def undo(harness, arguments: dict, settings: MigrationSettings | None = None) -> None:
-    settings = settings or MigrationSettings()
-
-    @contextmanager
-    def online():
-        with harness.engine.connect() as connection:
-            yield Database(connection, settings)
-
-    with harness.engine.connect() as autocommit:
-        connection = autocommit.execution_options(isolation_level="READ COMMITTED")
-        with connection.begin():
-            convergence.run_undo(
-                target_from_index_arguments(**arguments),
-                online=online,
-                in_transaction=lambda: Database(connection, settings, concurrent=False),
-            )
+    undo_with_the_revision(harness, target_from_index_arguments(**arguments), settings)
 
 
 def indexdef(harness, schema_table: str, name: str) -> str:
