@@ -298,30 +298,20 @@ def attached(db: Database, parent_index: str, child_index: str) -> bool:
 def unique_index(
     db: Database, member: Member, name: str, target: UniqueTarget
 ) -> tuple[str, bool] | None:
-    """`member`'s unique `name` as the target's form makes it (a constraint, or an index),
-    as its index (qualified) and whether that is valid; None when there is none."""
-    if not target.is_index:
-        return constraint_index(db, member, name)
+    """`member`'s unique `name` as the target's form makes it (a constraint, found by its name;
+    or an index, by its own), as its index (qualified) and whether that is valid; None when
+    there is none."""
+    named = (
+        "ic.relname = :name"
+        if target.is_index
+        else "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint con"
+        " WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.conname = :name)"
+    )
     rows = db.rows(
         "SELECT pg_catalog.format('%I.%I', n.nspname, ic.relname) AS index, i.indisvalid"
         " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid"
         " JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace"
-        " WHERE i.indrelid = pg_catalog.to_regclass(:table) AND ic.relname = :name",
-        {"table": member.qualified, "name": name},
-    )
-    return (str(rows[0].index), bool(rows[0].indisvalid)) if rows else None
-
-
-def constraint_index(db: Database, member: Member, name: str) -> tuple[str, bool] | None:
-    """The index of `member`'s constraint `name` (qualified) and whether it is valid; None when
-    there is no such constraint."""
-    rows = db.rows(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, ic.relname) AS index, i.indisvalid"
-        " FROM pg_catalog.pg_constraint con"
-        " JOIN pg_catalog.pg_index i ON i.indexrelid = con.conindid"
-        " JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace"
-        " WHERE con.conrelid = pg_catalog.to_regclass(:table) AND con.conname = :name",
+        f" WHERE i.indrelid = pg_catalog.to_regclass(:table) AND {named}",
         {"table": member.qualified, "name": name},
     )
     return (str(rows[0].index), bool(rows[0].indisvalid)) if rows else None

@@ -176,7 +176,7 @@ def converge(db: Database, target: UniqueTarget, parts: list[Part], report: RunR
             with report.step("remove duplicate guard"):
                 guard.remove(db, target)
     report.fact("partitions", sum(1 for part in parts if part.member.is_leaf))
-    report.fact("valid", f"constraint {target.constraint_name}: ON CONFLICT on the key works")
+    report.fact("valid", f"{target.kind} {target.constraint_name}: ON CONFLICT on the key works")
     report.log_summary()
 
 

@@ -2,6 +2,8 @@
 own plan and its build's estimate; when ON CONFLICT on the key starts to work; and the upgrade's
 steps, partition by partition (operations/partitioned.py)."""
 
+from dataclasses import dataclass
+
 from alembic_lossless_unique.ddl import dedupe, ledger, partitions
 from alembic_lossless_unique.ddl.sqltext import ident
 from alembic_lossless_unique.operations import partitioned
@@ -28,16 +30,13 @@ def gather(db: Database, target: UniqueTarget, report: Report, ddl_command: str 
         report.state, report.state_description = "blocked", str(refused)
         return report
     leaves = [part for part in parts if part.member.is_leaf]
+    sizes = {part.member.qualified: size_of(db, part) for part in leaves}
     for part in leaves:
-        report.partitions.append(partition_line(db, part, report))
-    report.estimated_rows = sum(
-        db.scalar(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class"
-            " WHERE oid = pg_catalog.to_regclass(:t)",
-            {"t": part.member.qualified},
-        )
-        for part in leaves
-    )
+        size = sizes[part.member.qualified]
+        report.table_bytes += size.table_bytes
+        report.total_bytes += size.total_bytes
+        report.estimated_rows += size.estimated_rows
+        report.partitions.append(partition_line(db, part, size.table_bytes, report))
     valid = root_index is not None and root_index[1]
     converged = valid and all(part.plan is None or part.plan.converged for part in parts)
     if converged:
@@ -67,7 +66,7 @@ def gather(db: Database, target: UniqueTarget, report: Report, ddl_command: str 
         "refuses a partitioned table, before anything changes: run `alembic upgrade` online"
     ]
     if not converged:
-        report.steps = steps(db, target, leaves)
+        report.steps = steps(db, target, leaves, sizes)
     if db.relation_exists(target.archive):
         report.rows_already_archived = db.scalar(
             f"SELECT pg_catalog.count(*) FROM {target.archive}"
@@ -79,24 +78,29 @@ def gather(db: Database, target: UniqueTarget, report: Report, ddl_command: str 
     return report
 
 
-def partition_line(db: Database, part: partitioned.Part, report: Report) -> str:
-    """One partition: size, duplicates, what its plan does, and its build's estimate. Adds its
-    counts to the report's."""
+@dataclass(frozen=True)
+class Size:
+    table_bytes: int
+    total_bytes: int  # with its indexes and TOAST
+    estimated_rows: int
+
+
+def size_of(db: Database, part: partitioned.Part) -> Size:
+    facts = db.execute(
+        "SELECT pg_catalog.pg_relation_size(c.oid) AS table_bytes,"
+        " pg_catalog.pg_total_relation_size(c.oid) AS total_bytes,"
+        " greatest(c.reltuples, 0)::bigint AS estimated_rows"
+        " FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:table)",
+        {"table": part.member.qualified},
+    ).one()
+    return Size(facts.table_bytes, facts.total_bytes, facts.estimated_rows)
+
+
+def partition_line(db: Database, part: partitioned.Part, size: int, report: Report) -> str:
+    """One partition of `size` bytes of heap: duplicates, what its plan does, and its build's
+    estimate. Adds its duplicate counts to the report's."""
     target, plan = part.target, part.plan
     assert plan is not None and plan.main is not None
-    size = int(
-        db.scalar(
-            "SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass(:t))",
-            {"t": part.member.qualified},
-        )
-    )
-    report.table_bytes += size
-    report.total_bytes += int(
-        db.scalar(
-            "SELECT pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(:t))",
-            {"t": part.member.qualified},
-        )
-    )
     main = plan.main
     what = main.description
     if main.action == "build":
@@ -124,7 +128,9 @@ def partition_line(db: Database, part: partitioned.Part, report: Report) -> str:
     return f"{part.member.display}: {size} bytes; {what}"
 
 
-def steps(db: Database, target: UniqueTarget, leaves: list[partitioned.Part]) -> list[Step]:
+def steps(
+    db: Database, target: UniqueTarget, leaves: list[partitioned.Part], sizes: dict[str, Size]
+) -> list[Step]:
     settings = db.settings
     catalog = preflight.catalog_lock(settings)
     builds = [p for p in leaves if p.plan is not None and p.plan.main is not None]
@@ -162,13 +168,7 @@ def steps(db: Database, target: UniqueTarget, leaves: list[partitioned.Part]) ->
                     "writes to other rows go on",
                     kind="build_concurrently",
                     seconds=preflight.build_seconds(
-                        int(
-                            db.scalar(
-                                "SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass(:t))",
-                                {"t": part.member.qualified},
-                            )
-                        ),
-                        concurrently=True,
+                        sizes[part.member.qualified].table_bytes, concurrently=True
                     ),
                 )
             )
