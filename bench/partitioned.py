@@ -1,6 +1,8 @@
 """The partitioned section: ours on the same table hash-partitioned and plain, both directions,
 side by side, with partitioned / plain ratios for time, worst and p99 insert wait."""
 
+from collections.abc import Iterator
+
 from bench.runs import Result
 from bench.starting_tables import HASH_PARTITIONS
 from bench.targets import megabytes, ratio
@@ -18,6 +20,36 @@ LAYOUT = (
 )
 
 
+# What is compared, partitioned against plain: (its name, the Result field, its unit, decimals).
+MEASURES = (
+    ("time", "seconds", "s", 2),
+    ("worst insert wait", "worst_wait_ms", "ms", 1),
+    ("p99 insert wait", "p99_wait_ms", "ms", 1),
+)
+
+
+def compared(
+    results: dict[str, Result],
+) -> Iterator[tuple[str, list[tuple[str, str, str, str, float]]]]:
+    """Per direction, each measure: (its name, its unit, plain, partitioned, their ratio), the
+    values formatted."""
+    for direction, plain_key, partitioned_key in DIRECTIONS:
+        plain, partitioned = results[plain_key], results[partitioned_key]
+        measures = []
+        for name, field, unit, decimals in MEASURES:
+            before, after = getattr(plain, field), getattr(partitioned, field)
+            measures.append(
+                (
+                    name,
+                    unit,
+                    f"{before:.{decimals}f}",
+                    f"{after:.{decimals}f}",
+                    ratio(after, before),
+                )
+            )
+        yield direction, measures
+
+
 def side_by_side_table(results: dict[str, Result]) -> str:
     lines = [
         "| direction | seconds, plain | seconds, partitioned | partitioned / plain"
@@ -25,33 +57,23 @@ def side_by_side_table(results: dict[str, Result]) -> str:
         " | p99 insert wait (ms), plain | partitioned | partitioned / plain |",
         "|" + "---|" * 10,
     ]
-    for direction, plain_key, partitioned_key in DIRECTIONS:
-        plain, partitioned = results[plain_key], results[partitioned_key]
-        lines.append(
-            f"| {direction} | {plain.seconds:.2f} | {partitioned.seconds:.2f}"
-            f" | {ratio(partitioned.seconds, plain.seconds):.2f}"
-            f" | {plain.worst_wait_ms:.1f} | {partitioned.worst_wait_ms:.1f}"
-            f" | {ratio(partitioned.worst_wait_ms, plain.worst_wait_ms):.2f}"
-            f" | {plain.p99_wait_ms:.1f} | {partitioned.p99_wait_ms:.1f}"
-            f" | {ratio(partitioned.p99_wait_ms, plain.p99_wait_ms):.2f} |"
+    for direction, measures in compared(results):
+        cells = "".join(
+            f" | {plain} | {partitioned} | {r:.2f}" for _, _, plain, partitioned, r in measures
         )
+        lines.append(f"| {direction}{cells} |")
     return "\n".join(lines)
 
 
 def ratio_lines(results: dict[str, Result]) -> list[str]:
-    lines = []
-    for direction, plain_key, partitioned_key in DIRECTIONS:
-        plain, partitioned = results[plain_key], results[partitioned_key]
-        lines.append(
-            f"{direction}, partitioned / plain: time"
-            f" {ratio(partitioned.seconds, plain.seconds):.2f}x"
-            f" ({partitioned.seconds:.2f} / {plain.seconds:.2f} s), worst insert wait"
-            f" {ratio(partitioned.worst_wait_ms, plain.worst_wait_ms):.2f}x"
-            f" ({partitioned.worst_wait_ms:.1f} / {plain.worst_wait_ms:.1f} ms), p99 insert wait"
-            f" {ratio(partitioned.p99_wait_ms, plain.p99_wait_ms):.2f}x"
-            f" ({partitioned.p99_wait_ms:.1f} / {plain.p99_wait_ms:.1f} ms)"
+    return [
+        f"{direction}, partitioned / plain: "
+        + ", ".join(
+            f"{name} {r:.2f}x ({partitioned} / {plain} {unit})"
+            for name, unit, plain, partitioned, r in measures
         )
-    return lines
+        for direction, measures in compared(results)
+    ]
 
 
 def outcome_table(results: dict[str, Result], outcome) -> str:

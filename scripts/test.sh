@@ -62,6 +62,19 @@ read -r -a majors <<<"$PG_MAJORS"
 declare -A status_of
 summary=()
 
+record() { # a run's name (as the summary says it), its exit status
+  status_of["$1"]=$2
+  summary+=("$1")
+}
+
+report_background_run() { # its pid, its name, its log: waits, shows the log, records it
+  if wait "$1"; then status=0; else status=$?; fi
+  echo "== $2 =="
+  cat "$3"
+  echo
+  record "$2" "$status"
+}
+
 run_majors() { # python, label (as the summary names it), then pytest's arguments
   local python="$1" label="$2" major alongside=""
   shift 2
@@ -78,14 +91,12 @@ run_majors() { # python, label (as the summary names it), then pytest's argument
       echo "== $label, PostgreSQL $major$alongside =="
       alongside=""
       if run_pytest "$python" "$label" "$major" "$@"; then status=0; else status=$?; fi
+      echo
+      record "$label, PostgreSQL $major" "$status"
     else
-      if wait "${pid_of[$major]}"; then status=0; else status=$?; fi
-      echo "== $label, PostgreSQL $major =="
-      cat "$scratch/$label-$major.log"
+      report_background_run "${pid_of[$major]}" "$label, PostgreSQL $major" \
+        "$scratch/$label-$major.log"
     fi
-    status_of["$label, PostgreSQL $major"]=$status
-    summary+=("$label, PostgreSQL $major")
-    echo
   done
 }
 
@@ -134,24 +145,13 @@ if [ "${MATRIX:-1}" = 1 ] && [ "$#" = 0 ]; then
   done
   for entry in lowest newest; do
     [ -n "${matrix_pid[$entry]:-}" ] || continue
-    if wait "${matrix_pid[$entry]}"; then status=0; else status=$?; fi
-    run="${matrix_label[$entry]}, PostgreSQL ${matrix_major[$entry]}"
-    echo "== $run =="
-    cat "$scratch/matrix-$entry.log"
-    echo
-    status_of["$run"]=$status
-    summary+=("$run")
+    report_background_run "${matrix_pid[$entry]}" \
+      "${matrix_label[$entry]}, PostgreSQL ${matrix_major[$entry]}" "$scratch/matrix-$entry.log"
   done
 fi
 
 if [ "$pg18_subset" = 1 ]; then
-  if wait "$pg18_pid"; then status=0; else status=$?; fi
-  run="the tests marked pg18, PostgreSQL 18"
-  echo "== $run =="
-  cat "$scratch/pg18.log"
-  echo
-  status_of["$run"]=$status
-  summary+=("$run")
+  report_background_run "$pg18_pid" "the tests marked pg18, PostgreSQL 18" "$scratch/pg18.log"
 fi
 
 failed=$matrix_status
